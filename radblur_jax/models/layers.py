@@ -1,0 +1,166 @@
+"""PyTorch-exact resampling and convolution helpers, NHWC.
+
+Resizes are separable: the `(out, in)` interpolation matrix of each axis is built in numpy at
+trace time (float64, cast to the input dtype) and applied with `einsum`. They reproduce
+`torch.nn.functional.interpolate` for:
+  - `mode="bicubic", align_corners=False` with `size=` or `scale_factor=` (A = -0.75, clamped
+    edge indices; with `scale_factor` the source scale is `1 / scale_factor`),
+  - `mode="bicubic", antialias=True` (support widened by the scale when downsampling,
+    A = -0.5, weights renormalised at the borders),
+  - `mode="bilinear"` with `align_corners=True` or `False`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ------------------------------------------------------------------ interpolation matrices
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys cubic convolution kernel at distances `x` (any sign)."""
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def bicubic_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
+    """(out, in) matrix of torch's non-antialiased bicubic, align_corners=False.
+
+    `scale` is the source step per output pixel: `in/out` for `size=`, `1/scale_factor` for
+    `scale_factor=`.
+    """
+    s = in_size / out_size if scale is None else scale
+    src = s * (np.arange(out_size) + 0.5) - 0.5
+    base = np.floor(src)
+    t = src - base
+    mat = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    for k in range(-1, 3):
+        idx = np.clip(base + k, 0, in_size - 1).astype(np.int64)
+        np.add.at(mat, (rows, idx), _cubic(t - k, -0.75))
+    return mat
+
+
+def bicubic_aa_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
+    """(out, in) matrix of torch's antialiased bicubic (`antialias=True`)."""
+    s = in_size / out_size if scale is None else scale
+    support = 2.0 * s if s >= 1.0 else 2.0
+    inv = 1.0 / s if s >= 1.0 else 1.0
+    mat = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = s * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        j = np.arange(lo, hi)
+        w = _cubic((j - center + 0.5) * inv, -0.5)
+        total = w.sum()
+        mat[i, lo:hi] = w / total if total != 0.0 else w
+    return mat
+
+
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = True) -> np.ndarray:
+    """(out, in) matrix of torch's bilinear interpolation (`size=` given)."""
+    if align_corners:
+        s = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = s * np.arange(out_size)
+    else:
+        src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam = src - i0
+    mat = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(mat, (rows, i0), 1.0 - lam)
+    np.add.at(mat, (rows, i1), lam)
+    return mat
+
+
+def apply_separable(x: jax.Array, mat_h: np.ndarray, mat_w: np.ndarray) -> jax.Array:
+    """Applies `(oh, H)` and `(ow, W)` matrices to `x (B, H, W, C)` -> `(B, oh, ow, C)`."""
+    mh = jnp.asarray(mat_h, dtype=x.dtype)
+    mw = jnp.asarray(mat_w, dtype=x.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("wv,bhvc->bhwc", mw, x, precision=hi)
+    return jnp.einsum("oh,bhwc->bowc", mh, y, precision=hi)
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def bicubic_resize(x: jax.Array, size: Sequence[int] | None = None,
+                   scale_factor: float | Sequence[float] | None = None,
+                   antialias: bool = False) -> jax.Array:
+    """torch `F.interpolate(mode="bicubic", align_corners=False)` on `x (B, H, W, C)`.
+
+    Exactly one of `size=(oh, ow)` or `scale_factor` (scalar or `(sh, sw)`; output side
+    `floor(in * s)`, source coordinates mapped with `1 / s` as torch does).
+    """
+    if (size is None) == (scale_factor is None):
+        raise ValueError("pass exactly one of size or scale_factor")
+    _, h, w, _ = x.shape
+    if size is not None:
+        (oh, ow), (sh, sw) = _pair(size), (None, None)
+    else:
+        fh, fw = _pair(scale_factor)
+        oh, ow = int(math.floor(h * fh)), int(math.floor(w * fw))
+        sh, sw = 1.0 / fh, 1.0 / fw
+    make = bicubic_aa_matrix if antialias else bicubic_matrix
+    return apply_separable(x, make(h, oh, sh), make(w, ow, sw))
+
+
+def bilinear_resize(x: jax.Array, size: Sequence[int], align_corners: bool = True) -> jax.Array:
+    """torch `F.interpolate(mode="bilinear", size=size)` on `x (B, H, W, C)`."""
+    _, h, w, _ = x.shape
+    oh, ow = _pair(size)
+    return apply_separable(x, bilinear_matrix(h, oh, align_corners),
+                           bilinear_matrix(w, ow, align_corners))
+
+
+# ------------------------------------------------------------------ convolutions
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_bias: bool = True,
+         dtype=jnp.float32, name: str | None = None) -> nn.Conv:
+    """`nn.Conv` with torch-style explicit symmetric padding (never "SAME")."""
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                   dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ConvTranspose(nn.Module):
+    """torch `nn.ConvTranspose2d` (no output_padding, no groups), NHWC.
+
+    Params: `kernel (kh, kw, I, O)` = torch weight `[I, O, kh, kw].transpose(2, 3, 0, 1)`,
+    `bias (O,)`. Output side `(in - 1) * stride - 2 * padding + k`.
+    """
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int = 0
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, x.shape[-1], self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        kern = jnp.flip(kernel, (0, 1)).astype(self.dtype)
+        pad = k - 1 - self.padding
+        y = jax.lax.conv_general_dilated(
+            x, kern, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+            lhs_dilation=(self.stride, self.stride),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y

@@ -1,0 +1,28 @@
+"""Shared test helpers: relative error and NHWC <-> NCHW at the PyTorch boundary."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def rel_err(a, b) -> float:
+    """||a - b|| / ||b|| in float64; `a`, `b` arrays or torch tensors of equal shape."""
+    a = np.asarray(a.detach() if hasattr(a, "detach") else a, dtype=np.float64)
+    b = np.asarray(b.detach() if hasattr(b, "detach") else b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def to_nchw(x):
+    """numpy NHWC -> torch NCHW float32 tensor."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+
+
+def to_nhwc(t) -> np.ndarray:
+    """torch NCHW tensor -> numpy NHWC."""
+    return t.detach().numpy().transpose(0, 2, 3, 1)

@@ -1,0 +1,89 @@
+"""PyTorch parity of the resampling and convolution helpers in `radblur_jax.models.layers`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import jax.numpy as jnp
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from radblur_jax.models import layers  # noqa: E402
+
+from conftest import rel_err, to_nchw, to_nhwc  # noqa: E402
+
+TOL = 2e-6
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((2, 11, 17, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [(37, 37), (16, 22), (9, 13), (5, 3), (11, 17), (23, 40)])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_bicubic_size(image, size, antialias):
+    got = layers.bicubic_resize(jnp.asarray(image), size=size, antialias=antialias)
+    ref = F.interpolate(to_nchw(image), size=size, mode="bicubic", align_corners=False,
+                        antialias=antialias)
+    assert rel_err(got, to_nhwc(ref)) <= TOL
+
+
+@pytest.mark.parametrize("factor", [((16 + 0.1) / 11, (22 + 0.1) / 17),
+                                    ((9 + 0.1) / 11, (13 + 0.1) / 17), (2.0, 0.5)])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_bicubic_scale_factor(image, factor, antialias):
+    got = layers.bicubic_resize(jnp.asarray(image), scale_factor=factor, antialias=antialias)
+    ref = F.interpolate(to_nchw(image), scale_factor=factor, mode="bicubic",
+                        align_corners=False, antialias=antialias)
+    assert got.shape == to_nhwc(ref).shape
+    assert rel_err(got, to_nhwc(ref)) <= TOL
+
+
+def test_offset_scale_factor_differs_from_size():
+    """Guards against silently using in/out sizes for scale_factor resizes."""
+    x = np.random.default_rng(1).standard_normal((1, 37, 37, 3)).astype(np.float32)
+    a = layers.bicubic_resize(jnp.asarray(x), scale_factor=(16.1 / 37, 22.1 / 37))
+    b = layers.bicubic_resize(jnp.asarray(x), size=(16, 22))
+    assert a.shape == b.shape and rel_err(a, b) > 1e-3
+
+
+@pytest.mark.parametrize("size", [(22, 34), (7, 9), (11, 17), (1, 4)])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_bilinear(image, size, align_corners):
+    got = layers.bilinear_resize(jnp.asarray(image), size, align_corners=align_corners)
+    ref = F.interpolate(to_nchw(image), size=size, mode="bilinear", align_corners=align_corners)
+    assert rel_err(got, to_nhwc(ref)) <= TOL
+
+
+def test_bilinear_scale2_align_corners(image):
+    got = layers.bilinear_resize(jnp.asarray(image), (22, 34), align_corners=True)
+    ref = F.interpolate(to_nchw(image), scale_factor=2, mode="bilinear", align_corners=True)
+    assert rel_err(got, to_nhwc(ref)) <= TOL
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (3, 1, 1), (1, 1, 0), (14, 14, 0)])
+def test_conv(kernel, stride, padding):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 28, 42, 4)).astype(np.float32)
+    tconv = torch.nn.Conv2d(4, 6, kernel, stride, padding)
+    module = layers.conv(6, kernel, stride, padding)
+    params = {"kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+              "bias": jnp.asarray(tconv.bias.detach().numpy())}
+    got = module.apply({"params": params}, jnp.asarray(x))
+    ref = to_nhwc(tconv(to_nchw(x)))
+    assert got.shape == ref.shape and rel_err(got, ref) <= TOL
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 4, 0), (2, 2, 0), (3, 2, 1), (3, 1, 0)])
+def test_conv_transpose(kernel, stride, padding):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
+    tconv = torch.nn.ConvTranspose2d(3, 4, kernel, stride, padding)
+    module = layers.ConvTranspose(4, kernel, stride, padding)
+    params = {"kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 0, 1)),
+              "bias": jnp.asarray(tconv.bias.detach().numpy())}
+    got = module.apply({"params": params}, jnp.asarray(x))
+    ref = to_nhwc(tconv(to_nchw(x)))
+    assert got.shape == ref.shape and rel_err(got, ref) <= TOL
