@@ -1,0 +1,122 @@
+"""Recognise which network and layout a PyTorch state dict holds, from its keys alone.
+
+Formats (the names `keymaps.convert_state_dict` takes):
+  - "dinov2":            original DINOv2 (`patch_embed.proj.weight`, `blocks.N.*`; `register_tokens`
+                         in the `_reg4` models),
+  - "dinov2_hf":         transformers `Dinov2Model` / `Dinov2WithRegistersModel`,
+  - "depth_anything":    original Depth Anything V2 (`pretrained.*` + `depth_head.*`),
+  - "depth_anything_hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`, `head.*`).
+Sizes (vits/vitb/...) come from `keymaps.infer_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from radblur_jax.convert.io import CheckpointError
+from radblur_jax.models import presets
+
+FORMATS = ("dinov2", "dinov2_hf", "depth_anything", "depth_anything_hf")
+MODEL_KIND = {"dinov2": "dinov2", "dinov2_hf": "dinov2",
+              "depth_anything": "depth_anything", "depth_anything_hf": "depth_anything"}
+SIZE_NAMES = ("tiny", "vits", "vitb", "vitl", "vitg")
+
+# format -> (a key that must be present, prefixes of which at least one key must start with)
+_SIGNATURES = {
+    "depth_anything": ("pretrained.patch_embed.proj.weight", ("depth_head.",)),
+    "depth_anything_hf": ("backbone.embeddings.patch_embeddings.projection.weight",
+                          ("neck.", "head.")),
+    "dinov2": ("patch_embed.proj.weight", ("blocks.",)),
+    "dinov2_hf": ("embeddings.patch_embeddings.projection.weight", ("encoder.layer.",)),
+}
+
+
+class UnknownFormatError(CheckpointError):
+    """The state dict is not one of the supported DINOv2 / Depth Anything V2 layouts."""
+
+
+@dataclasses.dataclass
+class Detection:
+    """What a checkpoint holds: format, model kind, size and the configs to build it."""
+    format: str
+    model_kind: str
+    size: str
+    num_registers: int
+    pos_embed_mode: str
+    encoder_cfg: Any
+    dpt_cfg: Any | None
+
+    def summary(self) -> str:
+        regs = f"{self.num_registers} registers" if self.num_registers else "no registers"
+        return (f"format={self.format} model={self.model_kind} size={self.size} ({regs}, "
+                f"pos-embed mode {self.pos_embed_mode!r})")
+
+
+def _matches(fmt: str, keys: set[str]) -> bool:
+    anchor, prefixes = _SIGNATURES[fmt]
+    return anchor in keys and any(k.startswith(prefixes) for k in keys)
+
+
+def _key_sample(keys: list[str], n: int = 6) -> str:
+    shown = sorted(keys)[:n]
+    more = f" ... ({len(keys)} keys)" if len(keys) > n else ""
+    return ", ".join(shown) + more
+
+
+def detect_format(state_dict: Mapping[str, Any], source: str = "<state dict>") -> str:
+    """One of `FORMATS`, or `UnknownFormatError` naming `source` and a few of its keys."""
+    keys = set(state_dict)
+    found = [fmt for fmt in _SIGNATURES if _matches(fmt, keys)]
+    if found:
+        return found[0]
+    hint = ""
+    if any(k.startswith("pretrained.") for k in keys):
+        hint = " (it has 'pretrained.' keys but no 'depth_head.': a partial Depth Anything model?)"
+    elif any(k.endswith("running_mean") for k in keys):
+        hint = " (it has BatchNorm statistics: a convolutional network, not a ViT?)"
+    raise UnknownFormatError(
+        f"{source}: not a DINOv2 / Depth Anything V2 checkpoint{hint}; expected keys like "
+        f"'patch_embed.proj.weight' + 'blocks.N.*' (DINOv2), 'pretrained.*' + 'depth_head.*' "
+        f"(Depth Anything V2) or their transformers names. Unexpected keys: "
+        f"{_key_sample(list(keys))}")
+
+
+def check_format(fmt: str, state_dict: Mapping[str, Any], source: str = "<state dict>") -> str:
+    """Validate a user-forced `fmt` ("auto" detects); errors name `source`."""
+    if fmt == "auto":
+        return detect_format(state_dict, source)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"{source}: unknown format {fmt!r}; expected auto or one of {FORMATS}")
+    if not _matches(fmt, set(state_dict)):
+        anchor, prefixes = _SIGNATURES[fmt]
+        raise UnknownFormatError(
+            f"{source}: does not look like format {fmt!r} (needs {anchor!r} and keys starting "
+            f"with {' or '.join(prefixes)}); its keys: {_key_sample(list(state_dict))}")
+    return fmt
+
+
+def size_name(encoder_cfg: Any) -> str:
+    """Preset name whose ViT shape equals `encoder_cfg` (e.g. "vitb"), else "custom"."""
+    fields = ("embed_dim", "depth", "num_heads", "ffn")
+    for name in SIZE_NAMES:
+        ref = presets.encoder_config(name)
+        if all(encoder_cfg.get(f) == ref[f] for f in fields):
+            return name
+    return (f"custom(D={encoder_cfg.get('embed_dim')}, depth={encoder_cfg.get('depth')}, "
+            f"heads={encoder_cfg.get('num_heads')})")
+
+
+def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
+    """How the source interpolates position embeddings: see notes on parity in docs/conversion.md."""
+    if fmt.endswith("_hf"):
+        return "size"
+    return "antialias" if num_registers else "offset"
+
+
+def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None) -> Detection:
+    """Summarise an inferred configuration for printing and `conversion.json`."""
+    regs = int(encoder_cfg.get("num_registers", 0) or 0)
+    mode = encoder_cfg.get("pos_embed_mode") or default_pos_embed_mode(fmt, regs)
+    return Detection(format=fmt, model_kind=MODEL_KIND[fmt], size=size_name(encoder_cfg),
+                     num_registers=regs, pos_embed_mode=mode, encoder_cfg=encoder_cfg,
+                     dpt_cfg=dpt_cfg)
