@@ -1,0 +1,88 @@
+"""Image loading and Depth Anything V2 input preprocessing (host side, numpy/OpenCV).
+
+`preprocess_da_v2` reproduces Depth Anything V2's `image2tensor`: RGB / 255, resize with
+`keep_aspect_ratio=True, ensure_multiple_of=14, resize_method="lower_bound"` (cv2.INTER_CUBIC,
+in float64), ImageNet mean/std, float32. Outputs are NHWC-ready `(H', W', 3)` arrays.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An image could not be read or has a shape the model cannot take; names the file."""
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """`(H, W, 3)` uint8 RGB: grayscale is repeated, alpha dropped, 16-bit scaled to 8-bit."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img).astype(np.float64)
+                scale = 257.0 if arr.max(initial=0) <= 65535 else arr.max() / 255.0
+                gray = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            if img.mode == "F":
+                raise ImageError(f"{path}: floating-point images are not supported")
+            rgb = img.convert("RGB")  # L/LA/P/RGBA/CMYK/YCbCr -> RGB, alpha dropped
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"{path}: cannot read image (corrupt or unsupported?): {e}") from None
+    if arr.ndim != 3 or arr.shape[-1] != 3 or min(arr.shape[:2]) < 1:
+        raise ImageError(f"{path}: unexpected image shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _multiple(x: float, multiple: int, min_val: int) -> int:
+    y = int(np.round(x / multiple) * multiple)
+    if y < min_val:
+        y = int(np.ceil(x / multiple) * multiple)
+    return y
+
+
+def da_v2_size(height: int, width: int, target: int = 518, multiple: int = 14) -> tuple[int, int]:
+    """Depth Anything V2 input `(H', W')`: short side `target`, long side a multiple of 14.
+
+    The scale `max(target/H, target/W)` is applied to both sides, then each side is rounded to
+    the nearest multiple (NumPy rounding, half to even), never below `target`.
+    """
+    scale = max(target / height, target / width)
+    return (_multiple(scale * height, multiple, target), _multiple(scale * width, multiple, target))
+
+
+def normalize_imagenet(rgb01: np.ndarray) -> np.ndarray:
+    """`(..., 3)` RGB in [0, 1] -> ImageNet-normalised float32."""
+    return ((rgb01 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def preprocess_da_v2(rgb: np.ndarray, target: int = 518, multiple: int = 14) -> np.ndarray:
+    """uint8 `(H, W, 3)` RGB -> float32 `(H', W', 3)` network input, as Depth Anything V2 does."""
+    h, w = rgb.shape[:2]
+    new_h, new_w = da_v2_size(h, w, target, multiple)
+    x = rgb.astype(np.float64) / 255.0
+    x = cv2.resize(x, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    return normalize_imagenet(x)
+
+
+def preprocess_native(rgb: np.ndarray, multiple: int = 14, source: str = "<image>") -> np.ndarray:
+    """uint8 `(H, W, 3)` RGB -> float32 network input at its own size (sides multiples of 14)."""
+    h, w = rgb.shape[:2]
+    if h % multiple or w % multiple:
+        raise ImageError(
+            f"{source}: size {h}x{w} (HxW) is not a multiple of {multiple} on both sides, as "
+            f"--size native requires; crop it (e.g. to {h // multiple * multiple}x"
+            f"{w // multiple * multiple}) or use --size 518")
+    return normalize_imagenet(rgb.astype(np.float64) / 255.0)
