@@ -1,0 +1,255 @@
+"""Converted checkpoint directories: convert, write atomically, load back in one call.
+
+Layout of a converted checkpoint `DIR/`:
+  config.json      {"radblur_jax_checkpoint": 1, "model": "dinov2" | "depth_anything",
+                    "encoder": {...}, "dpt": {...} | null}
+  conversion.json  source path, detected format and size, parameter and key counts
+  params/          orbax (StandardCheckpointer) tree of float32 arrays, Flax `params` collection
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from radblur_jax.convert import detect
+from radblur_jax.convert.io import CheckpointError, load_checkpoint
+
+CHECKPOINT_VERSION = 1
+MODEL_KINDS = ("dinov2", "depth_anything")
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    """What `convert_checkpoint` detected and wrote."""
+    output: str
+    detection: detect.Detection
+    num_params: int
+    num_source_keys: int
+    num_param_arrays: int
+
+
+def _jsonable(tree: Any) -> Any:
+    if isinstance(tree, ml_collections.ConfigDict):
+        tree = tree.to_dict()
+    if isinstance(tree, dict):
+        return {k: _jsonable(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_jsonable(v) for v in tree]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def _to_config(tree: dict[str, Any] | None) -> ml_collections.ConfigDict | None:
+    """JSON dict -> ConfigDict with lists back to tuples (as the presets build them)."""
+    if tree is None:
+        return None
+    return ml_collections.ConfigDict(
+        {k: tuple(v) if isinstance(v, list) else v for k, v in tree.items()})
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter tree."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def _check_destination(output: str, overwrite: bool) -> None:
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise CheckpointError(f"{output}: exists and is not a directory")
+        if os.listdir(output) and not overwrite:
+            raise CheckpointError(f"{output}: exists and is not empty (pass --overwrite to replace)")
+
+
+def _install(tmp: str, output: str) -> None:
+    """Move the finished `tmp` directory to `output`, replacing what is there."""
+    if not os.path.exists(output):
+        os.replace(tmp, output)
+        return
+    trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-",
+                             dir=os.path.dirname(output))
+    old = os.path.join(trash, "old")
+    os.replace(output, old)
+    try:
+        os.replace(tmp, output)
+    except OSError:
+        os.replace(old, output)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_converted(output: str | os.PathLike, params: Any, config: dict[str, Any],
+                   info: dict[str, Any], *, overwrite: bool = False) -> str:
+    """Write `params` + `config.json` + `conversion.json` to `output` atomically.
+
+    Everything is built in a hidden temporary directory beside `output`, then moved into place;
+    on any error nothing is left at `output` (an existing directory is kept unchanged).
+    """
+    import orbax.checkpoint as ocp
+
+    output = os.path.abspath(os.fspath(output))
+    parent = os.path.dirname(output)
+    _check_destination(output, overwrite)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    try:
+        host = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params)
+        ckptr = ocp.StandardCheckpointer()
+        try:
+            ckptr.save(os.path.join(tmp, "params"), host)
+            ckptr.wait_until_finished()
+        finally:
+            ckptr.close()
+        for name, obj in (("config.json", config), ("conversion.json", info)):
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+                f.write("\n")
+        _check_destination(output, overwrite)
+        _install(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def model_config(kind: str, encoder_cfg: Any, dpt_cfg: Any | None) -> dict[str, Any]:
+    """The `config.json` content for a model of `kind` ("dinov2" or "depth_anything")."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
+    return {"radblur_jax_checkpoint": CHECKPOINT_VERSION, "model": kind,
+            "encoder": _jsonable(encoder_cfg),
+            "dpt": _jsonable(dpt_cfg) if kind == "depth_anything" else None}
+
+
+def build_model(config: dict[str, Any]) -> Any:
+    """The Flax module described by a `config.json` dict: `DinoViT` or `DepthAnything`."""
+    encoder_cfg = _to_config(config["encoder"])
+    if config["model"] == "dinov2":
+        from radblur_jax.models.vit import DinoViT
+        return DinoViT(encoder_cfg)
+    if config["model"] == "depth_anything":
+        from radblur_jax.models.depth_anything import DepthAnything
+        return DepthAnything(encoder_cfg, _to_config(config["dpt"]))
+    raise ValueError(f"unknown model kind {config['model']!r}; expected one of {MODEL_KINDS}")
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """`config.json` of a converted checkpoint directory, validated."""
+    path = os.fspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path) or not os.path.isfile(cfg_path) or not os.path.isdir(
+            os.path.join(path, "params")):
+        raise CheckpointError(
+            f"{path}: not a converted radblur_jax checkpoint (expected config.json and params/; "
+            "make one with tools/convert_weights.py)")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable: {e}") from None
+    if config.get("radblur_jax_checkpoint") != CHECKPOINT_VERSION or config.get(
+            "model") not in MODEL_KINDS:
+        raise CheckpointError(
+            f"{cfg_path}: not a radblur_jax checkpoint config (version "
+            f"{config.get('radblur_jax_checkpoint')!r}, model {config.get('model')!r})")
+    return config
+
+
+def _expected_shapes(module: Any, config: dict[str, Any]) -> Any:
+    side = 2 * int(config["encoder"].get("patch_size", 14))
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
+
+
+def load_pretrained(path: str | os.PathLike, *, check_shapes: bool = True
+                    ) -> tuple[Any, Any, dict[str, Any]]:
+    """`(module, params, config)` from a converted checkpoint directory, in one call.
+
+    `params` are float32 `jnp` arrays ready for `module.apply({"params": params}, x)`.
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(path))
+    config = read_config(path)
+    module = build_model(config)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        restored = ckptr.restore(os.path.join(path, "params"))
+    except Exception as e:
+        raise CheckpointError(f"{path}/params: cannot restore parameters: {e}") from None
+    finally:
+        ckptr.close()
+    if check_shapes:
+        want = jax.tree.map(lambda s: tuple(s.shape), _expected_shapes(module, config))
+        got = jax.tree.map(lambda a: tuple(np.shape(a)), restored)
+        if want != got:
+            flat_w = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+            flat_g = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+            diff = [jax.tree_util.keystr(k) for k in set(flat_w) ^ set(flat_g)]
+            diff += [jax.tree_util.keystr(k) for k in set(flat_w) & set(flat_g)
+                     if flat_w[k] != flat_g[k]]
+            raise CheckpointError(
+                f"{path}: parameters do not match the model in config.json: {sorted(diff)[:6]}")
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.float32), restored)
+    return module, params, config
+
+
+def hf_hints(hf_config: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
+    """Facts a transformers `config.json` states that the weights cannot: heads, taps, head type."""
+    if not hf_config:
+        return {}
+    backbone = hf_config.get("backbone_config") or hf_config
+    hints: dict[str, Any] = {}
+    if backbone.get("num_attention_heads"):
+        hints["num_heads"] = int(backbone["num_attention_heads"])
+    if fmt == "depth_anything_hf":
+        if len(backbone.get("out_indices") or ()) == 4:
+            hints["taps"] = tuple(int(i) - 1 for i in backbone["out_indices"])
+        if hf_config.get("depth_estimation_type") == "metric":
+            hints["head"] = "metric"
+            hints["max_depth"] = float(hf_config.get("max_depth") or 1.0)
+    return hints
+
+
+def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
+                       format: str = "auto", overwrite: bool = False) -> ConversionResult:
+    """Read a PyTorch checkpoint, detect its format and size, convert and write it to `output`."""
+    from radblur_jax.convert import keymaps
+
+    source = os.fspath(input)
+    output = os.path.abspath(os.fspath(output))
+    _check_destination(output, overwrite)
+    loaded = load_checkpoint(source)
+    fmt = detect.check_format(format, loaded.state_dict, source)
+    hints = hf_hints(loaded.hf_config, fmt)
+    try:
+        params, encoder_cfg, dpt_cfg = keymaps.convert_state_dict(
+            fmt, loaded.state_dict, num_heads=hints.get("num_heads"), taps=hints.get("taps"))
+    except keymaps.ConversionError as e:
+        raise CheckpointError(f"{source}: cannot convert: {e}") from None
+    if dpt_cfg is not None and "head" in hints:
+        dpt_cfg.head, dpt_cfg.max_depth = hints["head"], hints["max_depth"]
+    detection = detect.describe(fmt, encoder_cfg, dpt_cfg)
+    n_params = count_params(params)
+    n_arrays = len(jax.tree.leaves(params))
+    info = {
+        "source": os.path.abspath(source), "format": fmt, "model": detection.model_kind,
+        "size": detection.size, "num_registers": detection.num_registers,
+        "pos_embed_mode": detection.pos_embed_mode, "num_params": n_params,
+        "num_source_keys": len(loaded.state_dict), "num_param_arrays": n_arrays,
+        "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    config = model_config(detection.model_kind, encoder_cfg, dpt_cfg)
+    save_converted(output, params, config, info, overwrite=overwrite)
+    return ConversionResult(output, detection, n_params, len(loaded.state_dict), n_arrays)
