@@ -1,0 +1,60 @@
+"""`make_source(config)`: a grain random-access source by dataset name.
+
+config fields (dict or ConfigDict): `name`, `root` (or `data_dir` for TFDS), `split`, plus the
+dataset function's keyword arguments (e.g. `blur_dir`, `jpeg`, `variant`, `subset`,
+`with_mask`, `list_file`, `skip_bad`). `format="tfds"` reads the project's TFDS builds
+(`gopro`, `synthetic`) from `data_dir`. `raw=True` keeps integer images until after cropping
+(faster training; the pipeline converts to float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from radblur_jax.data import sources_deblur, sources_depth, sources_tfds
+
+NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "paired_folder",
+         "synthetic", "synthetic_depth", "nyu_depth_v2", "depth_folder")
+
+_DEFAULT_SPLIT = {"hide": "test", "nyu_depth_v2": "train"}
+
+_BUILDERS: dict[str, Callable[..., Any]] = {
+    "gopro": sources_deblur.gopro,
+    "hide": sources_deblur.hide,
+    "reds": sources_deblur.reds,
+    "rsblur": sources_deblur.rsblur,
+    "realblur_j": lambda root, split, **kw: sources_deblur.realblur(root, "J", split, **kw),
+    "realblur_r": lambda root, split, **kw: sources_deblur.realblur(root, "R", split, **kw),
+    "paired_folder": lambda root, split, **kw: sources_deblur.paired_folder(root, **kw),
+    "synthetic": sources_deblur.synthetic,
+    "synthetic_depth": sources_depth.SyntheticDepthSource,
+    "depth_folder": lambda root, split, **kw: sources_depth.DepthFolderSource(root, **kw),
+}
+
+_TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
+
+
+def make_source(config: Mapping[str, Any] | Any) -> Any:
+  """Returns a source with `__len__`/`__getitem__` yielding example dicts (see sources_*.py)."""
+  cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  name = cfg.pop("name")
+  if name not in NAMES:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+  split = cfg.pop("split", _DEFAULT_SPLIT.get(name, "train"))
+  fmt = cfg.pop("format", "files")
+  raw = cfg.pop("raw", False)
+  if name == "nyu_depth_v2":
+    return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", None))
+  if fmt == "tfds":
+    if name not in _TFDS_NAMES:
+      raise ValueError(f"format='tfds' is available for {tuple(_TFDS_NAMES)}, not {name!r}")
+    return sources_tfds.tfds_paired(_TFDS_NAMES[name], split, cfg.pop("data_dir", None))
+  if fmt != "files":
+    raise ValueError(f"format {fmt!r} not in ('files', 'tfds')")
+  root = cfg.pop("root", None)
+  if root is None:
+    raise ValueError(f"{name}: config needs `root`")
+  source = _BUILDERS[name](root, split, **cfg)
+  if raw and hasattr(source, "raw"):
+    source.raw = True
+  return source
