@@ -23,8 +23,8 @@ import math
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic_scene import (Layer, composite_static, depth_map, linear_to_srgb,
-                                              make_scene)
+from radblur_jax.data.synthetic_scene import (Layer, blend_over, composite_static, depth_map,
+                                              linear_to_srgb, make_scene)
 
 TRAJECTORY_COLUMNS = ("tx", "ty", "px", "py", "roll")
 _DENSE_STEPS = 64
@@ -150,7 +150,7 @@ def render_subframe(layers: list[Layer], pose: np.ndarray, height: int, width: i
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     for layer in layers:
         mat = _layer_matrix(layer, pose, near, centre)
-        h, w = layer.rgba.shape[:2]
+        h, w = layer.alpha.shape
         corners = mat[:, :2] @ np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1]]) + mat[:, 2:]
         x0 = max(int(math.floor(corners[0].min())) - 1, 0)
         y0 = max(int(math.floor(corners[1].min())) - 1, 0)
@@ -160,16 +160,21 @@ def render_subframe(layers: list[Layer], pose: np.ndarray, height: int, width: i
             continue
         mat = mat.copy()
         mat[:, 2] -= (x0, y0)
-        src = layer.rgba[..., :3] if layer.opaque else layer.rgba
-        warped = cv2.warpAffine(src, mat, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE if layer.opaque
-                                else cv2.BORDER_CONSTANT)
-        region = out[y0:y1, x0:x1]
-        if layer.opaque:
-            region[...] = warped
-        else:
-            region *= 1.0 - warped[..., 3:]
-            region += warped[..., :3]
+        if layer.opaque:  # covers the frame (see _margin): warp straight into the output
+            if (x0, y0, x1, y1) == (0, 0, width, height):
+                cv2.warpAffine(layer.colour, mat, (width, height), dst=out,
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            else:
+                out[y0:y1, x0:x1] = cv2.warpAffine(layer.colour, mat, (x1 - x0, y1 - y0),
+                                                   flags=cv2.INTER_LINEAR,
+                                                   borderMode=cv2.BORDER_REPLICATE)
+            continue
+        size = (x1 - x0, y1 - y0)
+        colour = cv2.warpAffine(layer.colour, mat, size, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(layer.alpha, mat, size, flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT)
+        out[y0:y1, x0:x1] = blend_over(colour, alpha, out[y0:y1, x0:x1])
     return out
 
 
@@ -181,11 +186,11 @@ def render_layers(layers: list[Layer], trajectory: np.ndarray, height: int, widt
     """
     sharp = composite_static(layers, height, width)
     mid = len(trajectory) // 2
-    total = np.zeros((height, width, 3), np.float64)
+    total = np.zeros((height, width, 3), np.float32)
     for k, pose in enumerate(trajectory):
         still = k == mid or not np.any(pose)
         total += sharp if still else render_subframe(layers, pose, height, width, near)
-    return (total / len(trajectory)).astype(np.float32), sharp
+    return total / np.float32(len(trajectory)), sharp
 
 
 def _margin(trajectory: np.ndarray, height: int, width: int) -> int:

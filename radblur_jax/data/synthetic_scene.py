@@ -2,8 +2,9 @@
 
 A scene is a list of ``Layer``s ordered far to near: an opaque background plane at the far depth
 that covers the frame plus a margin, then one textured shape (disc/ellipse, rotated rectangle or
-star-shaped polygon) per layer at its own depth. Colours are stored in linear light, premultiplied
-by alpha, so layers can be warped and composited with ``over`` directly.
+star-shaped polygon) per layer at its own depth. Colours are linear light and not premultiplied:
+each shape's texture fills its whole bounding box and its alpha mask cuts it out, so warping colour
+and alpha separately and blending with ``over`` stays exact at the edges.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ _AA_SHIFT = 4  # cv2 drawing: sub-pixel coordinates with 4 fractional bits
 class Layer:
     """One depth plane of a scene.
 
-    rgba: ``(h, w, 4)`` float32, linear RGB premultiplied by alpha, alpha in [0, 1].
-    x0, y0: position of ``rgba[0, 0]`` in sharp-frame pixel coordinates (may be negative).
-    depth: distance of the plane (larger = farther). opaque: alpha is 1 everywhere.
+    colour: ``(h, w, 3)`` float32 linear RGB (not premultiplied); alpha: ``(h, w)`` float32 in
+    [0, 1]. x0, y0: position of pixel ``[0, 0]`` in sharp-frame pixel coordinates (may be
+    negative). depth: distance of the plane (larger = farther). opaque: alpha is 1 everywhere.
     """
 
-    rgba: np.ndarray
+    colour: np.ndarray
+    alpha: np.ndarray
     x0: int
     y0: int
     depth: float
@@ -97,8 +99,8 @@ def make_layer(rng: np.random.Generator, mask: np.ndarray, x0: int, y0: int, dep
     """
     h, w = mask.shape
     colour = boost_highlights(srgb_to_linear(cut_texture(rng, h, w)), *saturation)
-    rgba = np.concatenate([colour * mask[..., None], mask[..., None]], axis=-1)
-    return Layer(np.ascontiguousarray(rgba, np.float32), int(x0), int(y0), float(depth), opaque)
+    return Layer(np.ascontiguousarray(colour, np.float32), np.ascontiguousarray(mask, np.float32),
+                 int(x0), int(y0), float(depth), opaque)
 
 
 def make_scene(rng: np.random.Generator, height: int, width: int, num_layers: int,
@@ -131,7 +133,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int, num_layers: in
 
 def _clip_box(layer: Layer, height: int, width: int):
     """Overlap of a layer with the frame: (frame slice, layer slice) or None."""
-    h, w = layer.rgba.shape[:2]
+    h, w = layer.alpha.shape
     fy0, fx0 = max(layer.y0, 0), max(layer.x0, 0)
     fy1, fx1 = min(layer.y0 + h, height), min(layer.x0 + w, width)
     if fy0 >= fy1 or fx0 >= fx1:
@@ -139,6 +141,14 @@ def _clip_box(layer: Layer, height: int, width: int):
     frame = (slice(fy0, fy1), slice(fx0, fx1))
     local = (slice(fy0 - layer.y0, fy1 - layer.y0), slice(fx0 - layer.x0, fx1 - layer.x0))
     return frame, local
+
+
+def blend_over(colour: np.ndarray, alpha: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """``alpha * colour + (1 - alpha) * below``; ``(h, w, 3)``, ``(h, w)``, ``(h, w, 3)`` float32.
+
+    ``cv2.blendLinear`` is about 10x faster than the numpy expression on sub-frame views.
+    """
+    return cv2.blendLinear(colour, below, alpha, 1.0 - alpha)
 
 
 def composite_static(layers: list[Layer], height: int, width: int) -> np.ndarray:
@@ -149,11 +159,10 @@ def composite_static(layers: list[Layer], height: int, width: int) -> np.ndarray
         if box is None:
             continue
         frame, local = box
-        src = layer.rgba[local]
         if layer.opaque:
-            out[frame] = src[..., :3]
+            out[frame] = layer.colour[local]
         else:
-            out[frame] = out[frame] * (1.0 - src[..., 3:]) + src[..., :3]
+            out[frame] = blend_over(layer.colour[local], layer.alpha[local], out[frame])
     return out
 
 
@@ -165,6 +174,6 @@ def depth_map(layers: list[Layer], height: int, width: int) -> np.ndarray:
         if box is None:
             continue
         frame, local = box
-        covered = layer.rgba[local][..., 3] >= 0.5
+        covered = layer.alpha[local] >= 0.5
         depth[frame] = np.where(covered, np.float32(layer.depth), depth[frame])
     return depth
