@@ -49,7 +49,9 @@ class SyntheticParams:
     noise_prob: probability of adding noise; shot_noise: largest Poisson gain (variance =
         gain * signal, linear light); read_noise: largest Gaussian sigma (linear light).
     saturation_prob: probability of saturated highlights; linear pixels above
-        saturation_threshold are boosted up to a gain drawn from saturation_gain, then clipped.
+        saturation_threshold are boosted up to a gain drawn from saturation_gain, and 1 to
+        max_lights small light discs (linear brightness > 1) are added; all clipped after the
+        average, so highlights smear into saturated streaks.
     """
 
     height: int = 256
@@ -69,8 +71,9 @@ class SyntheticParams:
     shot_noise: float = 0.01
     read_noise: float = 0.005
     saturation_prob: float = 0.25
-    saturation_threshold: float = 0.8
+    saturation_threshold: float = 0.95
     saturation_gain: tuple[float, float] = (1.5, 4.0)
+    max_lights: int = 4
 
     def __post_init__(self):
         if self.height < 8 or self.width < 8:
@@ -225,9 +228,11 @@ def render_pair(rng: np.random.Generator | int | np.random.SeedSequence,
     trajectory = sample_trajectory(rng, params)
     saturate = rng.random() < params.saturation_prob
     gain = rng.uniform(*params.saturation_gain)
+    lights = int(rng.integers(1, params.max_lights + 1)) if params.max_lights > 0 else 0
     saturation = (params.saturation_threshold, gain) if saturate else (1.0, 1.0)
     layers = make_scene(rng, h, w, params.num_layers, params.depth_range,
-                        _margin(trajectory, h, w), params.radius_range, saturation)
+                        _margin(trajectory, h, w), params.radius_range, saturation,
+                        lights if saturate else 0)
     blur, sharp = render_layers(layers, trajectory, h, w, near)
     blur, sharp = np.clip(blur, 0.0, 1.0), np.clip(sharp, 0.0, 1.0)
     noisy = rng.random() < params.noise_prob

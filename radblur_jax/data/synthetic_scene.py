@@ -103,31 +103,53 @@ def make_layer(rng: np.random.Generator, mask: np.ndarray, x0: int, y0: int, dep
                  int(x0), int(y0), float(depth), opaque)
 
 
+def _light_layer(rng: np.random.Generator, short: int, cx: float, cy: float, depth: float,
+                 gain: float) -> Layer:
+    """A small disc of near-white light brighter than 1 in linear light (clips when blurred)."""
+    radius = max(1.5, short * rng.uniform(0.005, 0.02))
+    size = int(math.ceil(2 * radius)) + 4
+    canvas = np.zeros((size, size), np.uint8)
+    one = 1 << _AA_SHIFT
+    cv2.circle(canvas, (size * one // 2, size * one // 2), int(radius * one), 255, -1,
+               cv2.LINE_AA, _AA_SHIFT)
+    tint = 1.0 - rng.uniform(0.0, 0.4, 3) ** 2
+    colour = np.broadcast_to((tint * gain * rng.uniform(1.0, 3.0)).astype(np.float32),
+                             (size, size, 3))
+    return Layer(np.ascontiguousarray(colour), canvas.astype(np.float32) / 255.0,
+                 int(round(cx - size / 2)), int(round(cy - size / 2)), float(depth))
+
+
 def make_scene(rng: np.random.Generator, height: int, width: int, num_layers: int,
                depth_range: tuple[float, float], margin: int,
                radius_range: tuple[float, float] = (0.04, 0.35),
-               saturation: tuple[float, float] = (1.0, 1.0)) -> list[Layer]:
+               saturation: tuple[float, float] = (1.0, 1.0), num_lights: int = 0) -> list[Layer]:
     """A random dead-leaves scene, far to near.
 
     The background (opaque, at ``depth_range[1]``) covers the frame plus ``margin`` pixels on each
     side. Shape layers get depths uniform in inverse depth over ``depth_range``, radii log-uniform
     in ``radius_range`` (fractions of ``min(height, width)``) and centres anywhere over the frame
-    (a little beyond its edges too).
+    (a little beyond its edges too). ``num_lights`` small light discs (linear brightness
+    ``saturation[1]`` to 3x that) are added at random depths.
     """
     near, far = depth_range
     bg_mask = np.ones((height + 2 * margin, width + 2 * margin), np.float32)
     layers = [make_layer(rng, bg_mask, -margin, -margin, far, saturation, opaque=True)]
-    disparity = rng.uniform(1.0 / far, 1.0 / near, num_layers)
-    depths = np.sort(1.0 / disparity)[::-1]  # far to near
+    count = num_layers + num_lights
+    disparity = rng.uniform(1.0 / far, 1.0 / near, count)
+    is_light = rng.permutation(count) < num_lights
+    order = np.argsort(disparity, kind="stable")  # far (small disparity) to near
     short = min(height, width)
-    for depth in depths:
+    for i in order:
+        depth = float(1.0 / disparity[i])
+        cx, cy = rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height
+        if is_light[i]:
+            layers.append(_light_layer(rng, short, cx, cy, depth, max(saturation[1], 1.0)))
+            continue
         radius = short * math.exp(rng.uniform(math.log(radius_range[0]), math.log(radius_range[1])))
         mask = _shape_mask(rng, radius)
-        cx = rng.uniform(-0.1, 1.1) * width
-        cy = rng.uniform(-0.1, 1.1) * height
         x0 = int(round(cx - mask.shape[1] / 2))
         y0 = int(round(cy - mask.shape[0] / 2))
-        layers.append(make_layer(rng, mask, x0, y0, float(depth), saturation))
+        layers.append(make_layer(rng, mask, x0, y0, depth, saturation))
     return layers
 
 
