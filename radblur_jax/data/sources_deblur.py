@@ -187,9 +187,11 @@ def rsblur(root: str, split: str = "train", *, variant: str = "real", subset: st
 
 
 def paired_folder(root: str, *, input_dir: str = "input", target_dir: str = "target",
-                  list_file: str | None = None, sharp_first: bool = True,
-                  allow_gray: bool = False, skip_bad: bool = False) -> PairedSource:
-  """Any paired set: `root/{input_dir,target_dir}/` matched by file stem, or a list file of
+                  depth_dir: str | None = None, list_file: str | None = None,
+                  sharp_first: bool = True, allow_gray: bool = False,
+                  skip_bad: bool = False) -> PairedSource:
+  """Any paired set: `root/{input_dir,target_dir}/` matched by file stem (optional
+  `root/{depth_dir}/<stem>.npy|png|pfm`, e.g. tiles of the synthetic set), or a list file of
   `sharp blur` lines (`sharp_first=False` for `blur sharp`) relative to `root`.
   `allow_gray=True` accepts grayscale files (repeated to 3 channels).
   """
@@ -201,7 +203,8 @@ def paired_folder(root: str, *, input_dir: str = "input", target_dir: str = "tar
                           sharp_first=sharp_first)
   else:
     recs = match_folders(os.path.join(root, input_dir), os.path.join(root, target_dir), "",
-                         bad, skip_bad=skip_bad)
+                         bad, skip_bad=skip_bad,
+                         depth_dir=os.path.join(root, depth_dir) if depth_dir else None)
   require(recs, root, f"{input_dir}/*.png + {target_dir}/*.png")
   return PairedSource(recs, dataset="paired_folder", skip_bad=skip_bad, allow_gray=allow_gray,
                       listing_errors=bad)
