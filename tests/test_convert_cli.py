@@ -1,0 +1,235 @@
+"""tools/convert_weights.py end to end: PyTorch files -> checkpoint dir -> load_pretrained -> parity.
+
+Sources are random-weight PyTorch models saved as users get them: original-layout state dicts
+(`torch.save`, safetensors) from tests/torch_reference.py, and transformers models written with
+`save_pretrained` (safetensors) or as a `pytorch_model.bin` state dict.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("safetensors.torch")
+
+from conftest import rel_err, to_nchw  # noqa: E402
+from radblur_jax.convert import (CheckpointError, convert_checkpoint, load_pretrained,  # noqa: E402
+                                 read_config)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
+TOL = 1e-5
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def _images(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(1, h, w, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def torch_da():
+    from torch_reference import TorchDepthAnything, randomize_
+    return randomize_(TorchDepthAnything(), seed=1).eval()
+
+
+@pytest.fixture(scope="module")
+def da_pth(torch_da, tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "depth_anything_v2_tiny.pth"
+    torch.save(torch_da.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def da_converted(da_pth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "da"
+    proc = run_tool("--input", da_pth, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_cli_depth_anything_pth_parity(torch_da, da_converted):
+    out, stdout = da_converted
+    assert "format=depth_anything" in stdout and "size=tiny" in stdout
+    assert "pos-embed mode 'offset'" in stdout and "parameters" in stdout
+    assert sorted(os.listdir(out)) == ["config.json", "conversion.json", "params"]
+    info = json.loads((out / "conversion.json").read_text())
+    n_torch = sum(p.numel() for k, p in torch_da.state_dict().items()
+                  if not k.startswith("depth_head.scratch.refinenet4.resConfUnit1."))
+    assert info["num_params"] == n_torch and info["format"] == "depth_anything"
+    module, params, config = load_pretrained(out)
+    assert config["model"] == "depth_anything" and type(module).__name__ == "DepthAnything"
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+    for h, w in ((70, 70), (98, 84)):  # stored grid, then offset-0.1 interpolation
+        x = _images(h, w)
+        got = jax.jit(module.apply)({"params": params}, x).disparity
+        with torch.no_grad():
+            want = torch_da(to_nchw(x))[0]
+        assert rel_err(got, want) <= TOL, (h, w)
+
+
+def test_dinov2_registers_safetensors_parity(tmp_path):
+    from torch_reference import TorchDinoViT, randomize_
+    model = randomize_(TorchDinoViT(registers=4, antialias=True), seed=2).eval()
+    src = tmp_path / "dinov2_vit_reg.safetensors"
+    st.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(src))
+    result = convert_checkpoint(src, tmp_path / "out")
+    det = result.detection
+    assert (det.format, det.size, det.num_registers, det.pos_embed_mode) == \
+        ("dinov2", "tiny", 4, "antialias")
+    module, params, config = load_pretrained(tmp_path / "out")
+    assert config["model"] == "dinov2" and config["dpt"] is None
+    for h, w in ((70, 70), (56, 84)):
+        x = _images(h, w, seed=3)
+        got = jax.jit(module.apply)({"params": params}, x).last_hidden
+        with torch.no_grad():
+            want = model.get_intermediate_layers(to_nchw(x), (3,))[1]
+        assert rel_err(got, want) <= TOL, (h, w)
+
+
+def _hf_dinov2():
+    from transformers import Dinov2Config, Dinov2Model
+    from torch_reference import randomize_
+    cfg = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=70)
+    return randomize_(Dinov2Model(cfg), seed=4).eval()
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+def test_hf_dinov2_dir_parity(tmp_path, layout):
+    model = _hf_dinov2()
+    src = tmp_path / "hf"
+    model.save_pretrained(src)
+    if layout == "bin":  # the old transformers layout, in-memory (v5) key names
+        os.remove(src / "model.safetensors")
+        torch.save(model.state_dict(), src / "pytorch_model.bin")
+    result = convert_checkpoint(src, tmp_path / "out")
+    assert result.detection.format == "dinov2_hf"
+    assert result.detection.encoder_cfg.num_heads == 2  # from config.json, not the width
+    module, params, _ = load_pretrained(tmp_path / "out")
+    x = _images(70, 70, seed=5)
+    with torch.no_grad():
+        want = model(pixel_values=to_nchw(x)).last_hidden_state
+    assert rel_err(jax.jit(module.apply)({"params": params}, x).last_hidden, want) <= TOL
+
+
+def test_hf_depth_anything_dir_parity(tmp_path):
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from torch_reference import randomize_
+    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                            image_size=70, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 32, 64, 64],
+                              fusion_hidden_size=16, reassemble_hidden_size=64)
+    model = randomize_(DepthAnythingForDepthEstimation(cfg), seed=6).eval()
+    model.save_pretrained(tmp_path / "hf")
+    result = convert_checkpoint(tmp_path / "hf", tmp_path / "out")
+    assert (result.detection.format, result.detection.size) == ("depth_anything_hf", "tiny")
+    assert tuple(result.detection.encoder_cfg.taps) == (0, 1, 2, 3)
+    module, params, _ = load_pretrained(tmp_path / "out")
+    x = _images(70, 70, seed=7)
+    with torch.no_grad():
+        want = model(pixel_values=to_nchw(x)).predicted_depth
+    assert rel_err(jax.jit(module.apply)({"params": params}, x).disparity, want) <= TOL
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def _assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[-1], (needle, lines[-1])
+
+
+def test_cli_truncated_file(da_pth, tmp_path):
+    bad = tmp_path / "truncated.pth"
+    data = da_pth.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    _assert_one_line_error(run_tool("--input", bad, "--output", out), bad, "truncated")
+    assert not out.exists()
+
+
+def test_other_network_and_unknown_format(tmp_path):
+    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+              "bn1.running_mean": torch.zeros(64), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
+              "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
+    src = tmp_path / "resnet50.pth"
+    torch.save(resnet, src)
+    out = tmp_path / "out"
+    _assert_one_line_error(run_tool("--input", src, "--output", out), src, "bn1.running_mean",
+                           "fc.weight")
+    assert not out.exists()
+    src2 = tmp_path / "mystery.safetensors"
+    st.save_file({"encoder.weight": torch.zeros(2, 2), "decoder.bias": torch.zeros(2)}, str(src2))
+    with pytest.raises(CheckpointError, match=r"mystery\.safetensors.*encoder\.weight"):
+        convert_checkpoint(src2, out)
+    assert not out.exists()
+
+
+def test_shape_mismatch_names_file_and_key(torch_da, tmp_path):
+    sd = dict(torch_da.state_dict())
+    sd["depth_head.projects.1.weight"] = torch.zeros(32, 64, 3, 3)
+    src = tmp_path / "tampered.pth"
+    torch.save(sd, src)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError) as e:
+        convert_checkpoint(src, out)
+    assert "tampered.pth" in str(e.value) and "depth_head.projects.1.weight" in str(e.value)
+    assert not out.exists() and os.listdir(tmp_path) == ["tampered.pth"]
+
+
+def test_missing_key_names_it(torch_da, tmp_path):
+    sd = {k: v for k, v in torch_da.state_dict().items() if k != "pretrained.blocks.2.ls1.gamma"}
+    src = tmp_path / "partial.safetensors"
+    st.save_file({k: v.contiguous() for k, v in sd.items()}, str(src))
+    with pytest.raises(CheckpointError, match=r"partial\.safetensors.*blocks_2/ls1/gamma"):
+        convert_checkpoint(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(da_pth, da_converted, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="--overwrite"):
+        convert_checkpoint(da_pth, out)
+    assert os.listdir(out) == ["keep.txt"]
+    convert_checkpoint(da_pth, out, overwrite=True)
+    assert sorted(os.listdir(out)) == ["config.json", "conversion.json", "params"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temp or backup dirs left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    convert_checkpoint(da_pth, empty)
+    assert read_config(empty)["model"] == "depth_anything"
+
+
+def test_failed_write_leaves_nothing(da_pth, tmp_path, monkeypatch):
+    from radblur_jax.convert import checkpoint
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.json, "dump", boom)
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint(da_pth, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_pretrained_rejects_other_dirs(tmp_path):
+    with pytest.raises(CheckpointError, match="not a converted radblur_jax checkpoint"):
+        load_pretrained(tmp_path)
+    (tmp_path / "params").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
+    with pytest.raises(CheckpointError, match="config.json: not a radblur_jax checkpoint"):
+        load_pretrained(tmp_path)
