@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -245,3 +247,13 @@ def render_pair(rng: np.random.Generator | int | np.random.SeedSequence,
         "depth": depth_map(layers, h, w),
         "trajectory": trajectory,
     }
+
+
+def ensure_default_synthetic(root: str | os.PathLike | None = None) -> Path:
+    """Path of the embedded default set (64 train / 16 test at 256x256), generated on first use.
+
+    See ``synthetic_writer.ensure_default_synthetic``.
+    """
+    from radblur_jax.data import synthetic_writer  # the writer imports this module
+
+    return synthetic_writer.ensure_default_synthetic(root)
