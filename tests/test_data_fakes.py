@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 H, W = 48, 64
-_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 
 
 def photo(i: int, h: int = H, w: int = W) -> np.ndarray:
