@@ -47,3 +47,22 @@ def test_build_gopro_from_fake_tree(tmp_path):
 def test_missing_tfds_dataset_message(tmp_path):
   with pytest.raises(io.DataError, match="radblur_gopro' not found; prepare it with"):
     make_source({"name": "gopro", "format": "tfds", "data_dir": str(tmp_path)})
+
+
+def test_real_synthetic_generator_output(tmp_path):
+  """The synthetic engineer's writer output reads through the file source and the TFDS build."""
+  writer = pytest.importorskip("radblur_jax.data.synthetic_writer")
+  from radblur_jax.data.synthetic import SyntheticParams  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "syn")
+  writer.write_dataset(root, 3, 2, SyntheticParams(height=40, width=48), seed=0,
+                       frames_per_scene=2)
+  files = make_source({"name": "synthetic", "root": root})
+  assert len(files) == 3 and files[0]["depth"].shape == (40, 48, 1)
+  tfds_builders.build("radblur_synthetic", root, str(tmp_path / "tfds"))
+  src = make_source({"name": "synthetic", "format": "tfds", "data_dir": str(tmp_path / "tfds"),
+                     "split": "test"})
+  ref = {e["name"]: e for e in (make_source({"name": "synthetic", "root": root,
+                                             "split": "test"})[i] for i in range(2))}
+  for i in range(len(src)):
+    np.testing.assert_array_equal(src[i]["depth"], ref[src[i]["name"]]["depth"])
+    np.testing.assert_array_equal(src[i]["sharp"], ref[src[i]["name"]]["sharp"])

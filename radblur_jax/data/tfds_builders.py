@@ -85,7 +85,7 @@ class RadblurSynthetic(_Builder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  Generate the set first: `python tools/make_synthetic_dataset.py --out DIR` (see
+  Generate the set first: `python tools/make_synthetic_dataset.py --output DIR` (see
   docs/datasets.md, "Built-in synthetic dataset"). Pass DIR as the manual directory; it must
   contain `manifest.json` and `{train,test}/<scene>/{blur,sharp,depth}/`.
   """
