@@ -1,0 +1,37 @@
+"""Depth Anything V2: DINOv2 encoder (`pretrained/`) + DPT depth branch (`depth_head/`)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from radblur_jax.models.dpt import DPTHead
+from radblur_jax.models.vit import DinoViT
+
+
+class DepthOutput(NamedTuple):
+    """disparity `(B, H, W)` float32 (relative: >= 0; metric: depth in [0, max_depth]);
+    features `(path_4, path_3, path_2, path_1)`, `(B, h * 2**i, w * 2**i, F)`, or None;
+    tokens `(B, h, w, D)`: the last tap's normed patch tokens; `h, w = H / 14, W / 14`."""
+    disparity: jax.Array
+    features: tuple | None
+    tokens: jax.Array
+
+
+class DepthAnything(nn.Module):
+    """`DepthAnything(encoder_cfg, dpt_cfg)`; configs from `presets` (docs/conventions.md)."""
+    encoder_cfg: ml_collections.ConfigDict
+    dpt_cfg: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, images: jax.Array, return_features: bool = True) -> DepthOutput:
+        """`images (B, H, W, 3)` ImageNet-normalised, `H, W` multiples of 14."""
+        if len(self.encoder_cfg.taps) != 4:
+            raise ValueError(f"Depth Anything needs 4 encoder taps, got {self.encoder_cfg.taps}")
+        enc = DinoViT(self.encoder_cfg, name="pretrained")(images)
+        head = DPTHead(self.dpt_cfg, jnp.dtype(self.encoder_cfg.dtype), name="depth_head")
+        depth, feats = head(enc.taps)
+        return DepthOutput(depth, feats if return_features else None, enc.taps[-1])
