@@ -1,0 +1,178 @@
+"""`python -m radblur_jax.depth` on scikit-image photos with a tiny converted checkpoint."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+skimage = pytest.importorskip("skimage")
+
+from conftest import rel_err, to_nchw  # noqa: E402
+from radblur_jax import depth, preprocess  # noqa: E402
+from radblur_jax.convert import convert_checkpoint, load_pretrained  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKDATA = os.path.join(os.path.dirname(skimage.__file__), "data")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "radblur_jax.depth", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(os.path.join(SKDATA, name)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def torch_da():
+    from torch_reference import TorchDepthAnything, randomize_
+    return randomize_(TorchDepthAnything(), seed=11).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(torch_da, tmp_path_factory):
+    src = tmp_path_factory.mktemp("src") / "da_tiny.pth"
+    torch.save(torch_da.state_dict(), src)
+    out = tmp_path_factory.mktemp("ckpt") / "da_tiny"
+    convert_checkpoint(src, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpt):
+    module, params, _ = load_pretrained(ckpt)
+    return module, params
+
+
+def test_da_v2_size_rule():
+    assert preprocess.da_v2_size(512, 512) == (518, 518)
+    assert preprocess.da_v2_size(300, 451) == (518, 784)  # chelsea
+    assert preprocess.da_v2_size(451, 300) == (784, 518)
+    assert preprocess.da_v2_size(400, 600) == (518, 784)  # 55.5 patches: half to even -> 56
+    assert preprocess.da_v2_size(518, 763) == (518, 756)  # 54.5 patches: half to even -> 54
+    assert preprocess.da_v2_size(1000, 10) == (51800, 518)
+
+
+def test_cli_518_matches_torch_pipeline(tmp_path, ckpt, torch_da):
+    """Depth Anything V2 preprocessing -> model -> align-corners resize back, vs PyTorch."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    chelsea = photo("chelsea.png")
+    Image.fromarray(chelsea).save(inp / "chelsea.png")
+    rgba = np.concatenate([chelsea[:150, :200], np.full((150, 200, 1), 7, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(inp / "cat_rgba.png")
+    Image.fromarray(chelsea[:150, :200].mean(-1).astype(np.uint8), "L").save(inp / "gray.bmp")
+    (inp / "notes.txt").write_text("not an image")
+    proc = run_cli("--checkpoint", ckpt, "--input", inp, "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "cat_rgba.npy", "cat_rgba.png", "chelsea.npy", "chelsea.png", "gray.npy", "gray.png"]
+    for stem, shape in (("chelsea", (300, 451)), ("cat_rgba", (150, 200)), ("gray", (150, 200))):
+        d = np.load(tmp_path / "out" / f"{stem}.npy")
+        assert d.shape == shape and d.dtype == np.float32 and np.isfinite(d).all()
+        vis = np.asarray(Image.open(tmp_path / "out" / f"{stem}.png"))
+        assert vis.shape == shape + (3,) and vis.dtype == np.uint8
+    x = preprocess.preprocess_da_v2(chelsea)
+    assert x.shape == (518, 784, 3)
+    with torch.no_grad():
+        want = torch_da(to_nchw(x[None]))[0]
+        want = torch.nn.functional.interpolate(want[:, None], (300, 451), mode="bilinear",
+                                               align_corners=True)[0, 0]
+    assert rel_err(np.load(tmp_path / "out" / "chelsea.npy"), want) <= 1e-5
+    rgba_out = np.load(tmp_path / "out" / "cat_rgba.npy")  # alpha dropped: same as plain RGB
+    Image.fromarray(chelsea[:150, :200]).save(tmp_path / "rgb.png")
+    assert depth.main(["--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"),
+                       "--output", str(tmp_path / "out2")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out2" / "rgb.npy"), rgba_out)
+
+
+def test_cli_native_equals_model_output(tmp_path, ckpt, loaded):
+    module, params = loaded
+    img = photo("astronaut.png")[:224, 100:352]  # 224 x 252: multiples of 14
+    Image.fromarray(img).save(tmp_path / "astro.png")
+    proc = run_cli("--checkpoint", ckpt, "--input", tmp_path / "astro.png",
+                   "--output", tmp_path / "out", "--size", "native")
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "out" / "astro.npy")
+    assert got.shape == (224, 252) and got.dtype == np.float32
+    x = preprocess.normalize_imagenet(img / 255.0)[None]
+    want = np.asarray(jax.jit(module.apply)({"params": params}, x).disparity[0])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_cli_native_rejects_odd_size(tmp_path, ckpt):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(photo("coffee.png")[:224, :224]).save(inp / "a_ok.png")
+    Image.fromarray(photo("coffee.png")).save(inp / "coffee.jpg")  # 400 x 600
+    proc = run_cli("--checkpoint", ckpt, "--input", inp, "--output", tmp_path / "out",
+                   "--size", "native")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "coffee.jpg" in err[0] and "multiple of 14" in err[0], proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before all inputs are validated
+
+
+def test_corrupt_image_names_file(tmp_path, ckpt, capsys):
+    src = tmp_path / "broken.png"
+    data = (open(os.path.join(SKDATA, "chelsea.png"), "rb").read())
+    src.write_bytes(data[: len(data) // 2])
+    assert depth.main(["--checkpoint", str(ckpt), "--input", str(src),
+                       "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "cannot read image" in err
+    (tmp_path / "junk.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(preprocess.ImageError, match="junk.jpg"):
+        preprocess.load_rgb(tmp_path / "junk.jpg")
+
+
+def test_batching_matches_single(tmp_path, loaded):
+    module, params = loaded
+    predict = depth.make_predictor(module, params)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, name in enumerate(("camera.png", "astronaut.png", "coffee.png")):
+        Image.fromarray(photo(name)[:70, 14 * i: 14 * i + 84]).save(inp / f"{i}.png")
+    imgs = depth.list_images(str(inp))
+    one = depth.run_depth(predict, imgs, str(tmp_path / "b1"), size="native", log=lambda s: None)
+    two = depth.run_depth(predict, imgs, str(tmp_path / "b2"), size="native", batch=2,
+                          log=lambda s: None)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(np.load(a), np.load(b), rtol=1e-5, atol=1e-6)
+
+
+def test_random_init_smoke_warns(tmp_path, capsys):
+    Image.fromarray(photo("chelsea.png")[:28, :42]).save(tmp_path / "c.png")
+    assert depth.main(["--random-init", "tiny", "--input", str(tmp_path / "c.png"),
+                       "--output", str(tmp_path / "out"), "--size", "native"]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    assert np.load(tmp_path / "out" / "c.npy").shape == (28, 42)
+    assert "SMOKE TEST" in depth.build_parser().format_help()
+
+
+def test_encoder_only_checkpoint_rejected(tmp_path, capsys):
+    from torch_reference import TorchDinoViT
+    src = tmp_path / "vit.pth"
+    torch.save(TorchDinoViT().state_dict(), src)
+    convert_checkpoint(src, tmp_path / "vit")
+    Image.fromarray(photo("chelsea.png")[:28, :28]).save(tmp_path / "c.png")
+    assert depth.main(["--checkpoint", str(tmp_path / "vit"), "--input", str(tmp_path / "c.png"),
+                       "--output", str(tmp_path / "out")]) == 2
+    assert "without a depth head" in capsys.readouterr().err
+
+
+def test_colorize():
+    lut = depth.colormap_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    luma = lut @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luma) > 0)  # brighter = nearer, monotonic
+    vis = depth.colorize(np.array([[0.0, 1.0], [2.0, 4.0]], np.float32))
+    assert (vis[0, 0] == lut[0]).all() and (vis[1, 1] == lut[255]).all()
+    assert (depth.colorize(np.full((3, 3), 5.0)) == lut[0]).all()  # constant input: no NaN
