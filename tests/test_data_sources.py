@@ -36,11 +36,11 @@ def test_hide_layouts(tmp_path, original):
 
 
 def test_reds_and_val300(tmp_path):
-  root = F.make_reds(str(tmp_path / "REDS"), seqs=2, frames=20)
-  assert len(S.reds(root, "train")) == 40 and len(S.reds(root, "val")) == 40
-  v300 = S.reds(root, "val300")
+  root = F.make_reds(str(tmp_path / "REDS"), seqs=2, frames=100)
+  assert len(S.reds(root, "train")) == 200 and len(S.reds(root, "val")) == 200
+  v300 = S.reds(root, "val300")  # 10 per 100-frame sequence: 300 for the 30 REDS sequences
   assert [r.name for r in v300.records] == [
-      "000/00000009.png", "000/00000019.png", "001/00000009.png", "001/00000019.png"]
+      f"{q:03d}/{f:08d}.png" for q in range(2) for f in range(9, 100, 10)]
   _all_aligned(v300)
 
 
