@@ -135,6 +135,22 @@ def test_errors_and_coverage(original, hf_sd):
         keymaps.convert_state_dict("depth_anything_hf", bad)
 
 
+@pytest.mark.parametrize("name", ["vits", "vitb", "vitl", "vitg"])
+def test_real_checkpoint_shapes(name):
+    """Released DA V2 key sets and shapes validate against the Flax model; configs inferred."""
+    from radblur_jax.models import presets
+    from radblur_jax.models.vit import swiglu_hidden
+    enc_want, dpt_want = presets.encoder_config(name), presets.dpt_config(name)
+    hidden = swiglu_hidden(enc_want.embed_dim, 4.0) if enc_want.ffn == "swiglu" else 0
+    sd = tr.original_state_shapes(enc_want.embed_dim, enc_want.depth, swiglu_hidden=hidden,
+                                  dpt=(dpt_want.features, dpt_want.out_channels))
+    enc, dpt = keymaps.check_state_dict("depth_anything", sd)
+    assert (enc.embed_dim, enc.depth, enc.num_heads, enc.taps) == (
+        enc_want.embed_dim, enc_want.depth, enc_want.num_heads, enc_want.taps)
+    assert dpt.features == dpt_want.features
+    assert tuple(dpt.out_channels) == tuple(dpt_want.out_channels)
+
+
 def test_return_features_false(original):
     params, enc, dpt = keymaps.convert_state_dict("depth_anything", original[1])
     apply = jax.jit(DepthAnything(enc, dpt).apply, static_argnames="return_features")

@@ -139,6 +139,21 @@ def test_hf_hub_naming_matches():
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.parametrize("name,registers", [("vits", 0), ("vitb", 4), ("vitl", 0), ("vitg", 4)])
+def test_real_checkpoint_shapes(name, registers):
+    """Key sets and shapes of the released checkpoints validate against the Flax model."""
+    from radblur_jax.models import presets
+    want = presets.encoder_config(name)
+    hidden = swiglu_hidden(want.embed_dim, 4.0) if want.ffn == "swiglu" else 0
+    sd = tr.original_state_shapes(want.embed_dim, want.depth, registers=registers,
+                                  swiglu_hidden=hidden)
+    cfg, dpt = keymaps.check_state_dict("dinov2", sd)
+    assert dpt is None and cfg.num_registers == registers and cfg.pos_grid == 37
+    for field in ("embed_dim", "depth", "num_heads", "ffn", "taps", "mlp_ratio"):
+        assert cfg[field] == want[field], field
+    assert cfg.pos_embed_mode == ("antialias" if registers else "offset")
+
+
 # ------------------------------------------------------------------ errors and options
 
 
@@ -164,7 +179,7 @@ def test_conversion_errors(original_sd):
 
 def test_every_param_filled(original_sd):
     params, cfg, _ = keymaps.convert_state_dict("dinov2", original_sd)
-    init = DinoViT(cfg).init(jax.random.key(0), jnp.zeros((1, 70, 70, 3)))["params"]
+    init = jax.jit(DinoViT(cfg).init)(jax.random.key(0), jnp.zeros((1, 70, 70, 3)))["params"]
     assert jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(params)
     changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), init, params)
     assert all(jax.tree_util.tree_leaves(changed))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -230,3 +232,50 @@ def randomize_(module: nn.Module, seed: int, std: float = 0.2) -> nn.Module:
             else:
                 p.copy_(std * noise)
     return module
+
+
+def original_state_shapes(dim: int, depth: int, *, registers: int = 0, swiglu_hidden: int = 0,
+                          grid: int = 37, dpt: tuple | None = None) -> dict:
+    """Zero-cost `{key: zero array view}` with the shapes of a real original-layout checkpoint
+    (dinov2, or Depth Anything V2 when `dpt=(features, out_channels)`), per weights.md."""
+    s = {"cls_token": (1, 1, dim), "pos_embed": (1, grid * grid + 1, dim), "mask_token": (1, dim),
+         "patch_embed.proj.weight": (dim, 3, 14, 14), "patch_embed.proj.bias": (dim,),
+         "norm.weight": (dim,), "norm.bias": (dim,)}
+    if registers:
+        s["register_tokens"] = (1, registers, dim)
+    hid = swiglu_hidden or 4 * dim
+    ffn = ({"w12": (2 * hid, dim), "w3": (dim, hid)} if swiglu_hidden
+           else {"fc1": (hid, dim), "fc2": (dim, hid)})
+    for i in range(depth):
+        b = f"blocks.{i}."
+        for n in ("norm1", "norm2"):
+            s[b + n + ".weight"] = s[b + n + ".bias"] = (dim,)
+        s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"] = (3 * dim, dim), (3 * dim,)
+        s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (dim, dim), (dim,)
+        s[b + "ls1.gamma"] = s[b + "ls2.gamma"] = (dim,)
+        for n, shp in ffn.items():
+            s[b + f"mlp.{n}.weight"], s[b + f"mlp.{n}.bias"] = shp, (shp[0],)
+    if dpt is not None:
+        f, oc = dpt
+        s = {"pretrained." + k: v for k, v in s.items()}
+        h = "depth_head."
+        conv = {}
+        for i, c in enumerate(oc):
+            conv[f"projects.{i}"] = (c, dim, 1, 1)
+            conv[f"scratch.layer{i + 1}_rn"] = (f, c, 3, 3)
+            for u in ("resConfUnit1", "resConfUnit2"):
+                for cv in ("conv1", "conv2"):
+                    conv[f"scratch.refinenet{i + 1}.{u}.{cv}"] = (f, f, 3, 3)
+            conv[f"scratch.refinenet{i + 1}.out_conv"] = (f, f, 1, 1)
+        conv.update({"resize_layers.0": (oc[0], oc[0], 4, 4),
+                     "resize_layers.1": (oc[1], oc[1], 2, 2),
+                     "resize_layers.3": (oc[3], oc[3], 3, 3),
+                     "scratch.output_conv1": (f // 2, f, 3, 3),
+                     "scratch.output_conv2.0": (32, f // 2, 3, 3),
+                     "scratch.output_conv2.2": (1, 32, 1, 1)})
+        for k, shp in conv.items():
+            s[h + k + ".weight"] = shp
+            if not k.endswith("_rn"):
+                s[h + k + ".bias"] = (shp[0],)
+    zero = np.zeros((), np.float32)
+    return {k: np.broadcast_to(zero, v) for k, v in s.items()}

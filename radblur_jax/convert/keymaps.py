@@ -8,7 +8,8 @@ Formats (`FORMATS`):
   "depth_anything"     original Depth Anything V2 `.pth` (`pretrained.` + `depth_head.`).
   "depth_anything_hf"  transformers DepthAnythingForDepthEstimation (`backbone.`, `neck.`, `head.`).
 
-Main entry: `convert_state_dict(fmt, state_dict) -> (params, encoder_cfg, dpt_cfg_or_None)`, where
+Main entry: `convert_state_dict(fmt, state_dict) -> (params, encoder_cfg, dpt_cfg_or_None)`
+(`check_state_dict` validates only, from shapes), where
 `params` is the nested dict to pass as `{"params": params}` to `DinoViT` (dinov2 formats) or
 `DepthAnything` (depth formats). HF formats are first renamed to the original keys
 (`to_original_keys`); then every key maps by rule: `a.0.b` -> `a_0/b`, Linear weight `W.T`,
@@ -240,18 +241,26 @@ def _flax_path(key: str) -> tuple[tuple[str, ...], str]:
     return tuple(path), parts[-1]
 
 
-def _convert_leaf(key: str, val) -> tuple[tuple[str, ...], np.ndarray]:
+def _target(key: str, shape: tuple) -> tuple[tuple[str, ...], tuple | None]:
+    """Flax path of original-layout `key` and the axis permutation to apply (None: as is)."""
     path, leaf = _flax_path(key)
-    arr = np.asarray(val, dtype=np.float32)
+    perm = None
     if leaf == "weight":
-        if arr.ndim == 4:
+        if len(shape) == 4:
             perm = (2, 3, 0, 1) if _CONV_TRANSPOSE.match(key) else (2, 3, 1, 0)
-            arr, leaf = arr.transpose(perm), "kernel"
-        elif arr.ndim == 2:
-            arr, leaf = arr.T, "kernel"
-        elif arr.ndim == 1:
+            leaf = "kernel"
+        elif len(shape) == 2:
+            perm, leaf = (1, 0), "kernel"
+        elif len(shape) == 1:
             leaf = "scale"
-    return path + (leaf,), np.ascontiguousarray(arr)
+    return path + (leaf,), perm
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+    """Original-layout key for a Flax path (inverse of `_target`, for messages)."""
+    parts = [re.sub(r"_(\d+)$", r".\1", p) for p in path[:-1]]
+    leaf = {"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1])
+    return ".".join(parts + [leaf])
 
 
 def _model_shapes(enc, dpt) -> dict:
@@ -269,42 +278,64 @@ def _model_shapes(enc, dpt) -> dict:
     return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def convert_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
-                       num_heads: int | None = None, taps=None) -> tuple:
-    """Maps a flat `{torch key: array}` of format `fmt` to `(params, encoder_cfg, dpt_cfg)`.
-
-    `params` is a nested dict of float32 numpy arrays covering every parameter of the Flax
-    model (`DinoViT(encoder_cfg)` or `DepthAnything(encoder_cfg, dpt_cfg)`; `dpt_cfg` is None for
-    the dinov2 formats). Raises `ConversionError` naming missing, unexpected and misshapen keys.
-    Keyword arguments as in `infer_config`.
-    """
-    sd = to_original_keys(fmt, state_dict)
-    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps)
+def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
+    """{original key: (flax path, perm)} after checking keys and shapes against the model."""
     expected = _model_shapes(enc, dpt)
-    params, sources, unexpected, bad = {}, {}, [], []
+    plan, unexpected, bad = {}, [], []
     for key, val in sd.items():
         if KNOWN_UNUSED.match(key):
             continue
-        path, arr = _convert_leaf(key, val)
+        shape = tuple(np.shape(val))
+        path, perm = _target(key, shape)
+        new_shape = tuple(shape[i] for i in perm) if perm else shape
         if path not in expected:
             unexpected.append(key)
-        elif arr.shape != expected[path]:
-            bad.append(f"{key} {tuple(arr.shape)} -> {'/'.join(path)} expects {expected[path]}")
-        params[path], sources[path] = arr, key
-    missing = ["/".join(p) for p in expected if p not in params]
+        elif new_shape != expected[path]:
+            bad.append(f"{key} {shape} -> {'/'.join(path)} {new_shape}, model expects "
+                       f"{expected[path]}")
+        plan[key] = (path, perm)
+    filled = {path for path, _ in plan.values()}
+    missing = [f"{_torch_key(p)} (param {'/'.join(p)})" for p in expected if p not in filled]
     problems = []
     if missing:
-        problems.append(f"missing parameters: {_keys_msg(missing)}")
+        problems.append(f"missing keys: {_keys_msg(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_keys_msg(unexpected)}")
     if bad:
         problems.append("shape mismatch: " + "; ".join(bad[:8]))
     if problems:
         raise ConversionError(f"format {fmt!r}: " + " | ".join(problems))
+    return plan
+
+
+def check_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
+                     num_heads: int | None = None, taps=None) -> tuple:
+    """Validates keys and shapes without converting; returns `(encoder_cfg, dpt_cfg)`.
+
+    Only `np.shape` of each value is read for the original formats (cheap for any size).
+    """
+    sd = to_original_keys(fmt, state_dict)
+    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps)
+    _check(fmt, sd, enc, dpt)
+    return enc, dpt
+
+
+def convert_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
+                       num_heads: int | None = None, taps=None) -> tuple:
+    """Maps a flat `{torch key: array}` of format `fmt` to `(params, encoder_cfg, dpt_cfg)`.
+
+    `params` is a nested dict of float32 numpy arrays covering every parameter of the Flax
+    model (`DinoViT(encoder_cfg)` or `DepthAnything(encoder_cfg, dpt_cfg)`; `dpt_cfg` is None for
+    the dinov2 formats). Raises `ConversionError` naming missing, unexpected and misshapen keys
+    (before any array is copied). Keyword arguments as in `infer_config`.
+    """
+    sd = to_original_keys(fmt, state_dict)
+    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps)
     nested: dict = {}
-    for path, arr in params.items():
+    for key, (path, perm) in _check(fmt, sd, enc, dpt).items():
+        arr = np.asarray(sd[key], dtype=np.float32)
         node = nested
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = arr
+        node[path[-1]] = np.ascontiguousarray(arr.transpose(perm) if perm else arr)
     return nested, enc, dpt
