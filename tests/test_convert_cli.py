@@ -66,6 +66,8 @@ def test_cli_depth_anything_pth_parity(torch_da, da_converted):
     n_torch = sum(p.numel() for k, p in torch_da.state_dict().items()
                   if not k.startswith("depth_head.scratch.refinenet4.resConfUnit1."))
     assert info["num_params"] == n_torch and info["format"] == "depth_anything"
+    assert len(info["ignored_source_keys"]) == 4 and "ignored:  4 source tensors" in stdout
+    assert info["num_source_keys"] == len(torch_da.state_dict())
     module, params, config = load_pretrained(out)
     assert config["model"] == "depth_anything" and type(module).__name__ == "DepthAnything"
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
@@ -124,15 +126,18 @@ def test_hf_dinov2_dir_parity(tmp_path, layout):
 def test_hf_depth_anything_dir_parity(tmp_path):
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
     from torch_reference import randomize_
-    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                            image_size=70, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    # heads and taps differ from what the weights alone suggest: config.json must win
+    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=5, num_attention_heads=2,
+                            image_size=70, out_indices=[2, 3, 4, 5], reshape_hidden_states=False)
     cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 32, 64, 64],
                               fusion_hidden_size=16, reassemble_hidden_size=64)
     model = randomize_(DepthAnythingForDepthEstimation(cfg), seed=6).eval()
     model.save_pretrained(tmp_path / "hf")
     result = convert_checkpoint(tmp_path / "hf", tmp_path / "out")
-    assert (result.detection.format, result.detection.size) == ("depth_anything_hf", "tiny")
-    assert tuple(result.detection.encoder_cfg.taps) == (0, 1, 2, 3)
+    enc = result.detection.encoder_cfg
+    assert result.detection.format == "depth_anything_hf" and result.detection.size.startswith(
+        "custom(D=64, depth=5, heads=2")
+    assert tuple(enc.taps) == (1, 2, 3, 4) and enc.num_heads == 2
     module, params, _ = load_pretrained(tmp_path / "out")
     x = _images(70, 70, seed=7)
     with torch.no_grad():

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if det.dpt_cfg is not None:
         print(f"dpt:      features={det.dpt_cfg.features} "
               f"out_channels={tuple(det.dpt_cfg.out_channels)} head={det.dpt_cfg.head}")
+    if result.ignored_source_keys:
+        print(f"ignored:  {len(result.ignored_source_keys)} source tensors never used by the "
+              f"forward pass ({result.ignored_source_keys[0]}, ...)")
     print(f"converted {result.num_source_keys} source tensors -> {result.num_param_arrays} arrays, "
           f"{result.num_params:,} parameters -> {result.output} "
           f"({time.perf_counter() - t0:.1f} s)")

@@ -36,6 +36,7 @@ class ConversionResult:
     num_params: int
     num_source_keys: int
     num_param_arrays: int
+    ignored_source_keys: list[str] = dataclasses.field(default_factory=list)
 
 
 def _jsonable(tree: Any) -> Any:
@@ -115,6 +116,9 @@ def save_converted(output: str | os.PathLike, params: Any, config: dict[str, Any
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
                 f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal dir's mode
         _check_destination(output, overwrite)
         _install(tmp, output)
     except BaseException:
@@ -243,13 +247,18 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
     detection = detect.describe(fmt, encoder_cfg, dpt_cfg)
     n_params = count_params(params)
     n_arrays = len(jax.tree.leaves(params))
+    unused = getattr(keymaps, "KNOWN_UNUSED", None)
+    ignored = sorted(k for k in keymaps.to_original_keys(fmt, loaded.state_dict)
+                     if unused is not None and unused.match(k))
     info = {
         "source": os.path.abspath(source), "format": fmt, "model": detection.model_kind,
         "size": detection.size, "num_registers": detection.num_registers,
         "pos_embed_mode": detection.pos_embed_mode, "num_params": n_params,
         "num_source_keys": len(loaded.state_dict), "num_param_arrays": n_arrays,
+        "ignored_source_keys": ignored,
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     config = model_config(detection.model_kind, encoder_cfg, dpt_cfg)
     save_converted(output, params, config, info, overwrite=overwrite)
-    return ConversionResult(output, detection, n_params, len(loaded.state_dict), n_arrays)
+    return ConversionResult(output, detection, n_params, len(loaded.state_dict), n_arrays,
+                            ignored)
