@@ -42,6 +42,8 @@ def test_build_gopro_from_fake_tree(tmp_path):
       "GOPR0384_11_00/000001.png", "GOPR0384_11_00/000002.png"]
   ev = P.eval_dataset(src, shard_index=0, shard_count=1)
   F.check_coord_alignment(ev[0])
+  raw = make_source({"name": "gopro", "format": "tfds", "root": data_dir, "raw": True})
+  assert raw[0]["blur"].dtype == np.uint8 and len(raw) == 5
 
 
 def test_missing_tfds_dataset_message(tmp_path):

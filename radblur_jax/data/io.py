@@ -22,8 +22,6 @@ import numpy as np
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_EXTS = (".npy", ".png", ".pfm")
 
-cv2.setNumThreads(1)  # decoding runs in grain workers; one thread each scales better
-
 
 class DataError(ValueError):
   """A data file is missing, unreadable or inconsistent; the message names the file."""

@@ -150,7 +150,8 @@ def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,
   """Evaluation: full images one at a time, in source order, no augmentation.
 
   Element `i` is `{blur, sharp (H, W, 3) float32, ..., name}` for example `index + i * count`.
-  Shards are disjoint and together cover every example (no remainder dropped).
+  Shards are disjoint and together cover every example (no remainder dropped). Iterate it
+  directly, or `.to_iter_dataset(grain.ReadOptions(...))` to decode ahead in threads.
   """
   index, count = resolve_shard(shard_index, shard_count, shard_options, False)
   return shard(grain.MapDataset.source(source), index, count, False).map(to_float)

@@ -44,11 +44,14 @@ def make_source(config: Mapping[str, Any] | Any) -> Any:
   fmt = cfg.pop("format", "files")
   raw = cfg.pop("raw", False)
   if name == "nyu_depth_v2":
-    return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", None))
+    return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", cfg.pop("root", None)))
   if fmt == "tfds":
     if name not in _TFDS_NAMES:
       raise ValueError(f"format='tfds' is available for {tuple(_TFDS_NAMES)}, not {name!r}")
-    return sources_tfds.tfds_paired(_TFDS_NAMES[name], split, cfg.pop("data_dir", None))
+    source = sources_tfds.tfds_paired(_TFDS_NAMES[name], split,
+                                      cfg.pop("data_dir", cfg.pop("root", None)))
+    source.raw = raw
+    return source
   if fmt != "files":
     raise ValueError(f"format {fmt!r} not in ('files', 'tfds')")
   root = cfg.pop("root", None)

@@ -79,17 +79,21 @@ def nyu_depth_v2(split: str = "train", data_dir: str | None = None) -> TfdsDepth
 
 
 class TfdsPairedSource:
-  """Blur/sharp examples from the project's TFDS builders (uint8 images, optional depth)."""
+  """Blur/sharp examples from the project's TFDS builders (stored as uint8; float32 in [0, 1]
+  unless `raw`, then uint8 for the pipeline to convert after cropping)."""
 
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None, *,
+               raw: bool = False):
     self.source = open_tfds(name, split, data_dir)
+    self.raw = raw
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     ex = self.source[int(index)]
-    out = {"blur": _to_unit(ex["blur"]), "sharp": _to_unit(ex["sharp"])}
+    conv = np.asarray if self.raw else _to_unit
+    out = {"blur": conv(ex["blur"]), "sharp": conv(ex["sharp"])}
     if "depth" in ex:
       d = np.asarray(ex["depth"], np.float32)
       out["depth"] = d if d.ndim == 3 else d[:, :, None]
