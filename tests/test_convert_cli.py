@@ -52,8 +52,9 @@ def da_pth(torch_da, tmp_path_factory):
 @pytest.fixture(scope="module")
 def da_converted(da_pth, tmp_path_factory):
     out = tmp_path_factory.mktemp("conv") / "da"
-    proc = run_tool("--input", da_pth, "--output", out)
+    proc = run_tool("--input", da_pth, "--output", out, "--verify")
     assert proc.returncode == 0, proc.stderr
+    assert "verified: " in proc.stdout
     return out, proc.stdout
 
 

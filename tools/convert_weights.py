@@ -9,6 +9,7 @@ See docs/conversion.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,7 +28,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source layout; 'auto' detects it from the keys (default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output directory")
+    p.add_argument("--verify", action="store_true",
+                   help="reload the written checkpoint, compare it with the source tensors and "
+                        "run one forward pass (finite outputs)")
     return p
+
+
+def verify(output: str, source: str) -> str:
+    """Reload `output`; every array must equal the source's (after layout changes)."""
+    import jax
+    import numpy as np
+
+    from radblur_jax.convert import keymaps, load_checkpoint, load_pretrained
+
+    module, params, config = load_pretrained(output)
+    loaded = load_checkpoint(source)
+    with open(os.path.join(output, "conversion.json")) as f:
+        fmt = json.load(f)["format"]
+    enc = config["encoder"]
+    want, _, _ = keymaps.convert_state_dict(fmt, loaded.state_dict, num_heads=enc["num_heads"],
+                                            taps=tuple(enc["taps"]))
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), params, want)
+    bad = [jax.tree_util.keystr(k) for k, ok in jax.tree_util.tree_flatten_with_path(same)[0]
+           if not ok]
+    if bad:
+        raise CheckpointError(f"{output}: reloaded parameters differ from the source: {bad[:6]}")
+    side = 2 * enc["patch_size"]
+    x = np.random.default_rng(0).normal(size=(1, side, side, 3)).astype(np.float32)
+    out = jax.jit(module.apply)({"params": params}, x)
+    if not all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(out)):
+        raise CheckpointError(f"{output}: forward pass on a {side}x{side} input is not finite")
+    return f"verified: {len(jax.tree.leaves(params))} arrays equal the source, forward finite"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"converted {result.num_source_keys} source tensors -> {result.num_param_arrays} arrays, "
           f"{result.num_params:,} parameters -> {result.output} "
           f"({time.perf_counter() - t0:.1f} s)")
+    if args.verify:
+        try:
+            print(verify(result.output, args.input))
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 
