@@ -18,6 +18,7 @@ Conv `[O,I,kh,kw] -> [kh,kw,I,O]`, ConvTranspose `[I,O,kh,kw] -> [kh,kw,I,O]`, L
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Mapping
@@ -28,6 +29,8 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.models import presets
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("dinov2", "dinov2_hf", "depth_anything", "depth_anything_hf")
 
@@ -282,6 +285,9 @@ def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
     """{original key: (flax path, perm)} after checking keys and shapes against the model."""
     expected = _model_shapes(enc, dpt)
     plan, unexpected, bad = {}, [], []
+    unused = [k for k in sd if KNOWN_UNUSED.match(k)]
+    if unused:
+        log.info("dropping %d known-unused keys: %s", len(unused), _keys_msg(unused))
     for key, val in sd.items():
         if KNOWN_UNUSED.match(key):
             continue
