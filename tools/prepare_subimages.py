@@ -28,95 +28,95 @@ from radblur_jax.data.sources import make_source
 
 
 def tile_starts(length: int, size: int, step: int, thresh: int = 0) -> list[int]:
-  """Window starts along one axis: every `step`, plus a last window flush with the border when
-  more than `thresh` pixels would be left out. One window at 0 if `length <= size`."""
-  if length <= size:
-    return [0]
-  starts = list(range(0, length - size + 1, step))
-  if length - (starts[-1] + size) > thresh:
-    starts.append(length - size)
-  return starts
+    """Window starts along one axis: every `step`, plus a last window flush with the border when
+    more than `thresh` pixels would be left out. One window at 0 if `length <= size`."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, step))
+    if length - (starts[-1] + size) > thresh:
+        starts.append(length - size)
+    return starts
 
 
 def _write(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _png(img: np.ndarray, compression: int) -> bytes:
-  bgr = np.ascontiguousarray(img[..., ::-1])
-  ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
-  if not ok:
-    raise RuntimeError("PNG encoding failed")
-  return buf.tobytes()
+    bgr = np.ascontiguousarray(img[..., ::-1])
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
 
 
 def cut_example(ex: dict[str, Any], out: str, size: int, step: int, thresh: int,
                 compression: int) -> int:
-  """Writes the tiles of one example (uint8/uint16 `blur`, `sharp`, optional `depth`)."""
-  h, w = ex["blur"].shape[:2]
-  stem = os.path.splitext(ex["name"])[0].replace("/", "_").replace("\\", "_")
-  n = 0
-  for y in tile_starts(h, size, step, thresh):
-    for x in tile_starts(w, size, step, thresh):
-      win = (slice(y, y + size), slice(x, x + size))
-      name = f"{stem}_s{n:03d}"
-      _write(os.path.join(out, "input", name + ".png"), _png(ex["blur"][win], compression))
-      _write(os.path.join(out, "target", name + ".png"), _png(ex["sharp"][win], compression))
-      if "depth" in ex:
-        tmp = os.path.join(out, "depth", f"{name}.tmp{os.getpid()}.npy")
-        np.save(tmp, np.ascontiguousarray(ex["depth"][win][..., 0]))
-        os.replace(tmp, os.path.join(out, "depth", name + ".npy"))
-      n += 1
-  return n
+    """Writes the tiles of one example (uint8/uint16 `blur`, `sharp`, optional `depth`)."""
+    h, w = ex["blur"].shape[:2]
+    stem = os.path.splitext(ex["name"])[0].replace("/", "_").replace("\\", "_")
+    n = 0
+    for y in tile_starts(h, size, step, thresh):
+        for x in tile_starts(w, size, step, thresh):
+            win = (slice(y, y + size), slice(x, x + size))
+            name = f"{stem}_s{n:03d}"
+            _write(os.path.join(out, "input", name + ".png"), _png(ex["blur"][win], compression))
+            _write(os.path.join(out, "target", name + ".png"), _png(ex["sharp"][win], compression))
+            if "depth" in ex:
+                tmp = os.path.join(out, "depth", f"{name}.tmp{os.getpid()}.npy")
+                np.save(tmp, np.ascontiguousarray(ex["depth"][win][..., 0]))
+                os.replace(tmp, os.path.join(out, "depth", name + ".npy"))
+            n += 1
+    return n
 
 
 _STATE: dict[str, Any] = {}
 
 
 def _init(config: dict[str, Any], args: tuple) -> None:
-  cv2.setNumThreads(1)
-  _STATE["source"] = make_source(dict(config, raw=True))
-  _STATE["args"] = args
+    cv2.setNumThreads(1)
+    _STATE["source"] = make_source(dict(config, raw=True))
+    _STATE["args"] = args
 
 
 def _work(index: int) -> int:
-  return cut_example(_STATE["source"][index], *_STATE["args"])
+    return cut_example(_STATE["source"][index], *_STATE["args"])
 
 
 def prepare(config: dict[str, Any], out: str, *, size: int = 480, step: int = 240,
             thresh: int = 0, compression: int = 3, workers: int = 1) -> int:
-  """Tiles every example of `make_source(config)` into `out`; returns the number of tiles."""
-  source = make_source(dict(config, raw=True))
-  for d in ("input", "target") + (("depth",) if "depth" in source[0] else ()):
-    os.makedirs(os.path.join(out, d), exist_ok=True)
-  args = (out, size, step, thresh, compression)
-  if workers <= 1:
-    _init(config, args)
-    return sum(_work(i) for i in range(len(source)))
-  with multiprocessing.get_context("spawn").Pool(workers, _init, (config, args)) as pool:
-    return sum(pool.imap_unordered(_work, range(len(source)), chunksize=4))
+    """Tiles every example of `make_source(config)` into `out`; returns the number of tiles."""
+    source = make_source(dict(config, raw=True))
+    for d in ("input", "target") + (("depth",) if "depth" in source[0] else ()):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    args = (out, size, step, thresh, compression)
+    if workers <= 1:
+        _init(config, args)
+        return sum(_work(i) for i in range(len(source)))
+    with multiprocessing.get_context("spawn").Pool(workers, _init, (config, args)) as pool:
+        return sum(pool.imap_unordered(_work, range(len(source)), chunksize=4))
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--dataset", required=True, help="make_source name, e.g. gopro, reds")
-  p.add_argument("--root", required=True)
-  p.add_argument("--split", default="train")
-  p.add_argument("--out", required=True)
-  p.add_argument("--size", type=int, default=480)
-  p.add_argument("--step", type=int, default=240)
-  p.add_argument("--thresh", type=int, default=0,
-                 help="add a border-flush window when more than this many pixels remain")
-  p.add_argument("--png_compression", type=int, default=3, choices=range(10))
-  p.add_argument("--workers", type=int, default=1)
-  a = p.parse_args(argv)
-  n = prepare({"name": a.dataset, "root": a.root, "split": a.split}, a.out, size=a.size,
-              step=a.step, thresh=a.thresh, compression=a.png_compression, workers=a.workers)
-  print(f"wrote {n} tiles to {a.out}", file=sys.stderr)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="make_source name, e.g. gopro, reds")
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=480)
+    p.add_argument("--step", type=int, default=240)
+    p.add_argument("--thresh", type=int, default=0,
+                   help="add a border-flush window when more than this many pixels remain")
+    p.add_argument("--png_compression", type=int, default=3, choices=range(10))
+    p.add_argument("--workers", type=int, default=1)
+    a = p.parse_args(argv)
+    n = prepare({"name": a.dataset, "root": a.root, "split": a.split}, a.out, size=a.size,
+                step=a.step, thresh=a.thresh, compression=a.png_compression, workers=a.workers)
+    print(f"wrote {n} tiles to {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  main()
+    main()

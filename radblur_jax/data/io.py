@@ -24,138 +24,138 @@ DEPTH_EXTS = (".npy", ".png", ".pfm")
 
 
 class DataError(ValueError):
-  """A data file is missing, unreadable or inconsistent; the message names the file."""
+    """A data file is missing, unreadable or inconsistent; the message names the file."""
 
 
 def is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTS)
+    return name.lower().endswith(IMAGE_EXTS)
 
 
 def _decode(path: str) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  buf = np.fromfile(path, dtype=np.uint8)
-  img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-  if img is None:
-    raise DataError(f"{path}: cannot decode (corrupt or not an image, {buf.size} bytes)")
-  return img
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    buf = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise DataError(f"{path}: cannot decode (corrupt or not an image, {buf.size} bytes)")
+    return img
 
 
 def to_unit(img: np.ndarray, path: str = "<array>") -> np.ndarray:
-  """uint8 / 255, uint16 / 65535, float as float32."""
-  return _to_unit(img, path)
+    """uint8 / 255, uint16 / 65535, float as float32."""
+    return _to_unit(img, path)
 
 
 def _to_unit(img: np.ndarray, path: str) -> np.ndarray:
-  if img.dtype == np.uint8:
-    return img.astype(np.float32) / 255.0
-  if img.dtype == np.uint16:
-    return img.astype(np.float32) / 65535.0
-  if img.dtype in (np.float32, np.float64):
-    return img.astype(np.float32)
-  raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected uint8 or uint16)")
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    if img.dtype in (np.float32, np.float64):
+        return img.astype(np.float32)
+    raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected uint8 or uint16)")
 
 
 def read_image(path: str, *, allow_gray: bool = False, raw: bool = False) -> np.ndarray:
-  """Reads an image as `(H, W, 3) float32 in [0, 1]`, RGB order.
+    """Reads an image as `(H, W, 3) float32 in [0, 1]`, RGB order.
 
-  `raw=True` keeps the stored integer type (uint8/uint16; `to_unit` converts later, e.g. after
-  cropping, which is cheaper). Raises DataError naming `path` for a missing, corrupt,
-  grayscale (unless `allow_gray`) or non-opaque RGBA file.
-  """
-  img = _decode(path)
-  if img.ndim == 3 and img.shape[2] == 1:
-    img = img[:, :, 0]
-  if img.ndim == 2:
-    if not allow_gray:
-      raise DataError(f"{path}: grayscale image, expected RGB "
-                      "(pass allow_gray=True where grayscale inputs are accepted)")
-    img = np.repeat(img[:, :, None], 3, axis=2)
-  elif img.shape[2] == 4:
-    alpha = img[:, :, 3]
-    opaque = np.iinfo(img.dtype).max if img.dtype.kind == "u" else 1.0
-    if not np.all(alpha == opaque):
-      raise DataError(f"{path}: RGBA image with transparent pixels; expected RGB "
-                      "(an opaque alpha channel would be dropped)")
-    img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
-  elif img.shape[2] == 3:
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-  else:
-    raise DataError(f"{path}: {img.shape[2]} channels, expected 3")
-  if raw and img.dtype in (np.uint8, np.uint16):
-    return img
-  return _to_unit(img, path)
+    `raw=True` keeps the stored integer type (uint8/uint16; `to_unit` converts later, e.g. after
+    cropping, which is cheaper). Raises DataError naming `path` for a missing, corrupt,
+    grayscale (unless `allow_gray`) or non-opaque RGBA file.
+    """
+    img = _decode(path)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        if not allow_gray:
+            raise DataError(f"{path}: grayscale image, expected RGB "
+                            "(pass allow_gray=True where grayscale inputs are accepted)")
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        alpha = img[:, :, 3]
+        opaque = np.iinfo(img.dtype).max if img.dtype.kind == "u" else 1.0
+        if not np.all(alpha == opaque):
+            raise DataError(f"{path}: RGBA image with transparent pixels; expected RGB "
+                            "(an opaque alpha channel would be dropped)")
+        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        raise DataError(f"{path}: {img.shape[2]} channels, expected 3")
+    if raw and img.dtype in (np.uint8, np.uint16):
+        return img
+    return _to_unit(img, path)
 
 
 def read_mask(path: str) -> np.ndarray:
-  """Reads a mask image as `(H, W) float32 in [0, 1]` (first channel of a colour mask)."""
-  img = _decode(path)
-  if img.ndim == 3:
-    img = img[:, :, 0]
-  return _to_unit(img, path)
+    """Reads a mask image as `(H, W) float32 in [0, 1]` (first channel of a colour mask)."""
+    img = _decode(path)
+    if img.ndim == 3:
+        img = img[:, :, 0]
+    return _to_unit(img, path)
 
 
 def read_pfm(path: str) -> np.ndarray:
-  """Reads a PFM file (`Pf` grayscale or `PF` colour) as float32, top row first."""
-  with open(path, "rb") as f:
-    header = f.readline().decode("latin-1").strip()
-    if header not in ("PF", "Pf"):
-      raise DataError(f"{path}: not a PFM file (header {header!r})")
-    dims = f.readline().decode("latin-1")
-    while dims.startswith("#"):
-      dims = f.readline().decode("latin-1")
-    m = re.match(r"^\s*(\d+)\s+(\d+)\s*$", dims)
-    if not m:
-      raise DataError(f"{path}: malformed PFM size line {dims!r}")
-    w, h = int(m.group(1)), int(m.group(2))
-    scale = float(f.readline().decode("latin-1").strip())
-    dtype = "<f4" if scale < 0 else ">f4"
-    c = 3 if header == "PF" else 1
-    data = np.frombuffer(f.read(), dtype=dtype)
-  if data.size != w * h * c:
-    raise DataError(f"{path}: PFM holds {data.size} values, expected {w * h * c}")
-  shape = (h, w, c) if c == 3 else (h, w)
-  return np.flipud(data.reshape(shape)).astype(np.float32)
+    """Reads a PFM file (`Pf` grayscale or `PF` colour) as float32, top row first."""
+    with open(path, "rb") as f:
+        header = f.readline().decode("latin-1").strip()
+        if header not in ("PF", "Pf"):
+            raise DataError(f"{path}: not a PFM file (header {header!r})")
+        dims = f.readline().decode("latin-1")
+        while dims.startswith("#"):
+            dims = f.readline().decode("latin-1")
+        m = re.match(r"^\s*(\d+)\s+(\d+)\s*$", dims)
+        if not m:
+            raise DataError(f"{path}: malformed PFM size line {dims!r}")
+        w, h = int(m.group(1)), int(m.group(2))
+        scale = float(f.readline().decode("latin-1").strip())
+        dtype = "<f4" if scale < 0 else ">f4"
+        c = 3 if header == "PF" else 1
+        data = np.frombuffer(f.read(), dtype=dtype)
+    if data.size != w * h * c:
+        raise DataError(f"{path}: PFM holds {data.size} values, expected {w * h * c}")
+    shape = (h, w, c) if c == 3 else (h, w)
+    return np.flipud(data.reshape(shape)).astype(np.float32)
 
 
 def write_pfm(path: str, arr: np.ndarray) -> None:
-  """Writes a `(H, W)` float array as little-endian PFM (tests and tools)."""
-  arr = np.asarray(arr, np.float32)
-  with open(path, "wb") as f:
-    f.write(b"Pf\n%d %d\n-1.0\n" % (arr.shape[1], arr.shape[0]))
-    f.write(np.flipud(arr).astype("<f4").tobytes())
+    """Writes a `(H, W)` float array as little-endian PFM (tests and tools)."""
+    arr = np.asarray(arr, np.float32)
+    with open(path, "wb") as f:
+        f.write(b"Pf\n%d %d\n-1.0\n" % (arr.shape[1], arr.shape[0]))
+        f.write(np.flipud(arr).astype("<f4").tobytes())
 
 
 def read_depth(path: str) -> np.ndarray:
-  """Reads a depth map as `(H, W) float32` in the file's own unit.
+    """Reads a depth map as `(H, W) float32` in the file's own unit.
 
-  `.npy`: as stored; 16-bit PNG: raw integers (e.g. millimetres), no scaling; `.pfm`: as stored.
-  """
-  ext = os.path.splitext(path)[1].lower()
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  if ext == ".npy":
-    try:
-      d = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-      raise DataError(f"{path}: cannot load depth .npy ({e})") from e
-  elif ext == ".pfm":
-    d = read_pfm(path)
-  elif ext == ".png":
-    d = _decode(path)
-    if d.dtype != np.uint16:
-      raise DataError(f"{path}: depth PNG must be 16-bit, got {d.dtype}")
-  else:
-    raise DataError(f"{path}: unsupported depth format (expected one of {DEPTH_EXTS})")
-  d = np.squeeze(np.asarray(d))
-  if d.ndim != 2:
-    raise DataError(f"{path}: depth map has shape {d.shape}, expected (H, W)")
-  return d.astype(np.float32)
+    `.npy`: as stored; 16-bit PNG: raw integers (e.g. millimetres), no scaling; `.pfm`: as stored.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if ext == ".npy":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: cannot load depth .npy ({e})") from e
+    elif ext == ".pfm":
+        d = read_pfm(path)
+    elif ext == ".png":
+        d = _decode(path)
+        if d.dtype != np.uint16:
+            raise DataError(f"{path}: depth PNG must be 16-bit, got {d.dtype}")
+    else:
+        raise DataError(f"{path}: unsupported depth format (expected one of {DEPTH_EXTS})")
+    d = np.squeeze(np.asarray(d))
+    if d.ndim != 2:
+        raise DataError(f"{path}: depth map has shape {d.shape}, expected (H, W)")
+    return d.astype(np.float32)
 
 
 def check_same_size(arrays: Sequence[np.ndarray], paths: Sequence[str]) -> None:
-  """Raises DataError naming every file when the arrays' (H, W) differ."""
-  sizes = [a.shape[:2] for a in arrays]
-  if len(set(sizes)) > 1:
-    detail = ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in zip(paths, sizes))
-    raise DataError(f"size mismatch inside a pair: {detail}")
+    """Raises DataError naming every file when the arrays' (H, W) differ."""
+    sizes = [a.shape[:2] for a in arrays]
+    if len(set(sizes)) > 1:
+        detail = ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in zip(paths, sizes))
+        raise DataError(f"size mismatch inside a pair: {detail}")

@@ -23,90 +23,90 @@ SPATIAL_KEYS = ("blur", "sharp", "image", "depth", "valid", "mask")
 
 
 def _spatial(ex: dict[str, Any]) -> list[str]:
-  keys = [k for k in SPATIAL_KEYS if k in ex]
-  sizes = {k: np.shape(ex[k])[:2] for k in keys}
-  if len(set(sizes.values())) > 1:
-    raise io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
-  return keys
+    keys = [k for k in SPATIAL_KEYS if k in ex]
+    sizes = {k: np.shape(ex[k])[:2] for k in keys}
+    if len(set(sizes.values())) > 1:
+        raise io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
+    return keys
 
 
 def to_float(ex: dict[str, Any]) -> dict[str, Any]:
-  """Integer images -> float32 in [0, 1] (uint8 / 255, uint16 / 65535); contiguous arrays."""
-  out = dict(ex)
-  for k in _spatial(ex):
-    out[k] = np.ascontiguousarray(io.to_unit(np.asarray(ex[k])))
-  return out
+    """Integer images -> float32 in [0, 1] (uint8 / 255, uint16 / 65535); contiguous arrays."""
+    out = dict(ex)
+    for k in _spatial(ex):
+        out[k] = np.ascontiguousarray(io.to_unit(np.asarray(ex[k])))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class PairedAugment(grain.transforms.RandomMap):
-  """One random crop, flips and a 90-degree rotation applied identically to every spatial field.
+    """One random crop, flips and a 90-degree rotation applied identically to every spatial field.
 
-  `crop_size`: `(h, w)` or None (no crop). `rot90` needs a square crop (or None: then the
-  rotation may change the shape, fine for batch size 1 only).
-  Output fields `(h, w, C) float32`.
-  """
-  crop_size: tuple[int, int] | None = (256, 256)
-  hflip: bool = True
-  vflip: bool = True
-  rot90: bool = True
+    `crop_size`: `(h, w)` or None (no crop). `rot90` needs a square crop (or None: then the
+    rotation may change the shape, fine for batch size 1 only).
+    Output fields `(h, w, C) float32`.
+    """
+    crop_size: tuple[int, int] | None = (256, 256)
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
 
-  def __post_init__(self):
-    if self.crop_size is not None and self.rot90 and self.crop_size[0] != self.crop_size[1]:
-      raise ValueError(f"rot90 needs a square crop, got {self.crop_size}")
+    def __post_init__(self):
+        if self.crop_size is not None and self.rot90 and self.crop_size[0] != self.crop_size[1]:
+            raise ValueError(f"rot90 needs a square crop, got {self.crop_size}")
 
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    keys = _spatial(element)
-    h, w = np.shape(element[keys[0]])[:2]
-    views = {k: element[k] for k in keys}
-    if self.crop_size is not None:
-      ch, cw = self.crop_size
-      if h < ch or w < cw:
-        raise io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
-                           f"{ch}x{cw}")
-      y = int(rng.integers(0, h - ch + 1))
-      x = int(rng.integers(0, w - cw + 1))
-      views = {k: v[y:y + ch, x:x + cw] for k, v in views.items()}
-    flip_h = self.hflip and rng.random() < 0.5
-    flip_v = self.vflip and rng.random() < 0.5
-    k90 = int(rng.integers(0, 4)) if self.rot90 else 0
-    out = dict(element)
-    for k, v in views.items():
-      if flip_h:
-        v = v[:, ::-1]
-      if flip_v:
-        v = v[::-1]
-      if k90:
-        v = np.rot90(v, k90, axes=(0, 1))
-      out[k] = np.ascontiguousarray(io.to_unit(np.asarray(v)))
-    return out
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        keys = _spatial(element)
+        h, w = np.shape(element[keys[0]])[:2]
+        views = {k: element[k] for k in keys}
+        if self.crop_size is not None:
+            ch, cw = self.crop_size
+            if h < ch or w < cw:
+                raise io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
+                                   f"{ch}x{cw}")
+            y = int(rng.integers(0, h - ch + 1))
+            x = int(rng.integers(0, w - cw + 1))
+            views = {k: v[y:y + ch, x:x + cw] for k, v in views.items()}
+        flip_h = self.hflip and rng.random() < 0.5
+        flip_v = self.vflip and rng.random() < 0.5
+        k90 = int(rng.integers(0, 4)) if self.rot90 else 0
+        out = dict(element)
+        for k, v in views.items():
+            if flip_h:
+                v = v[:, ::-1]
+            if flip_v:
+                v = v[::-1]
+            if k90:
+                v = np.rot90(v, k90, axes=(0, 1))
+            out[k] = np.ascontiguousarray(io.to_unit(np.asarray(v)))
+        return out
 
 
 def _drop_names(ex: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in ex.items() if k != "name"}
+    return {k: v for k, v in ex.items() if k != "name"}
 
 
 def resolve_shard(shard_index: int | None, shard_count: int | None,
                   shard_options: grain.sharding.ShardOptions | None,
                   drop_remainder: bool) -> tuple[int, int]:
-  """Explicit (index, count) if given, else `shard_options`, else one shard per JAX process."""
-  if shard_index is not None or shard_count is not None:
-    if shard_index is None or shard_count is None or not 0 <= shard_index < shard_count:
-      raise ValueError(f"bad shard {shard_index} of {shard_count}")
-    return shard_index, shard_count
-  opts = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
-  return opts.shard_index, opts.shard_count
+    """Explicit (index, count) if given, else `shard_options`, else one shard per JAX process."""
+    if shard_index is not None or shard_count is not None:
+        if shard_index is None or shard_count is None or not 0 <= shard_index < shard_count:
+            raise ValueError(f"bad shard {shard_index} of {shard_count}")
+        return shard_index, shard_count
+    opts = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
+    return opts.shard_index, opts.shard_count
 
 
 def shard(ds: grain.MapDataset, index: int, count: int, drop_remainder: bool
           ) -> grain.MapDataset:
-  """Strided shard `index::count`; `drop_remainder` trims so every shard has equal length."""
-  if count == 1:
-    return ds
-  stop = (len(ds) // count) * count if drop_remainder else len(ds)
-  if stop == 0:
-    raise ValueError(f"dataset of {len(ds)} examples cannot fill {count} shards")
-  return ds[index:stop:count]
+    """Strided shard `index::count`; `drop_remainder` trims so every shard has equal length."""
+    if count == 1:
+        return ds
+    stop = (len(ds) // count) * count if drop_remainder else len(ds)
+    if stop == 0:
+        raise ValueError(f"dataset of {len(ds)} examples cannot fill {count} shards")
+    return ds[index:stop:count]
 
 
 def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tuple[int, int]
@@ -116,57 +116,57 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
                   shard_index: int | None = None, shard_count: int | None = None,
                   shard_options: grain.sharding.ShardOptions | None = None,
                   drop_remainder: bool = True) -> grain.IterDataset:
-  """Training pipeline over a random-access source.
+    """Training pipeline over a random-access source.
 
-  `batch_size` is per process. Yields dicts of `(batch_size, h, w, C) float32` (`blur`,
-  `sharp`, plus `depth`/`mask`/`image`/`valid` when the source has them; `name` if
-  `keep_names`). `num_epochs=None` repeats forever, reshuffling each epoch.
-  `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on it.
-  """
-  if isinstance(crop_size, int):
-    crop_size = (crop_size, crop_size)
-  index, count = resolve_shard(shard_index, shard_count, shard_options, drop_remainder)
-  ds = shard(grain.MapDataset.source(source), index, count, drop_remainder)
-  ds = ds.shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.random_map(PairedAugment(crop_size, hflip, vflip, rot90), seed=seed)
-  if not keep_names:
-    ds = ds.map(_drop_names)
-  # Batching the MapDataset (before to_iter_dataset) makes each worker produce whole batches
-  # in turn, so the batch sequence is the same for any worker count.
-  ds = ds.batch(batch_size, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=max(2, read_threads)))
-  if worker_count > 0:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=worker_buffer_size))
-  return it
+    `batch_size` is per process. Yields dicts of `(batch_size, h, w, C) float32` (`blur`,
+    `sharp`, plus `depth`/`mask`/`image`/`valid` when the source has them; `name` if
+    `keep_names`). `num_epochs=None` repeats forever, reshuffling each epoch.
+    `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on it.
+    """
+    if isinstance(crop_size, int):
+        crop_size = (crop_size, crop_size)
+    index, count = resolve_shard(shard_index, shard_count, shard_options, drop_remainder)
+    ds = shard(grain.MapDataset.source(source), index, count, drop_remainder)
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    ds = ds.random_map(PairedAugment(crop_size, hflip, vflip, rot90), seed=seed)
+    if not keep_names:
+        ds = ds.map(_drop_names)
+    # Batching the MapDataset (before to_iter_dataset) makes each worker produce whole batches
+    # in turn, so the batch sequence is the same for any worker count.
+    ds = ds.batch(batch_size, drop_remainder=True)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=max(2, read_threads)))
+    if worker_count > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return it
 
 
 def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,
                  shard_count: int | None = None,
                  shard_options: grain.sharding.ShardOptions | None = None) -> grain.MapDataset:
-  """Evaluation: full images one at a time, in source order, no augmentation.
+    """Evaluation: full images one at a time, in source order, no augmentation.
 
-  Element `i` is `{blur, sharp (H, W, 3) float32, ..., name}` for example `index + i * count`.
-  Shards are disjoint and together cover every example (no remainder dropped). Iterate it
-  directly, or `.to_iter_dataset(grain.ReadOptions(...))` to decode ahead in threads.
-  """
-  index, count = resolve_shard(shard_index, shard_count, shard_options, False)
-  return shard(grain.MapDataset.source(source), index, count, False).map(to_float)
+    Element `i` is `{blur, sharp (H, W, 3) float32, ..., name}` for example `index + i * count`.
+    Shards are disjoint and together cover every example (no remainder dropped). Iterate it
+    directly, or `.to_iter_dataset(grain.ReadOptions(...))` to decode ahead in threads.
+    """
+    index, count = resolve_shard(shard_index, shard_count, shard_options, False)
+    return shard(grain.MapDataset.source(source), index, count, False).map(to_float)
 
 
 def save_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-  """Writes `iterator.get_state()` as JSON (atomic replace). Orbax users can instead put the
-  iterator in a CheckpointManager item with `grain.checkpoint.CheckpointSave`."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(iterator.get_state(), f)
-  os.replace(tmp, path)
+    """Writes `iterator.get_state()` as JSON (atomic replace). Orbax users can instead put the
+    iterator in a CheckpointManager item with `grain.checkpoint.CheckpointSave`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(iterator.get_state(), f)
+    os.replace(tmp, path)
 
 
 def restore_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-  """Sets `iterator`'s state from a file written by `save_iterator_state`."""
-  with open(path) as f:
-    iterator.set_state(json.load(f))
+    """Sets `iterator`'s state from a file written by `save_iterator_state`."""
+    with open(path) as f:
+        iterator.set_state(json.load(f))

@@ -35,29 +35,29 @@ _TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
 
 
 def make_source(config: Mapping[str, Any] | Any) -> Any:
-  """Returns a source with `__len__`/`__getitem__` yielding example dicts (see sources_*.py)."""
-  cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  name = cfg.pop("name")
-  if name not in NAMES:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
-  split = cfg.pop("split", _DEFAULT_SPLIT.get(name, "train"))
-  fmt = cfg.pop("format", "files")
-  raw = cfg.pop("raw", False)
-  if name == "nyu_depth_v2":
-    return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", cfg.pop("root", None)))
-  if fmt == "tfds":
-    if name not in _TFDS_NAMES:
-      raise ValueError(f"format='tfds' is available for {tuple(_TFDS_NAMES)}, not {name!r}")
-    source = sources_tfds.tfds_paired(_TFDS_NAMES[name], split,
-                                      cfg.pop("data_dir", cfg.pop("root", None)))
-    source.raw = raw
+    """Returns a source with `__len__`/`__getitem__` yielding example dicts (see sources_*.py)."""
+    cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    name = cfg.pop("name")
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+    split = cfg.pop("split", _DEFAULT_SPLIT.get(name, "train"))
+    fmt = cfg.pop("format", "files")
+    raw = cfg.pop("raw", False)
+    if name == "nyu_depth_v2":
+        return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", cfg.pop("root", None)))
+    if fmt == "tfds":
+        if name not in _TFDS_NAMES:
+            raise ValueError(f"format='tfds' is available for {tuple(_TFDS_NAMES)}, not {name!r}")
+        source = sources_tfds.tfds_paired(_TFDS_NAMES[name], split,
+                                          cfg.pop("data_dir", cfg.pop("root", None)))
+        source.raw = raw
+        return source
+    if fmt != "files":
+        raise ValueError(f"format {fmt!r} not in ('files', 'tfds')")
+    root = cfg.pop("root", None)
+    if root is None:
+        raise ValueError(f"{name}: config needs `root`")
+    source = _BUILDERS[name](root, split, **cfg)
+    if raw and hasattr(source, "raw"):
+        source.raw = True
     return source
-  if fmt != "files":
-    raise ValueError(f"format {fmt!r} not in ('files', 'tfds')")
-  root = cfg.pop("root", None)
-  if root is None:
-    raise ValueError(f"{name}: config needs `root`")
-  source = _BUILDERS[name](root, split, **cfg)
-  if raw and hasattr(source, "raw"):
-    source.raw = True
-  return source

@@ -18,68 +18,68 @@ from radblur_jax.data.records import list_images
 
 
 def _depth_fields(depth: np.ndarray, scale: float) -> dict[str, np.ndarray]:
-  depth = np.asarray(depth, np.float32)
-  valid = np.isfinite(depth) & (depth > 0)
-  depth = np.where(valid, depth * scale, 0.0).astype(np.float32)
-  return {"depth": depth[:, :, None], "valid": valid.astype(np.float32)[:, :, None]}
+    depth = np.asarray(depth, np.float32)
+    valid = np.isfinite(depth) & (depth > 0)
+    depth = np.where(valid, depth * scale, 0.0).astype(np.float32)
+    return {"depth": depth[:, :, None], "valid": valid.astype(np.float32)[:, :, None]}
 
 
 class DepthFolderSource:
-  """`root/{image_dir}/<stem>.{png,jpg,...}` + `root/{depth_dir}/<stem>.{npy,png,pfm}`.
+    """`root/{image_dir}/<stem>.{png,jpg,...}` + `root/{depth_dir}/<stem>.{npy,png,pfm}`.
 
-  16-bit PNG depth is read as raw integers; pass `depth_scale` (e.g. 1e-3 for millimetres).
-  A missing counterpart is an error naming the file (`skip_bad=True`: dropped with a warning).
-  """
+    16-bit PNG depth is read as raw integers; pass `depth_scale` (e.g. 1e-3 for millimetres).
+    A missing counterpart is an error naming the file (`skip_bad=True`: dropped with a warning).
+    """
 
-  def __init__(self, root: str, *, image_dir: str = "image", depth_dir: str = "depth",
-               depth_scale: float = 1.0, skip_bad: bool = False):
-    root = os.path.expanduser(str(root))
-    if not os.path.isdir(root):
-      raise io.DataError(f"{root}: depth_folder root directory not found")
-    images = list_images(os.path.join(root, image_dir))
-    ddir = os.path.join(root, depth_dir)
-    if not os.path.isdir(ddir):
-      raise io.DataError(f"{ddir}: directory not found")
-    depths = {os.path.splitext(f)[0]: os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
-              if f.lower().endswith(io.DEPTH_EXTS)}
-    self.items: list[tuple[str, str, str]] = []
-    self.num_bad = 0
-    for stem in sorted(set(images) | set(depths)):
-      if stem in images and stem in depths:
-        self.items.append((images[stem], depths[stem], os.path.basename(images[stem])))
-        continue
-      have = images.get(stem) or depths[stem]
-      msg = f"{have}: no {'depth map' if stem in images else 'image'} counterpart for {stem}"
-      if not skip_bad:
-        raise io.DataError(msg)
-      self.num_bad += 1
-      warnings.warn(f"depth_folder: skipped: {msg}", stacklevel=2)
-    if not self.items:
-      raise io.DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
-                         f"{depth_dir}/ with matching file stems")
-    self.depth_scale = depth_scale
+    def __init__(self, root: str, *, image_dir: str = "image", depth_dir: str = "depth",
+                 depth_scale: float = 1.0, skip_bad: bool = False):
+        root = os.path.expanduser(str(root))
+        if not os.path.isdir(root):
+            raise io.DataError(f"{root}: depth_folder root directory not found")
+        images = list_images(os.path.join(root, image_dir))
+        ddir = os.path.join(root, depth_dir)
+        if not os.path.isdir(ddir):
+            raise io.DataError(f"{ddir}: directory not found")
+        depths = {os.path.splitext(f)[0]: os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
+                  if f.lower().endswith(io.DEPTH_EXTS)}
+        self.items: list[tuple[str, str, str]] = []
+        self.num_bad = 0
+        for stem in sorted(set(images) | set(depths)):
+            if stem in images and stem in depths:
+                self.items.append((images[stem], depths[stem], os.path.basename(images[stem])))
+                continue
+            have = images.get(stem) or depths[stem]
+            msg = f"{have}: no {'depth map' if stem in images else 'image'} counterpart for {stem}"
+            if not skip_bad:
+                raise io.DataError(msg)
+            self.num_bad += 1
+            warnings.warn(f"depth_folder: skipped: {msg}", stacklevel=2)
+        if not self.items:
+            raise io.DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
+                               f"{depth_dir}/ with matching file stems")
+        self.depth_scale = depth_scale
 
-  def __len__(self) -> int:
-    return len(self.items)
+    def __len__(self) -> int:
+        return len(self.items)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    img_path, depth_path, name = self.items[int(index)]
-    image, depth = io.read_image(img_path), io.read_depth(depth_path)
-    io.check_same_size([image, depth], [img_path, depth_path])
-    return {"image": image, **_depth_fields(depth, self.depth_scale), "name": name}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        img_path, depth_path, name = self.items[int(index)]
+        image, depth = io.read_image(img_path), io.read_depth(depth_path)
+        io.check_same_size([image, depth], [img_path, depth_path])
+        return {"image": image, **_depth_fields(depth, self.depth_scale), "name": name}
 
 
 class SyntheticDepthSource:
-  """The built-in synthetic set as RGB-D: the sharp frame and its depth map."""
+    """The built-in synthetic set as RGB-D: the sharp frame and its depth map."""
 
-  def __init__(self, root: str, split: str = "train", *, skip_bad: bool = False):
-    from radblur_jax.data import sources_deblur  # pylint: disable=import-outside-toplevel
-    self.pairs = sources_deblur.synthetic(root, split, with_depth=True, skip_bad=skip_bad)
+    def __init__(self, root: str, split: str = "train", *, skip_bad: bool = False):
+        from radblur_jax.data import sources_deblur  # pylint: disable=import-outside-toplevel
+        self.pairs = sources_deblur.synthetic(root, split, with_depth=True, skip_bad=skip_bad)
 
-  def __len__(self) -> int:
-    return len(self.pairs)
+    def __len__(self) -> int:
+        return len(self.pairs)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self.pairs[index]
-    return {"image": ex["sharp"], **_depth_fields(ex["depth"][:, :, 0], 1.0),
-            "name": ex["name"]}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.pairs[index]
+        return {"image": ex["sharp"], **_depth_fields(ex["depth"][:, :, 0], 1.0),
+                "name": ex["name"]}

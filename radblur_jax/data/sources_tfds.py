@@ -19,89 +19,90 @@ from radblur_jax.data.sources_depth import _depth_fields
 
 
 def _to_unit(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x)
-  if x.dtype == np.uint8:
-    return x.astype(np.float32) / 255.0
-  if x.dtype == np.uint16:
-    return x.astype(np.float32) / 65535.0
-  return x.astype(np.float32)
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype == np.uint16:
+        return x.astype(np.float32) / 65535.0
+    return x.astype(np.float32)
 
 
 def _name(x: Any, index: int) -> str:
-  if isinstance(x, bytes):
-    return x.decode()
-  return str(index) if x is None else str(x)
+    if isinstance(x, bytes):
+        return x.decode()
+    return str(index) if x is None else str(x)
 
 
 def open_tfds(name: str, split: str, data_dir: str | None) -> Any:
-  """`tfds.data_source(name, split=split, data_dir=data_dir, download=False)` with a clear
-  error when the dataset was not prepared (as ArrayRecord) under `data_dir`."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if name.startswith("radblur_"):
-    from radblur_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel,unused-import
-  base = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
-  infos = glob.glob(os.path.join(base, name.split(":")[0], "**", "dataset_info.json"),
-                    recursive=True)
-  hint = (f"prepare it with `tfds build {name} --file_format=array_record --data_dir={base}` "
-          "(manual downloads: see the builder's instructions) or pass data_dir=")
-  if not infos:
-    raise io.DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
-  try:
-    return tfds.data_source(name, split=split, data_dir=base, download=False)
-  except Exception as e:  # tfds raises several unrelated types here
-    raise io.DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
-                       f"{hint}") from e
+    """`tfds.data_source(name, split=split, data_dir=data_dir, download=False)` with a clear
+    error when the dataset was not prepared (as ArrayRecord) under `data_dir`."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if name.startswith("radblur_"):
+        # registers the project's builders with tfds
+        from radblur_jax.data import tfds_builders  # noqa: F401  pylint: disable=all
+    base = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    infos = glob.glob(os.path.join(base, name.split(":")[0], "**", "dataset_info.json"),
+                      recursive=True)
+    hint = (f"prepare it with `tfds build {name} --file_format=array_record --data_dir={base}` "
+            "(manual downloads: see the builder's instructions) or pass data_dir=")
+    if not infos:
+        raise io.DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
+    try:
+        return tfds.data_source(name, split=split, data_dir=base, download=False)
+    except Exception as e:  # tfds raises several unrelated types here
+        raise io.DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
+                           f"{hint}") from e
 
 
 class TfdsDepthSource:
-  """RGB-D examples from a TFDS data source with `image` and `depth` features."""
+    """RGB-D examples from a TFDS data source with `image` and `depth` features."""
 
-  def __init__(self, name: str = "nyu_depth_v2", split: str = "train",
-               data_dir: str | None = None, *, depth_scale: float = 1.0):
-    self.source = open_tfds(name, split, data_dir)
-    self.depth_scale = depth_scale
+    def __init__(self, name: str = "nyu_depth_v2", split: str = "train",
+                 data_dir: str | None = None, *, depth_scale: float = 1.0):
+        self.source = open_tfds(name, split, data_dir)
+        self.depth_scale = depth_scale
 
-  def __len__(self) -> int:
-    return len(self.source)
+    def __len__(self) -> int:
+        return len(self.source)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self.source[int(index)]
-    depth = np.asarray(ex["depth"], np.float32)
-    if depth.ndim == 3:
-      depth = depth[:, :, 0]
-    return {"image": _to_unit(ex["image"]), **_depth_fields(depth, self.depth_scale),
-            "name": str(int(index))}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.source[int(index)]
+        depth = np.asarray(ex["depth"], np.float32)
+        if depth.ndim == 3:
+            depth = depth[:, :, 0]
+        return {"image": _to_unit(ex["image"]), **_depth_fields(depth, self.depth_scale),
+                "name": str(int(index))}
 
 
 def nyu_depth_v2(split: str = "train", data_dir: str | None = None) -> TfdsDepthSource:
-  """NYU Depth v2 (TFDS `nyu_depth_v2`: 480x640 RGB, depth in metres); splits train/validation."""
-  return TfdsDepthSource("nyu_depth_v2", split, data_dir)
+    """NYU Depth v2 (TFDS `nyu_depth_v2`: 480x640 RGB, depth in metres); splits train/validation."""
+    return TfdsDepthSource("nyu_depth_v2", split, data_dir)
 
 
 class TfdsPairedSource:
-  """Blur/sharp examples from the project's TFDS builders (stored as uint8; float32 in [0, 1]
-  unless `raw`, then uint8 for the pipeline to convert after cropping)."""
+    """Blur/sharp examples from the project's TFDS builders (stored as uint8; float32 in [0, 1]
+    unless `raw`, then uint8 for the pipeline to convert after cropping)."""
 
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None, *,
-               raw: bool = False):
-    self.source = open_tfds(name, split, data_dir)
-    self.raw = raw
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None, *,
+                 raw: bool = False):
+        self.source = open_tfds(name, split, data_dir)
+        self.raw = raw
 
-  def __len__(self) -> int:
-    return len(self.source)
+    def __len__(self) -> int:
+        return len(self.source)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self.source[int(index)]
-    conv = np.asarray if self.raw else _to_unit
-    out = {"blur": conv(ex["blur"]), "sharp": conv(ex["sharp"])}
-    if "depth" in ex:
-      d = np.asarray(ex["depth"], np.float32)
-      out["depth"] = d if d.ndim == 3 else d[:, :, None]
-    out["name"] = _name(ex.get("name"), int(index))
-    return out
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.source[int(index)]
+        conv = np.asarray if self.raw else _to_unit
+        out = {"blur": conv(ex["blur"]), "sharp": conv(ex["sharp"])}
+        if "depth" in ex:
+            d = np.asarray(ex["depth"], np.float32)
+            out["depth"] = d if d.ndim == 3 else d[:, :, None]
+        out["name"] = _name(ex.get("name"), int(index))
+        return out
 
 
 def tfds_paired(name: str, split: str = "train", data_dir: str | None = None
                 ) -> TfdsPairedSource:
-  """Reads `radblur_gopro` or `radblur_synthetic` built by `tfds_builders`."""
-  return TfdsPairedSource(name, split, data_dir)
+    """Reads `radblur_gopro` or `radblur_synthetic` built by `tfds_builders`."""
+    return TfdsPairedSource(name, split, data_dir)
