@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(png, jpg, jpeg, bmp, tif)")
     p.add_argument("--output", required=True, help="directory for <stem>.npy and <stem>.png")
     p.add_argument("--size", default="518",
-                   help="'518' (default; any multiple of 14): Depth Anything V2 resize of the short side; "
-                        "'native': the image's own size, sides must be multiples of 14")
+                   help="'518' (default; any multiple of 14): Depth Anything V2 resize of the "
+                        "short side; 'native': the image's own size, sides multiples of 14")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (same shape)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     return p

@@ -1,4 +1,4 @@
-"""tools/convert_weights.py end to end: PyTorch files -> checkpoint dir -> load_pretrained -> parity.
+"""tools/convert_weights.py end to end: PyTorch file -> checkpoint dir -> load_pretrained -> parity.
 
 Sources are random-weight PyTorch models saved as users get them: original-layout state dicts
 (`torch.save`, safetensors) from tests/torch_reference.py, and transformers models written with
@@ -168,7 +168,8 @@ def test_cli_truncated_file(da_pth, tmp_path):
 
 def test_other_network_and_unknown_format(tmp_path):
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
-              "bn1.running_mean": torch.zeros(64), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
+              "bn1.running_mean": torch.zeros(64),
+              "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
               "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
     src = tmp_path / "resnet50.pth"
     torch.save(resnet, src)

@@ -69,7 +69,8 @@ def _check_destination(output: str, overwrite: bool) -> None:
         if not os.path.isdir(output):
             raise CheckpointError(f"{output}: exists and is not a directory")
         if os.listdir(output) and not overwrite:
-            raise CheckpointError(f"{output}: exists and is not empty (pass --overwrite to replace)")
+            raise CheckpointError(
+                f"{output}: exists and is not empty (pass --overwrite to replace)")
 
 
 def _install(tmp: str, output: str) -> None:

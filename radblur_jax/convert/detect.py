@@ -5,7 +5,8 @@ Formats (the names `keymaps.convert_state_dict` takes):
                          in the `_reg4` models),
   - "dinov2_hf":         transformers `Dinov2Model` / `Dinov2WithRegistersModel`,
   - "depth_anything":    original Depth Anything V2 (`pretrained.*` + `depth_head.*`),
-  - "depth_anything_hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`, `head.*`).
+  - "depth_anything_hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`,
+                         `head.*`).
 Sizes (vits/vitb/...) come from `keymaps.infer_config`.
 """
 from __future__ import annotations
@@ -86,7 +87,8 @@ def check_format(fmt: str, state_dict: Mapping[str, Any], source: str = "<state 
     if fmt == "auto":
         return detect_format(state_dict, source)
     if fmt not in FORMATS:
-        raise CheckpointError(f"{source}: unknown format {fmt!r}; expected auto or one of {FORMATS}")
+        raise CheckpointError(
+            f"{source}: unknown format {fmt!r}; expected auto or one of {FORMATS}")
     if not _matches(fmt, set(state_dict)):
         anchor, prefixes = _SIGNATURES[fmt]
         raise UnknownFormatError(
@@ -107,7 +109,7 @@ def size_name(encoder_cfg: Any) -> str:
 
 
 def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
-    """How the source interpolates position embeddings: see notes on parity in docs/conversion.md."""
+    """How the source interpolates position embeddings (docs/conversion.md, "What is detected")."""
     if fmt.endswith("_hf"):
         return "size"
     return "antialias" if num_registers else "offset"
