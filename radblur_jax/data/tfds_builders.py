@@ -54,7 +54,7 @@ class RadblurGopro(_Builder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download GOPRO_Large.zip from the GoPro dataset page (Nah et al., "Deep Multi-scale CNN for
-    Dynamic Scene Deblurring", CVPR 2017: https://seungjunnah.github.io/Datasets/gopro) and unzip
+    Dynamic Scene Deblurring", CVPR 2017: https://seungjunnah.github.io/Datasets/gopro.html) and unzip
     it. Pass the unzipped `GOPRO_Large` directory as the manual directory
     (`--manual_dir .../GOPRO_Large`); it must contain `train/GOPRxxxx_xx_xx/{blur,sharp}/*.png`
     and `test/...`. The flattened layout `{train,test}/{input,target}/*.png` used by BasicSR-style
@@ -69,7 +69,7 @@ class RadblurGopro(_Builder):
                 "name": tfds.features.Text(),
             }),
             supervised_keys=("blur", "sharp"),
-            homepage="https://seungjunnah.github.io/Datasets/gopro",
+            homepage="https://seungjunnah.github.io/Datasets/gopro.html",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
