@@ -54,8 +54,8 @@ class RadblurGopro(_Builder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download GOPRO_Large.zip from the GoPro dataset page (Nah et al., "Deep Multi-scale CNN for
-    Dynamic Scene Deblurring", CVPR 2017: https://seungjunnah.github.io/Datasets/gopro.html) and unzip
-    it. Pass the unzipped `GOPRO_Large` directory as the manual directory
+    Dynamic Scene Deblurring", CVPR 2017: https://seungjunnah.github.io/Datasets/gopro.html)
+    and unzip it. Pass the unzipped `GOPRO_Large` directory as the manual directory
     (`--manual_dir .../GOPRO_Large`); it must contain `train/GOPRxxxx_xx_xx/{blur,sharp}/*.png`
     and `test/...`. The flattened layout `{train,test}/{input,target}/*.png` used by BasicSR-style
     repositories is accepted too. The `blur` frames (not `blur_gamma`) are used.
