@@ -188,3 +188,12 @@ def test_default_pos_embed_mode():
     assert detect.default_pos_embed_mode("dinov2", 0) == "offset"
     assert detect.default_pos_embed_mode("dinov2", 4) == "antialias"
     assert detect.default_pos_embed_mode("depth_anything_hf", 0) == "size"
+
+
+def test_without_torch(tmp_path, tensors, monkeypatch):
+    st.save_file(tensors, str(tmp_path / "w.safetensors"))
+    torch.save(tensors, tmp_path / "w.pth")
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    _assert_same(load_state_dict(tmp_path / "w.safetensors"), _expected(tensors))
+    with pytest.raises(CheckpointError, match=r"w\.pth: reading a PyTorch pickle needs torch"):
+        load_state_dict(tmp_path / "w.pth")
