@@ -44,9 +44,24 @@ def test_query_tiles_and_head_steps_with_remainders(query_tile, heads_per_step):
 
 
 def test_automatic_query_tiling_for_long_sequences(monkeypatch):
-    monkeypatch.setattr(ops, "MAX_SCORE_ELEMS", 197 * 50)  # forces tiles of 48 query rows
+    monkeypatch.setattr(ops, "SCORE_TILE_ELEMS", 197 * 50)  # 4 tiles of 50 query rows
     q, k, v = _qkv(2, 1, 197, 2, 16)
     assert rel_err(jax.jit(ops.blocked_attention)(q, k, v), _xla(q, k, v)) <= 1e-6
+
+
+def test_plan_tiles():
+    assert ops.plan_tiles(48, 1370, 1370, budget=700_000) == (1, 457)  # 3 tiles, 1 padded row
+    assert ops.plan_tiles(48, 197, 197, budget=700_000) == (18, 197)
+    assert ops.plan_tiles(2, 197, 197, budget=700_000) == (2, 197)
+    assert ops.plan_tiles(1, 10, 10, budget=1) == (1, 1)
+
+
+@pytest.mark.parametrize("query_tile", [50, 197, 500])
+def test_unrolled_query_tiles(query_tile):
+    q, k, v = _qkv(9, 1, 197, 2, 32)
+    f = jax.jit(functools.partial(ops.blocked_attention, query_tile=query_tile,
+                                  unroll_tiles=True))
+    assert rel_err(f(q, k, v), _xla(q, k, v)) <= 1e-6
 
 
 def test_cross_attention_lengths():

@@ -22,10 +22,19 @@ import jax.numpy as jnp
 
 IMPLS = ("auto", "xla", "cudnn", "blocked")
 
-# Heads processed per `lax.map` step, and the score-tile budget (elements of one `tq x T` tile)
-# above which queries are tiled too. Measured on the 2-core CPU above; see benchmarks/.
-HEADS_PER_STEP = 2
-MAX_SCORE_ELEMS = 1 << 22  # 16 MiB of float32 scores per head step
+# Score elements one `lax.map` step may hold (`heads x query rows x keys`): queries are split
+# into the fewest equal tiles that fit, short sequences batch several heads per step.
+# Measured on the 2-core CPU above (benchmarks/attention_cpu.py): 1370 tokens -> 3 tiles of 457.
+SCORE_TILE_ELEMS = 700_000
+
+
+def plan_tiles(n_heads: int, t: int, tk: int, budget: int | None = None) -> tuple[int, int]:
+    """(heads per step, query rows per tile) keeping one step's scores within `budget`."""
+    budget = SCORE_TILE_ELEMS if budget is None else budget
+    if t * tk <= budget:
+        return max(1, min(n_heads, budget // (t * tk))), t
+    n_tiles = -(-t * tk // budget)
+    return 1, -(-t // n_tiles)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "auto") -> jax.Array:
@@ -54,23 +63,25 @@ def _head_softmax_attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      heads_per_step: int = HEADS_PER_STEP,
-                      query_tile: int | None = None) -> jax.Array:
-    """Head-chunked exact attention, `(B, T, H, Dh)` in and out, float32 math.
+                      heads_per_step: int | None = None, query_tile: int | None = None,
+                      unroll_tiles: bool = False) -> jax.Array:
+    """Head- and query-tiled exact attention, `(B, T, H, Dh)` in and out, float32 math.
 
-    Heads are flattened to `B*H` and visited `heads_per_step` at a time with `lax.map`, so only
-    that many `(T, T)` score matrices are live. Queries are further split into tiles of
-    `query_tile` rows (default: none unless `T*T` exceeds `MAX_SCORE_ELEMS`); each tile sees all
-    keys, so its softmax is exact and no key padding exists. Padded query rows are dropped.
-    Differentiable (reverse mode through `lax.map`; the step is rematerialised).
+    Heads are flattened to `B*H` and visited `heads_per_step` at a time by `lax.map`; within a
+    step queries are split into tiles of `query_tile` rows (defaults: `plan_tiles`), visited by
+    an inner `lax.map` over zero-padded tiles (padded rows dropped) or, with `unroll_tiles`, by
+    static slices. Every tile sees all keys, so its softmax is exact and no key padding exists.
+    Differentiable (reverse mode through `lax.map`; each step is rematerialised).
     """
     b, t, h, d = q.shape
     tk = k.shape[1]
     if k.shape != (b, tk, h, d) or v.shape != k.shape:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not match "
                          "(B, T, H, Dh) / (B, Tk, H, Dh)")
-    out_dtype = q.dtype
     n = b * h
+    auto_hps, auto_tile = plan_tiles(n, t, tk)
+    hps = max(1, min(n, heads_per_step or auto_hps))
+    tile = min(t, query_tile or auto_tile)
 
     def heads(x: jax.Array, scale: float = 1.0) -> jax.Array:
         x = x.astype(jnp.float32)
@@ -79,22 +90,24 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         return jnp.transpose(x, (0, 2, 1, 3)).reshape(n, x.shape[1], d)
 
     qh, kh, vh = heads(q, d ** -0.5), heads(k), heads(v)
-    if query_tile is None and t * tk > MAX_SCORE_ELEMS:
-        query_tile = max(8, MAX_SCORE_ELEMS // tk // 8 * 8)
-    if query_tile is not None and query_tile < t:
-        nt = -(-t // query_tile)
-        qh = jnp.pad(qh, ((0, 0), (0, nt * query_tile - t), (0, 0)))
-        qh = qh.reshape(n, nt, query_tile, d)
+    if tile < t and unroll_tiles:
+        def step(args):
+            qs, ks, vs = args  # (..., t, d), (..., tk, d), (..., tk, d)
+            return jnp.concatenate([_head_softmax_attend(qs[..., i:i + tile, :], ks, vs)
+                                    for i in range(0, t, tile)], axis=-2)
+    elif tile < t:
+        nt = -(-t // tile)
+        qh = jnp.pad(qh, ((0, 0), (0, nt * tile - t), (0, 0))).reshape(n, nt, tile, d)
 
         def step(args):
-            qs, ks, vs = args  # (nt, tq, d), (tk, d), (tk, d)
-            o = jax.lax.map(lambda qt: _head_softmax_attend(qt, ks, vs), qs)
-            return o.reshape(nt * query_tile, d)[:t]
-        hps = 1
+            qs, ks, vs = args  # (..., nt, tile, d), (..., tk, d), (..., tk, d)
+            o = jax.lax.map(lambda qt: _head_softmax_attend(qt, ks, vs),
+                            jnp.moveaxis(qs, -3, 0))
+            o = jnp.moveaxis(o, 0, -3)
+            return o.reshape(*o.shape[:-3], nt * tile, d)[..., :t, :]
     else:
         def step(args):
             return _head_softmax_attend(*args)
-        hps = max(1, min(heads_per_step, n))
     out = jax.lax.map(jax.checkpoint(step), (qh, kh, vh), batch_size=hps if hps > 1 else None)
     out = jnp.transpose(out.reshape(b, h, t, d), (0, 2, 1, 3))
-    return out.astype(out_dtype)
+    return out.astype(q.dtype)

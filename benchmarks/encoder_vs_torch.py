@@ -1,0 +1,204 @@
+"""Flax vs PyTorch CPU throughput: DINOv2 ViT-S and Depth Anything V2-S at 518 x 518.
+
+    python benchmarks/encoder_vs_torch.py                       # both models, batch 1 and 8
+    python benchmarks/encoder_vs_torch.py --models vit --batch 1 --reps 5 --json out.json
+
+Both sides run the same random weights (transformers' `Dinov2Model` /
+`DepthAnythingForDepthEstimation` with the ViT-S config, converted by
+`radblur_jax.convert.keymaps`) on the same inputs with the same number of CPU threads
+(`--threads`, default all CPUs this process may use; JAX is pinned by CPU affinity, which must be
+set before `jax` is imported, PyTorch by `torch.set_num_threads`). Flax runs jitted and warmed
+up (compile excluded); PyTorch runs under `torch.inference_mode()` with SDPA attention. Runs
+alternate Flax / PyTorch so both see the same machine load; figures are medians.
+Prints a table (images/s, ratio flax/torch, output rel err) and writes it as JSON with `--json`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+IMAGE = 518
+DA_V2_S = dict(features=64, out_channels=[48, 96, 192, 384])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["vit", "depth"], choices=["vit", "depth"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="CPU threads for both sides (default: all usable CPUs)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per side (median reported)")
+    p.add_argument("--attention", default="auto", help="attention_impl for the Flax encoder")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def _pin_threads(n: int) -> None:
+    """Restricts this process (and XLA's thread pool, sized from affinity) to `n` CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if n > len(cpus):
+        raise SystemExit(f"--threads {n} exceeds the {len(cpus)} usable CPUs")
+    os.sched_setaffinity(0, cpus[:n])
+
+
+def rel_err(a, b) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _vit_config_kw() -> dict:
+    return dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=IMAGE,
+                patch_size=14)
+
+
+def build_vit(attention_impl: str):
+    """(torch model, flax apply(images NHWC) -> last_hidden, params, fmt)."""
+    import jax
+    import transformers
+    from radblur_jax.convert import keymaps
+    from radblur_jax.models.vit import DinoViT
+
+    model = transformers.Dinov2Model(transformers.Dinov2Config(
+        **_vit_config_kw(), attn_implementation="sdpa")).eval()
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params, cfg, _ = keymaps.convert_state_dict("dinov2_hf", sd)
+    cfg.attention_impl = attention_impl
+    net = DinoViT(cfg)
+    flax_fn = jax.jit(lambda p, x: net.apply({"params": p}, x).last_hidden)
+
+    def torch_fn(x):
+        return model(pixel_values=x).last_hidden_state
+    return torch_fn, flax_fn, params
+
+
+def build_depth(attention_impl: str):
+    """(torch model fn, flax apply(images NHWC) -> disparity, params)."""
+    import jax
+    import transformers
+    from radblur_jax.convert import keymaps
+    from radblur_jax.models.depth_anything import DepthAnything
+
+    backbone = transformers.Dinov2Config(**_vit_config_kw(), out_indices=[3, 6, 9, 12],
+                                         reshape_hidden_states=False, apply_layernorm=True,
+                                         attn_implementation="sdpa")
+    cfg = transformers.DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=384,
+        neck_hidden_sizes=DA_V2_S["out_channels"], fusion_hidden_size=DA_V2_S["features"],
+        head_hidden_size=32, depth_estimation_type="relative")
+    model = transformers.DepthAnythingForDepthEstimation(cfg).eval()
+    # The DPT top level has no attention; the DINOv2 backbone must run SDPA (fused on CPU).
+    if model.backbone.config._attn_implementation != "sdpa":
+        raise RuntimeError("transformers' Depth Anything backbone is not using SDPA attention")
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params, enc, dpt = keymaps.convert_state_dict("depth_anything_hf", sd)
+    if (dpt.features, tuple(dpt.out_channels)) != (64, (48, 96, 192, 384)):
+        raise RuntimeError(f"converted DPT config {dpt} is not DA V2-S")
+    enc.attention_impl = attention_impl
+    net = DepthAnything(enc, dpt)
+    flax_fn = jax.jit(lambda p, x: net.apply({"params": p}, x, return_features=False).disparity)
+
+    def torch_fn(x):
+        return model(pixel_values=x).predicted_depth
+    return torch_fn, flax_fn, params
+
+
+def time_pair(flax_call: Callable[[], object], torch_call: Callable[[], object], reps: int
+              ) -> tuple[list[float], list[float]]:
+    """Alternating timed runs (Flax first, then PyTorch), after one warm-up each."""
+    import jax
+    jax.block_until_ready(flax_call())
+    torch_call()
+    tf, tt = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(flax_call())
+        tf.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch_call()
+        tt.append(time.perf_counter() - t0)
+    return tf, tt
+
+
+def bench_model(name: str, builder, batches, reps: int, attention_impl: str) -> list[dict]:
+    """Rows `{model, batch, flax_img_s, torch_img_s, ratio, rel_err, ...}` for one model."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    torch_fn, flax_fn, params = builder(attention_impl)
+    params = jax.device_put(params)
+    rows = []
+    for b in batches:
+        x = np.random.default_rng(b).standard_normal((b, IMAGE, IMAGE, 3)).astype(np.float32)
+        xj = jnp.asarray(x)
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        t0 = time.perf_counter()
+        out_f = np.asarray(jax.block_until_ready(flax_fn(params, xj)))
+        compile_s = time.perf_counter() - t0
+        with torch.inference_mode():
+            out_t = torch_fn(xt).numpy()
+            err = rel_err(out_f, out_t)
+
+            tf, tt = time_pair(lambda: flax_fn(params, xj), lambda: torch_fn(xt), reps)
+        mf, mt = float(np.median(tf)), float(np.median(tt))
+        rows.append(dict(model=name, batch=b, flax_img_s=b / mf, torch_img_s=b / mt,
+                         ratio=mt / mf, rel_err=err, flax_s=mf, torch_s=mt,
+                         flax_runs_s=tf, torch_runs_s=tt, flax_first_call_s=compile_s))
+        print(f"  {name} batch {b}: flax {b / mf:.3f} img/s, torch {b / mt:.3f} img/s, "
+              f"ratio {mt / mf:.2f}, rel err {err:.1e}", flush=True)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| model | batch | Flax img/s | PyTorch img/s | ratio flax/torch | output rel err |\n"
+            "|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['flax_img_s']:.3f} | "
+                     f"{r['torch_img_s']:.3f} | {r['ratio']:.2f} | {r['rel_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _pin_threads(args.threads)
+    import jax
+    import torch
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+    names = {"vit": "DINOv2 ViT-S/14", "depth": "Depth Anything V2-S"}
+    builders = {"vit": build_vit, "depth": build_depth}
+    load = os.getloadavg()
+    print(f"threads {args.threads}, jax {jax.__version__} ({jax.default_backend()}), torch "
+          f"{torch.__version__}, {IMAGE}x{IMAGE}, reps {args.reps}, load avg {load[0]:.1f}",
+          flush=True)
+    rows = []
+    for m in args.models:
+        rows += bench_model(names[m], builders[m], args.batch, args.reps, args.attention)
+    print(format_table(rows))
+    if args.json:
+        meta = dict(date=datetime.date.today().isoformat(), machine=platform.machine(),
+                    processor=platform.processor(), threads=args.threads,
+                    jax=jax.__version__, torch=torch.__version__, image=IMAGE, reps=args.reps,
+                    attention_impl=args.attention, load_avg_start=load,
+                    load_avg_end=os.getloadavg())
+        out_dir = os.path.dirname(os.path.abspath(args.json))
+        with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        os.replace(f.name, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
