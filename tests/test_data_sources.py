@@ -112,7 +112,7 @@ def test_depth_sources(tmp_path):
 
 
 def test_nyu_missing_is_clear(tmp_path):
-    with pytest.raises(io.DataError, match=r"nyu_depth_v2.*not found.*tfds build nyu_depth_v2"):
+    with pytest.raises(io.DataError, match=r"nyu_depth_v2.*not found.*tfds_builders nyu_depth_v2"):
         make_source({"name": "nyu_depth_v2", "data_dir": str(tmp_path)})
 
 

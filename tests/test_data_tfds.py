@@ -47,7 +47,7 @@ def test_build_gopro_from_fake_tree(tmp_path):
 
 
 def test_missing_tfds_dataset_message(tmp_path):
-    with pytest.raises(io.DataError, match="radblur_gopro' not found; prepare it with"):
+    with pytest.raises(io.DataError, match="radblur_gopro' not found; prepare it as ArrayRecord with"):
         make_source({"name": "gopro", "format": "tfds", "data_dir": str(tmp_path)})
 
 
@@ -68,3 +68,13 @@ def test_real_synthetic_generator_output(tmp_path):
     for i in range(len(src)):
         np.testing.assert_array_equal(src[i]["depth"], ref[src[i]["name"]]["depth"])
         np.testing.assert_array_equal(src[i]["sharp"], ref[src[i]["name"]]["sharp"])
+
+
+def test_cli_builds(tmp_path, capsys):
+    root = F.make_gopro(str(tmp_path / "GOPRO_Large"), scenes={"train": {"GOPR0001_00_00": 2},
+                                                             "test": {"GOPR0002_00_00": 1}})
+    tfds_builders.main(["radblur_gopro", "--manual_dir", root, "--data_dir",
+                        str(tmp_path / "tfds")])
+    assert "radblur_gopro" in capsys.readouterr().out
+    assert len(make_source({"name": "gopro", "format": "tfds", "split": "test",
+                            "data_dir": str(tmp_path / "tfds")})) == 1

@@ -1,8 +1,8 @@
 """Sources over TFDS datasets prepared as ArrayRecord (read with `tfds.data_source`).
 
-NYU Depth v2 cannot be downloaded by this code; prepare it once where you have the data:
-`tfds build nyu_depth_v2 --file_format=array_record --data_dir=DIR`, then point
-`nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders (`tfds_builders.py`: GoPro and
+NYU Depth v2 is not downloaded on the fly; prepare it once where the network allows:
+`python -m radblur_jax.data.tfds_builders nyu_depth_v2 --data_dir DIR` (ArrayRecord), then
+point `nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders (`tfds_builders.py`: GoPro and
 the synthetic set) are read with `tfds_paired`.
 """
 
@@ -43,8 +43,9 @@ def open_tfds(name: str, split: str, data_dir: str | None) -> Any:
     base = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
     infos = glob.glob(os.path.join(base, name.split(":")[0], "**", "dataset_info.json"),
                       recursive=True)
-    hint = (f"prepare it with `tfds build {name} --file_format=array_record --data_dir={base}` "
-            "(manual downloads: see the builder's instructions) or pass data_dir=")
+    hint = (f"prepare it as ArrayRecord with `python -m radblur_jax.data.tfds_builders {name} "
+            f"--data_dir {base} [--manual_dir DIR]` (manual downloads: see the builder's "
+            "instructions) or pass data_dir=")
     if not infos:
         raise io.DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
     try:

@@ -3,15 +3,20 @@
 
 Build (files come from the manual directory; every pair is decoded and validated first):
 
-  tfds build radblur_gopro --imports radblur_jax.data.tfds_builders \\
-      --manual_dir /data/GOPRO_Large --data_dir ~/tensorflow_datasets --file_format array_record
+  python -m radblur_jax.data.tfds_builders radblur_gopro --manual_dir /data/GOPRO_Large \
+      --data_dir ~/tensorflow_datasets
 
-or in Python: `build("radblur_gopro", manual_dir, data_dir)`. Read back with
+(also any registered TFDS dataset, e.g. `nyu_depth_v2`, which TFDS downloads itself), or in
+Python `build(name, manual_dir, data_dir)`. The `tfds build` CLI works too
+(`--imports radblur_jax.data.tfds_builders --file_format array_record`) where apache-beam is
+installed: the CLI imports it. Read back with
 `make_source({"name": "gopro", "format": "tfds", "data_dir": ...})`.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -111,10 +116,25 @@ class RadblurSynthetic(_Builder):
         yield from _pairs(sources_deblur.synthetic(root, split, with_depth=True))
 
 
-def build(name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builds `radblur_gopro` or `radblur_synthetic` as ArrayRecord into `data_dir`."""
-    builder = tfds.builder(name, data_dir=data_dir)
+def build(name: str, manual_dir: str | None, data_dir: str) -> tfds.core.DatasetBuilder:
+    """Builds a TFDS dataset (`radblur_gopro`, `radblur_synthetic`, `nyu_depth_v2`, ...) as
+    ArrayRecord into `data_dir`, reading manual downloads from `manual_dir`."""
+    builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir))
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Build a TFDS dataset as ArrayRecord for grain.")
+    p.add_argument("name", help="radblur_gopro, radblur_synthetic, nyu_depth_v2, ...")
+    p.add_argument("--manual_dir", default=None, help="unpacked manual download")
+    p.add_argument("--data_dir", default="~/tensorflow_datasets")
+    a = p.parse_args(argv)
+    builder = build(a.name, a.manual_dir, a.data_dir)
+    print(f"{a.name}: {builder.info.splits} in {builder.data_dir}")
+
+
+if __name__ == "__main__":
+    main()
