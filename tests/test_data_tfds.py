@@ -47,7 +47,8 @@ def test_build_gopro_from_fake_tree(tmp_path):
 
 
 def test_missing_tfds_dataset_message(tmp_path):
-    with pytest.raises(io.DataError, match="radblur_gopro' not found; prepare it as ArrayRecord with"):
+    with pytest.raises(io.DataError,
+                       match="radblur_gopro' not found; prepare it as ArrayRecord with"):
         make_source({"name": "gopro", "format": "tfds", "data_dir": str(tmp_path)})
 
 
