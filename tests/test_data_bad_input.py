@@ -99,3 +99,16 @@ def test_list_file_with_missing_entry(tmp_path):
     with pytest.warns(UserWarning):
         src = S.realblur(root, "J", "train", skip_bad=True)
     assert len(src) == 3 and src.num_bad == 1
+
+
+def test_paired_folder_accepts_grayscale_only_when_asked(tmp_path):
+    root = str(tmp_path)
+    b, s = F.photo_pair(0)
+    for d, img in (("input", b), ("target", s)):
+        os.makedirs(f"{root}/{d}")
+        cv2.imwrite(f"{root}/{d}/0.png", img[..., 0].copy())
+    with pytest.raises(io.DataError, match="input/0.png: grayscale"):
+        S.paired_folder(root)[0]
+    ex = S.paired_folder(root, allow_gray=True)[0]
+    assert ex["blur"].shape == (F.H, F.W, 3)
+    np.testing.assert_array_equal(ex["sharp"][..., 1], s[..., 0] / np.float32(255))
