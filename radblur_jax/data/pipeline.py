@@ -125,6 +125,8 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
     """
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
+    elif crop_size is not None:
+        crop_size = tuple(int(c) for c in crop_size)  # e.g. a list from a config
     index, count = resolve_shard(shard_index, shard_count, shard_options, drop_remainder)
     ds = shard(grain.MapDataset.source(source), index, count, drop_remainder)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
