@@ -113,20 +113,24 @@ def build_depth(attention_impl: str):
 
 
 def time_pair(flax_call: Callable[[], object], torch_call: Callable[[], object], reps: int
-              ) -> tuple[list[float], list[float]]:
-    """Alternating timed runs (Flax first, then PyTorch), after one warm-up each."""
+              ) -> dict[str, list[float]]:
+    """Alternating timed runs (Flax first, then PyTorch), after one warm-up each.
+
+    Returns wall seconds (`flax`, `torch`) and process CPU seconds (`flax_cpu`, `torch_cpu`, all
+    threads: a cross-check that is less sensitive to other processes' load than wall time).
+    """
     import jax
     jax.block_until_ready(flax_call())
     torch_call()
-    tf, tt = [], []
+    out = {"flax": [], "torch": [], "flax_cpu": [], "torch_cpu": []}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(flax_call())
-        tf.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch_call()
-        tt.append(time.perf_counter() - t0)
-    return tf, tt
+        for side, call in (("flax", lambda: jax.block_until_ready(flax_call())),
+                           ("torch", torch_call)):
+            c0, t0 = time.process_time(), time.perf_counter()
+            call()
+            out[side].append(time.perf_counter() - t0)
+            out[side + "_cpu"].append(time.process_time() - c0)
+    return out
 
 
 def bench_model(name: str, builder, batches, reps: int, attention_impl: str) -> list[dict]:
@@ -149,23 +153,29 @@ def bench_model(name: str, builder, batches, reps: int, attention_impl: str) -> 
             out_t = torch_fn(xt).numpy()
             err = rel_err(out_f, out_t)
 
-            tf, tt = time_pair(lambda: flax_fn(params, xj), lambda: torch_fn(xt), reps)
-        mf, mt = float(np.median(tf)), float(np.median(tt))
+            ts = time_pair(lambda: flax_fn(params, xj), lambda: torch_fn(xt), reps)
+        mf, mt = float(np.median(ts["flax"])), float(np.median(ts["torch"]))
+        cf, ct = float(np.median(ts["flax_cpu"])), float(np.median(ts["torch_cpu"]))
         rows.append(dict(model=name, batch=b, flax_img_s=b / mf, torch_img_s=b / mt,
-                         ratio=mt / mf, rel_err=err, flax_s=mf, torch_s=mt,
-                         flax_runs_s=tf, torch_runs_s=tt, flax_first_call_s=compile_s))
+                         ratio=mt / mf, ratio_best=min(ts["torch"]) / min(ts["flax"]),
+                         ratio_cpu_time=ct / cf, rel_err=err, flax_s=mf, torch_s=mt,
+                         flax_cpu_s=cf, torch_cpu_s=ct, flax_runs_s=ts["flax"],
+                         torch_runs_s=ts["torch"], flax_first_call_s=compile_s,
+                         load_avg=os.getloadavg()[0]))
         print(f"  {name} batch {b}: flax {b / mf:.3f} img/s, torch {b / mt:.3f} img/s, "
-              f"ratio {mt / mf:.2f}, rel err {err:.1e}", flush=True)
+              f"ratio {mt / mf:.2f} (best runs {rows[-1]['ratio_best']:.2f}, CPU time "
+              f"{ct / cf:.2f}), rel err {err:.1e}", flush=True)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| model | batch | Flax img/s | PyTorch img/s | ratio flax/torch | output rel err |\n"
-            "|---|---|---|---|---|---|")
+    head = ("| model | batch | Flax img/s | PyTorch img/s | ratio flax/torch | ratio, best runs "
+            "| ratio, CPU time | output rel err | load avg |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['flax_img_s']:.3f} | "
-                     f"{r['torch_img_s']:.3f} | {r['ratio']:.2f} | {r['rel_err']:.1e} |")
+                     f"{r['torch_img_s']:.3f} | {r['ratio']:.2f} | {r['ratio_best']:.2f} | "
+                     f"{r['ratio_cpu_time']:.2f} | {r['rel_err']:.1e} | {r['load_avg']:.1f} |")
     return "\n".join(lines)
 
 

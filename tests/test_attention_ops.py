@@ -51,6 +51,7 @@ def test_automatic_query_tiling_for_long_sequences(monkeypatch):
 
 def test_plan_tiles():
     assert ops.plan_tiles(48, 1370, 1370, budget=700_000) == (1, 457)  # 3 tiles, 1 padded row
+    assert ops.plan_tiles(48, 1370, 1370, budget=1_000_000) == (1, 685)
     assert ops.plan_tiles(48, 197, 197, budget=700_000) == (18, 197)
     assert ops.plan_tiles(2, 197, 197, budget=700_000) == (2, 197)
     assert ops.plan_tiles(1, 10, 10, budget=1) == (1, 1)

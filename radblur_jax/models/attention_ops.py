@@ -4,16 +4,17 @@
 softmax scale `Dh ** -0.5`, no mask. `impl`:
   - "xla":     `jax.nn.dot_product_attention(implementation="xla")`.
   - "cudnn":   the fused cuDNN kernel (GPU only).
-  - "blocked": head-chunked attention for CPU (see `blocked_attention`).
+  - "blocked": head- and query-tiled exact attention for CPU (see `blocked_attention`).
   - "auto":    cudnn on GPU for bf16/fp16, blocked on CPU, else xla.
 
 Why "blocked" on CPU (2-core x86-64, jaxlib 0.10.2, ViT-S at 518 px: 8 x 6 heads, 1370 tokens,
 Dh 64; docs/benchmarks.md): the XLA path materialises all `B*H` score matrices (360 MB) and runs
 at ~36 GFLOP/s; looping over heads with `lax.map` keeps one `T x T` score matrix (7.5 MB) hot
 in cache, and XLA CPU lowers each step's dot + max + exp into one YNNPACK fusion; ~150-180
-GFLOP/s. Batching all heads into one big batched dot (the "query-chunked" reshape) measured
-2-5x slower than the loop on XLA CPU, so the loop is over heads and, for long sequences only,
-over query tiles inside a head.
+GFLOP/s unloaded (PyTorch's fused SDPA: ~240). Batching all heads or query chunks into one big
+batched dot (the "query-chunked" reshape) measured 2-5x slower than the loop on XLA CPU, as did
+several heads per step at 1370 tokens; so the loop is over heads, then query tiles of a head.
+Online softmax over key tiles is not needed: a query tile with all keys fits in cache.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ IMPLS = ("auto", "xla", "cudnn", "blocked")
 
 # Score elements one `lax.map` step may hold (`heads x query rows x keys`): queries are split
 # into the fewest equal tiles that fit, short sequences batch several heads per step.
-# Measured on the 2-core CPU above (benchmarks/attention_cpu.py): 1370 tokens -> 3 tiles of 457.
-SCORE_TILE_ELEMS = 700_000
+# Measured on the 2-core CPU above (benchmarks/attention_cpu.py): tiles of 229..685 rows at 1370
+# tokens were within noise of each other and ~5% ahead of untiled heads; 1370 -> 2 tiles of 685.
+SCORE_TILE_ELEMS = 1_000_000
 
 
 def plan_tiles(n_heads: int, t: int, tk: int, budget: int | None = None) -> tuple[int, int]:
