@@ -1,0 +1,42 @@
+"""Adaptive depth attention (ADA): gated fusion of depth-branch features into the blur stream.
+
+DESIGN §1: a gate computed from both streams decides, per pixel and channel, how much projected
+depth feature enters the blur stream; a per-channel output scale initialised at zero makes the
+network start as a plain reversible deblurrer. In the reversible decoder ADA acts on the coupling
+input `z = Up(c_{k-1}') + Down(c_{k+1})`, a quantity known when the coupling is inverted (see
+docs/architecture.md, "Invertibility").
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DEPTH_FUSIONS = ("attention", "none")
+
+
+def check_depth_fusion(mode: str) -> str:
+    """Returns `mode` if it is a known depth fusion, else raises."""
+    if mode not in DEPTH_FUSIONS:
+        raise ValueError(f"unknown depth_fusion {mode!r}; expected one of {DEPTH_FUSIONS}")
+    return mode
+
+
+class AdaptiveDepthAttention(nn.Module):
+    """`z + scale * sigmoid(W_g [LN(z), d]) * W_v d`, per pixel and channel.
+
+    Args of `__call__`: `z (B, h, w, C)` blur-stream features, `depth (B, h, w, C)` depth
+    features already projected to `C` channels. Returns `(B, h, w, C)`.
+    Params: `norm`, `gate` (1x1 conv, 2C -> C), `value` (1x1 conv, C -> C), `scale (C,)` zeros.
+    """
+
+    @nn.compact
+    def __call__(self, z: jax.Array, depth: jax.Array) -> jax.Array:
+        channels = z.shape[-1]
+        if depth.shape != z.shape:
+            raise ValueError(f"ADA: depth features {depth.shape} must match blur features {z.shape}")
+        zn = nn.LayerNorm(epsilon=1e-6, name="norm")(z)
+        gate = nn.sigmoid(nn.Conv(channels, (1, 1), name="gate")(jnp.concatenate([zn, depth], -1)))
+        value = nn.Conv(channels, (1, 1), name="value")(depth)
+        scale = self.param("scale", nn.initializers.zeros, (channels,), jnp.float32)
+        return z + scale * gate * value

@@ -1,0 +1,64 @@
+"""Stage-B losses: deblurring (pixel + FFT, deep supervision over K outputs) and the exit head.
+
+Pure functions of arrays; images are `(B, H, W, 3)` float32 in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PSNR_EDGES = (20.0, 25.0, 30.0, 35.0, 40.0)
+
+
+def psnr(pred: jax.Array, target: jax.Array, eps: float = 1e-10) -> jax.Array:
+    """Per-image PSNR in dB (peak 1) over all pixels and channels: `(B,)`."""
+    mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
+    return -10.0 * jnp.log10(mse + eps)
+
+
+def fft_l1(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean |.| of the real and imaginary parts of `rfft2(pred - target)` over H, W."""
+    spec = jnp.fft.rfft2(pred - target, axes=(-3, -2))
+    return 0.5 * (jnp.mean(jnp.abs(spec.real)) + jnp.mean(jnp.abs(spec.imag)))
+
+
+def psnr_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """NAFNet's PSNR loss: mean over images of `10 log10(MSE + 1e-8)` (lower is better)."""
+    mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
+    return jnp.mean(10.0 * jnp.log10(mse + 1e-8))
+
+
+def deblur_loss(restored: jax.Array, sharp: jax.Array, *, pixel: str = "l1",
+                fft_weight: float = 0.01) -> jax.Array:
+    """Deep-supervision loss averaged over the K outputs.
+
+    restored `(K, B, H, W, 3)`, sharp `(B, H, W, 3)`; per output `pixel(r, s) + fft_weight *
+    fft_l1(r, s)` with `pixel` "l1" (mean absolute error) or "psnr" (`psnr_loss`).
+    """
+    if pixel not in ("l1", "psnr"):
+        raise ValueError(f"unknown pixel loss {pixel!r}; expected l1 or psnr")
+
+    def one(r: jax.Array) -> jax.Array:
+        term = jnp.mean(jnp.abs(r - sharp)) if pixel == "l1" else psnr_loss(r, sharp)
+        return term + fft_weight * fft_l1(r, sharp)
+
+    return jnp.mean(jax.vmap(one)(restored))
+
+
+def exit_labels(blurry: jax.Array, sharp: jax.Array,
+                edges: Sequence[float] = PSNR_EDGES) -> jax.Array:
+    """Blur-degree class per image/patch `(B,)` int32 from the PSNR of blurry vs sharp.
+
+    Class j means `edges[j-1] <= PSNR < edges[j]`: 0 is below 20 dB (most blurred),
+    `len(edges)` is at or above 40 dB.
+    """
+    return jnp.searchsorted(jnp.asarray(edges), psnr(blurry, sharp), side="right").astype(
+        jnp.int32)
+
+
+def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of exit logits `(B, classes)` against int labels `(B,)`."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
