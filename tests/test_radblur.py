@@ -1,0 +1,111 @@
+"""The assembled RADBlur: shapes and cropping, the zero-init ADA gate, splicing, exit, sharding."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from radblur_jax.models.radblur import (RADBlur, build_radblur, exit_depth, init_radblur,
+                                        region_bilinear_matrix, splice_depth_params)
+from radblur_jax.models.radblur_presets import radblur_config, radblur_names
+from radblur_jax.train.losses import deblur_loss
+
+
+def _without_ada(params: dict) -> dict:
+    """The params of the depth_fusion="none" model: ADA and depth projections dropped."""
+    dec = {k: v for k, v in params["decoder"].items() if not k.startswith("depth_proj")}
+    dec["sub_decoders"] = {k: v for k, v in dec["sub_decoders"].items() if not k.startswith("ada")}
+    return {**params, "decoder": dec}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_radblur("tiny")
+    return model, init_radblur(model, jax.random.key(0))
+
+
+def test_presets():
+    assert radblur_names() == ("tiny", "s", "b", "l", "g")
+    cfg = radblur_config("l")
+    assert (cfg.encoder.embed_dim, cfg.decoder.num_sub_decoders) == (1024, 8)
+    assert radblur_config("tiny").encoder.depth == 4
+    with pytest.raises(ValueError, match="unknown RADBlur preset"):
+        radblur_config("xl")
+
+
+def test_output_shapes_any_size_and_zero_init_ada(tiny):
+    model, params = tiny
+    blurry = jax.random.uniform(jax.random.key(1), (2, 30, 44, 3))
+    out = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, blurry)
+    assert out.restored.shape == (2, 2, 30, 44, 3)
+    assert out.disparity.shape == (2, 30, 44) and out.exit_logits.shape == (2, 6)
+    assert 1e-4 < float(jnp.abs(out.restored - blurry).mean()) < 0.5  # head starts small
+    cfg = radblur_config("tiny")
+    cfg.decoder.depth_fusion = "none"
+    plain = RADBlur(cfg)
+    out_none = jax.jit(lambda p, x: plain.apply({"params": p}, x))(_without_ada(params), blurry)
+    np.testing.assert_array_equal(out_none.restored, out.restored)
+
+
+def test_ada_matters_after_one_optimiser_step(tiny):
+    model, params = tiny
+    cfg = radblur_config("tiny")
+    cfg.decoder.depth_fusion = "none"
+    plain = RADBlur(cfg)
+    blurry = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
+    sharp = jnp.clip(blurry + 0.1, 0, 1)
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def step_and_compare(p):
+        loss = lambda q: deblur_loss(model.apply({"params": q}, blurry).restored, sharp)
+        updates, _ = tx.update(jax.grad(loss)(p), tx.init(p), p)
+        p = optax.apply_updates(p, updates)
+        with_ada = model.apply({"params": p}, blurry).restored
+        without = plain.apply({"params": _without_ada(p)}, blurry).restored
+        return p, jnp.abs(with_ada - without).max()
+
+    new, diff = step_and_compare(params)
+    scale = new["decoder"]["sub_decoders"]["ada_3"]["scale"]
+    assert float(jnp.abs(scale).max()) > 5e-4  # the zero-init gate moved
+    assert float(diff) > 1e-6
+
+
+def test_splice_depth_params(tiny):
+    _, params = tiny
+    ones = jax.tree_util.tree_map(jnp.ones_like, params["depth"])
+    spliced = splice_depth_params(params, ones)
+    assert all(float(x.min()) == 1.0 for x in jax.tree_util.tree_leaves(spliced["depth"]))
+    assert spliced["decoder"] is params["decoder"]
+    vit_only = splice_depth_params(params, ones["pretrained"])
+    assert float(vit_only["depth"]["depth_head"]["scratch"]["output_conv2_2"]["bias"][0]) == \
+        float(params["depth"]["depth_head"]["scratch"]["output_conv2_2"]["bias"][0])
+    bad = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape + (1,)), ones["pretrained"])
+    with pytest.raises(ValueError, match="shapes/keys differ"):
+        splice_depth_params(params, bad)
+
+
+def test_exit_depth_and_resampling_matrix():
+    assert [exit_depth(c, 8, 6) for c in range(6)] == [8, 7, 6, 4, 3, 2]
+    assert [exit_depth(c, 2, 6) for c in range(6)] == [2, 2, 2, 1, 1, 1]
+    np.testing.assert_allclose(region_bilinear_matrix(5, 5, 2.0, 2.0), np.eye(5))
+    # features with 3.5-px pixels onto a 2-px grid: centre 1.0 -> source 1/3.5 - 0.5 -> clamp 0
+    mat = region_bilinear_matrix(4, 7, 3.5, 2.0)
+    np.testing.assert_allclose(mat.sum(1), 1.0)
+    np.testing.assert_allclose(mat[3], [0, 1 - (7 / 3.5 - 0.5 - 1), 7 / 3.5 - 0.5 - 1, 0])
+
+
+@pytest.mark.slow
+def test_sharded_over_8_devices_matches_one_device():
+    script = os.path.join(os.path.dirname(__file__), "sharding_check.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "devices=8" in run.stdout
