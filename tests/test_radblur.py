@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from radblur_jax.models.radblur import (RADBlur, build_radblur, exit_depth, init_radblur,
-                                        region_bilinear_matrix, splice_depth_params)
+from radblur_jax.models.radblur import (RADBlur, build_radblur, deblur_adaptive, exit_depth,
+                                        init_radblur, region_bilinear_matrix,
+                                        splice_depth_params)
 from radblur_jax.models.radblur_presets import radblur_config, radblur_names
 from radblur_jax.train.losses import deblur_loss
 
@@ -109,3 +110,13 @@ def test_sharded_over_8_devices_matches_one_device():
                          timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "devices=8" in run.stdout
+
+
+@pytest.mark.slow
+def test_deblur_adaptive_runs_the_predicted_prefix(tiny):
+    model, params = tiny
+    blurry = jax.random.uniform(jax.random.key(3), (1, 28, 36, 3))
+    image, n = deblur_adaptive(model, params, blurry)
+    full = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, blurry)
+    assert image.shape == (1, 28, 36, 3) and n in (1, 2)
+    np.testing.assert_allclose(image, full.restored[n - 1], rtol=1e-5, atol=1e-5)
