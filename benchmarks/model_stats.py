@@ -59,8 +59,8 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows = [preset_stats(n, sizes) for n in args.presets.split(",")]
     keys = [f"{w}x{h}" for w, h in sizes]
-    print("\n| preset | ViT width | K | decoder width | params (M) | encoder+DPT (M) | stem+decoder (M) | "
-          + " | ".join(f"GFLOPs {k}" for k in keys) + " |")
+    print("\n| preset | ViT width | K | decoder width | params (M) | encoder+DPT (M) "
+          "| stem+decoder (M) | " + " | ".join(f"GFLOPs {k}" for k in keys) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(keys))
     for r in rows:
         part = r["params_m_by_part"]

@@ -34,7 +34,8 @@ class AdaptiveDepthAttention(nn.Module):
     def __call__(self, z: jax.Array, depth: jax.Array) -> jax.Array:
         channels = z.shape[-1]
         if depth.shape != z.shape:
-            raise ValueError(f"ADA: depth features {depth.shape} must match blur features {z.shape}")
+            raise ValueError(f"ADA: depth features {depth.shape} must match blur features "
+                             f"{z.shape}")
         zn = nn.LayerNorm(epsilon=1e-6, name="norm")(z)
         gate = nn.sigmoid(nn.Conv(channels, (1, 1), name="gate")(jnp.concatenate([zn, depth], -1)))
         value = nn.Conv(channels, (1, 1), name="value")(depth)
