@@ -11,39 +11,28 @@ import os
 import cv2
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-IMAGENET_STD = np.array([0.229, 0.224, 0.225])
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from radblur_jax.data import io as data_io
+from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_SUFFIXES = data_io.IMAGE_EXTS
 
 
-class ImageError(ValueError):
+class ImageError(data_io.DataError):
     """An image could not be read or has a shape the model cannot take; names the file."""
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """`(H, W, 3)` uint8 RGB: grayscale is repeated, alpha dropped, 16-bit scaled to 8-bit."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
+    """`(H, W, 3)` uint8 RGB of a user photo: grayscale is repeated, alpha dropped, 16-bit
+    rounded to 8-bit. Raises ImageError naming the file."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.float64)
-                scale = 257.0 if arr.max(initial=0) <= 65535 else arr.max() / 255.0
-                gray = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=-1)
-            if img.mode == "F":
-                raise ImageError(f"{path}: floating-point images are not supported")
-            rgb = img.convert("RGB")  # L/LA/P/RGBA/CMYK/YCbCr -> RGB, alpha dropped
-            arr = np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ImageError):
-            raise
-        raise ImageError(f"{path}: cannot read image (corrupt or unsupported?): {e}") from None
-    if arr.ndim != 3 or arr.shape[-1] != 3 or min(arr.shape[:2]) < 1:
-        raise ImageError(f"{path}: unexpected image shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+        img = data_io.read_image(os.fspath(path), allow_gray=True, drop_alpha=True, raw=True)
+    except data_io.DataError as e:
+        raise ImageError(str(e)) from None
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"{os.fspath(path)}: {img.dtype} pixels, expected an 8- or 16-bit image")
+    return np.ascontiguousarray(img)
 
 
 def _multiple(x: float, multiple: int, min_val: int) -> int:
@@ -65,7 +54,7 @@ def da_v2_size(height: int, width: int, target: int = 518, multiple: int = 14) -
 
 def normalize_imagenet(rgb01: np.ndarray) -> np.ndarray:
     """`(..., 3)` RGB in [0, 1] -> ImageNet-normalised float32."""
-    return ((rgb01 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    return ((rgb01 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)).astype(np.float32)
 
 
 def preprocess_da_v2(rgb: np.ndarray, target: int = 518, multiple: int = 14) -> np.ndarray:

@@ -127,7 +127,7 @@ def test_corrupt_image_names_file(tmp_path, ckpt, capsys):
     assert depth.main(["--checkpoint", str(ckpt), "--input", str(src),
                        "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "broken.png" in err and "cannot read image" in err
+    assert "broken.png" in err and "cannot decode" in err
     (tmp_path / "junk.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(preprocess.ImageError, match="junk.jpg"):
         preprocess.load_rgb(tmp_path / "junk.jpg")

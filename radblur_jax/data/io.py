@@ -6,7 +6,7 @@ Policy (tested in tests/test_data_io.py):
 - Grayscale is an error unless the caller passes `allow_gray=True` (then it is repeated to
   3 channels); only `paired_folder` exposes that option.
 - RGBA: the alpha channel is dropped when fully opaque; any transparent pixel is an error (a
-  composited image would not match its counterpart).
+  composited image would not match its counterpart), unless `drop_alpha=True` (user photos).
 - Depth maps: `.npy` (float, any unit), 16-bit PNG (raw integer values, no scaling), `.pfm`.
 """
 
@@ -56,13 +56,15 @@ def _to_unit(img: np.ndarray, path: str) -> np.ndarray:
     raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected uint8 or uint16)")
 
 
-def read_image(path: str, *, allow_gray: bool = False, raw: bool = False) -> np.ndarray:
+def read_image(path: str, *, allow_gray: bool = False, drop_alpha: bool = False,
+               raw: bool = False) -> np.ndarray:
     """Reads an image as `(H, W, 3) float32 in [0, 1]`, RGB order.
 
     `raw=True` keeps the stored integer type (uint8/uint16; `to_unit` converts later, e.g. after
     cropping, which is cheaper). Raises DataError naming `path` for a missing, corrupt,
-    grayscale (unless `allow_gray`) or non-opaque RGBA file.
+    grayscale (unless `allow_gray`) or non-opaque RGBA (unless `drop_alpha`) file.
     """
+    path = os.fspath(path)
     img = _decode(path)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
@@ -74,7 +76,7 @@ def read_image(path: str, *, allow_gray: bool = False, raw: bool = False) -> np.
     elif img.shape[2] == 4:
         alpha = img[:, :, 3]
         opaque = np.iinfo(img.dtype).max if img.dtype.kind == "u" else 1.0
-        if not np.all(alpha == opaque):
+        if not drop_alpha and not np.all(alpha == opaque):
             raise DataError(f"{path}: RGBA image with transparent pixels; expected RGB "
                             "(an opaque alpha channel would be dropped)")
         img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)

@@ -11,6 +11,10 @@ import ml_collections
 from radblur_jax.models.dpt import DPTHead
 from radblur_jax.models.vit import DinoViT
 
+# The RGB normalisation DINOv2 and Depth Anything were trained with (inputs in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class DepthOutput(NamedTuple):
     """disparity `(B, H, W)` float32 (relative: >= 0; metric: depth in [0, max_depth]);

@@ -17,12 +17,9 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.models.decoder import BlurStem, ReversibleDecoder
-from radblur_jax.models.depth_anything import DepthAnything
+from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD, DepthAnything
 from radblur_jax.models.layers import apply_separable, bicubic_resize, bilinear_resize
 from radblur_jax.models.radblur_presets import radblur_config
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RADBlurOutput(NamedTuple):
