@@ -1,6 +1,6 @@
 """Attention microbenchmark on CPU: `attention_ops` variants vs PyTorch `scaled_dot_product_attention`.
 
-    python benchmarks/attention_cpu.py --batch 1 8 --reps 7
+    python benchmarks/attention_cpu.py --batch 1 8 --reps 7 [--json out.json]
 
 Shape of DINOv2 ViT-S at 518 px: `(B, 1370, 6, 64)` float32. Every variant is jitted and warmed
 up; runs alternate over all variants and PyTorch so they share the machine load; medians.
@@ -45,12 +45,14 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--tokens", type=int, default=1370, help="1370: 518 px, 197: 224 px")
     p.add_argument("--only", nargs="*", default=None, help="substrings of variant names to run")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import jax
     import jax.numpy as jnp
     import torch
+    from radblur_jax.atomic_io import write_json_atomic
     from radblur_jax.models import attention_ops as ops
     torch.set_num_threads(args.threads)
 
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     names = [n for n in VARIANTS if not args.only or any(s in n for s in args.only)]
     print(f"threads {args.threads}, jax {jax.__version__}, torch {torch.__version__}, "
           f"T={T} H={H} Dh={DH}, load avg {os.getloadavg()[0]:.1f}")
+    rows = []
     for b in args.batch:
         rng = np.random.default_rng(b)
         qkv = [rng.standard_normal((b, T, H, DH)).astype(np.float32) for _ in range(3)]
@@ -94,7 +97,14 @@ def main(argv=None) -> int:
               "|---|---|---|---|---|---|")
         for n, ts in times.items():
             m = float(np.median(ts))
-            print(f"| {n} | {m * 1e3:.1f} | {min(ts) * 1e3:.1f} | {flops / m / 1e9:.0f} | {tt / m:.2f} | {errs[n]:.1e} |")
+            row = dict(batch=b, variant=n, ms_median=m * 1e3, ms_min=min(ts) * 1e3,
+                       gflops=flops / m / 1e9, torch_over_variant=tt / m, rel_err_vs_xla=errs[n])
+            rows.append(row)
+            print(f"| {n} | {row['ms_median']:.1f} | {row['ms_min']:.1f} | {row['gflops']:.0f} | "
+                  f"{row['torch_over_variant']:.2f} | {errs[n]:.1e} |")
+    if args.json:
+        write_json_atomic(args.json, dict(threads=args.threads, tokens=T, heads=H, head_dim=DH,
+                                          reps=args.reps, rows=rows))
     return 0
 
 

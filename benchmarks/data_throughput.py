@@ -13,7 +13,6 @@ rotations, float32 output) with 1 and 2 grain worker processes, on:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 
+from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.data import pipeline  # noqa: E402
 from radblur_jax.data.sources import make_source  # noqa: E402
 import prepare_subimages  # noqa: E402  pylint: disable=wrong-import-position
@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{os.cpu_count()} CPUs")
     print("\n".join(lines))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"frame_png_mb": round(frame_mb, 2), "cpus": os.cpu_count(),
-                       "results": results}, f, indent=1)
+        write_json_atomic(a.json, {"frame_png_mb": round(frame_mb, 2), "cpus": os.cpu_count(),
+                                   "results": results})
     return results
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Callable
 
@@ -198,15 +196,13 @@ def main(argv=None) -> int:
         rows += bench_model(names[m], builders[m], args.batch, args.reps, args.attention)
     print(format_table(rows))
     if args.json:
+        from radblur_jax.atomic_io import write_json_atomic
         meta = dict(date=datetime.date.today().isoformat(), machine=platform.machine(),
                     processor=platform.processor(), threads=args.threads,
                     jax=jax.__version__, torch=torch.__version__, image=IMAGE, reps=args.reps,
                     attention_impl=args.attention, load_avg_start=load,
                     load_avg_end=os.getloadavg())
-        out_dir = os.path.dirname(os.path.abspath(args.json))
-        with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
-        os.replace(f.name, args.json)
+        write_json_atomic(args.json, dict(meta=meta, rows=rows))
     return 0
 
 

@@ -9,7 +9,6 @@ abstract shapes. Prints a markdown table; `--json PATH` writes the same figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.radblur import RADBlur  # noqa: E402
 from radblur_jax.models.radblur_presets import radblur_config, radblur_names  # noqa: E402
 
@@ -69,9 +69,7 @@ def main() -> None:
               f"{part['depth']:.2f} | {dec:.2f} | "
               + " | ".join(f"{r['gflops'][k]:.1f}" for k in keys) + " |")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json_atomic(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Prints a markdown table; `--json PATH` writes the same figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.radblur import RADBlur  # noqa: E402
 from radblur_jax.models.radblur_presets import radblur_config  # noqa: E402
 from radblur_jax.train.losses import deblur_loss, exit_cross_entropy, exit_labels  # noqa: E402
@@ -87,10 +87,8 @@ def main() -> None:
         print(f"\n{mode}: K={kmax} / K={kmin} = {summary[mode]['growth']:.2f}x; "
               f"K={kmax} vs plain = {100 * summary[mode]['vs_plain']:.0f}%")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(dict(size=args.size, batch=args.batch, rows=rows, summary=summary), f,
-                      indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json_atomic(args.json, dict(size=args.size, batch=args.batch, rows=rows,
+                                          summary=summary))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from radblur_jax import preprocess
+from radblur_jax.atomic_io import write_atomic
 from radblur_jax.preprocess import ImageError
 
 # Inferno-like colormap: piecewise-linear through these (position, RGB) anchors.
@@ -61,22 +61,6 @@ def list_images(path: str) -> list[str]:
     return [path]
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_outputs(out_dir: str, stem: str, disparity: np.ndarray) -> tuple[str, str]:
     """Write `<stem>.npy` (float32) and `<stem>.png` (colour map) atomically."""
     from PIL import Image
@@ -87,8 +71,8 @@ def save_outputs(out_dir: str, stem: str, disparity: np.ndarray) -> tuple[str, s
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(disparity, np.float32))
 
-    _write_atomic(npy, write_npy)
-    _write_atomic(png, lambda tmp: Image.fromarray(colorize(disparity)).save(tmp, format="PNG"))
+    write_atomic(npy, write_npy)
+    write_atomic(png, lambda tmp: Image.fromarray(colorize(disparity)).save(tmp, format="PNG"))
     return npy, png
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from radblur_jax.atomic_io import write_atomic, write_bytes_atomic
 from radblur_jax.data.sources import make_source
 
 
@@ -36,13 +37,6 @@ def tile_starts(length: int, size: int, step: int, thresh: int = 0) -> list[int]
     if length - (starts[-1] + size) > thresh:
         starts.append(length - size)
     return starts
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _png(img: np.ndarray, compression: int) -> bytes:
@@ -63,12 +57,14 @@ def cut_example(ex: dict[str, Any], out: str, size: int, step: int, thresh: int,
         for x in tile_starts(w, size, step, thresh):
             win = (slice(y, y + size), slice(x, x + size))
             name = f"{stem}_s{n:03d}"
-            _write(os.path.join(out, "input", name + ".png"), _png(ex["blur"][win], compression))
-            _write(os.path.join(out, "target", name + ".png"), _png(ex["sharp"][win], compression))
+            write_bytes_atomic(os.path.join(out, "input", name + ".png"),
+                               _png(ex["blur"][win], compression))
+            write_bytes_atomic(os.path.join(out, "target", name + ".png"),
+                               _png(ex["sharp"][win], compression))
             if "depth" in ex:
-                tmp = os.path.join(out, "depth", f"{name}.tmp{os.getpid()}.npy")
-                np.save(tmp, np.ascontiguousarray(ex["depth"][win][..., 0]))
-                os.replace(tmp, os.path.join(out, "depth", name + ".npy"))
+                tile = np.ascontiguousarray(ex["depth"][win][..., 0])
+                write_atomic(os.path.join(out, "depth", name + ".npy"),
+                             lambda tmp: np.save(tmp, tile))
             n += 1
     return n
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 from absl import flags
 
+from radblur_jax.atomic_io import write_json_atomic
 from radblur_jax.data import io
 
 SPATIAL_KEYS = ("blur", "sharp", "image", "depth", "valid", "mask")
@@ -162,10 +162,7 @@ def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,
 def save_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
     """Writes `iterator.get_state()` as JSON (atomic replace). Orbax users can instead put the
     iterator in a CheckpointManager item with `grain.checkpoint.CheckpointSave`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(iterator.get_state(), f)
-    os.replace(tmp, path)
+    write_json_atomic(path, iterator.get_state(), indent=None)
 
 
 def restore_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
