@@ -1,0 +1,149 @@
+"""conv_ops: every fast convolution form equals lax.conv / nn.Conv in outputs and gradients."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from radblur_jax.models import conv_ops, layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _reference(x, kernel, strides, padding, groups):
+    pads = conv_ops._pairs(padding, x.shape[1:3], kernel.shape[:2], strides)
+    return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=DN,
+                                        feature_group_count=groups)
+
+
+def _value_and_grads(fn, x, kernel, cotangent):
+    @jax.jit
+    def run(x, kernel, cotangent):
+        y, vjp = jax.vjp(fn, x, kernel)
+        return (y,) + vjp(cotangent)
+    return run(x, kernel, cotangent)
+
+
+# (batch, H, W, I, O, kernel, strides, padding, groups): non-square, odd sizes included
+CASES = {
+    "1x1": (2, 10, 14, 32, 24, (1, 1), (1, 1), 0, 1),
+    "depthwise3x3": (2, 9, 13, 12, 12, (3, 3), (1, 1), 1, 12),
+    "depthwise3x3_multiplier2": (2, 9, 13, 6, 12, (3, 3), (1, 1), 1, 6),
+    "depthwise3x3_stride2": (2, 11, 14, 8, 8, (3, 3), (2, 2), 1, 8),
+    "full3x3": (2, 9, 13, 5, 7, (3, 3), (1, 1), 1, 1),
+    "stem3x3_rgb": (2, 16, 24, 3, 16, (3, 3), (1, 1), 1, 1),
+    "full3x3_same": (2, 9, 13, 5, 7, (3, 3), (1, 1), "SAME", 1),
+    "full3x3_stride2": (2, 11, 14, 6, 10, (3, 3), (2, 2), 1, 1),
+    "down2x2_stride2": (2, 12, 20, 8, 16, (2, 2), (2, 2), "VALID", 1),
+    "patch14": (2, 28, 42, 3, 16, (14, 14), (14, 14), 0, 1),
+    "patch14_ragged": (1, 30, 43, 3, 16, (14, 14), (14, 14), 0, 1),
+    "full1x3": (2, 7, 10, 4, 6, (1, 3), (1, 1), ((0, 0), (1, 1)), 1),
+    "grouped_fallback": (2, 7, 10, 8, 8, (3, 3), (1, 1), 1, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conv2d_matches_lax_forward_and_gradients(name, rng):
+    b, h, w, cin, cout, k, s, pad, groups = CASES[name]
+    x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal(k + (cin // groups, cout)), jnp.float32)
+    ref = _reference(x, kernel, s, pad, groups)
+    g = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    fast = _value_and_grads(lambda a, c: conv_ops.conv2d(a, c, s, pad, groups, "fast"),
+                            x, kernel, g)
+    want = _value_and_grads(lambda a, c: _reference(a, c, s, pad, groups), x, kernel, g)
+    for got, exp in zip(fast, want):
+        assert got.shape == exp.shape
+        assert rel_err(got, exp) <= 1e-5
+
+
+def test_conv2d_lax_impl_is_the_reference(rng):
+    x = jnp.asarray(rng.standard_normal((1, 6, 9, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+    np.testing.assert_array_equal(conv_ops.conv2d(x, kernel, padding=1, impl="lax"),
+                                  _reference(x, kernel, (1, 1), 1, 1))
+
+
+def test_resolve_impl():
+    assert conv_ops.resolve_impl("auto") == ("fast" if jax.default_backend() == "cpu" else "lax")
+    assert conv_ops.resolve_impl("lax") == "lax"
+    with pytest.raises(ValueError, match="unknown conv impl 'cudnn'"):
+        conv_ops.resolve_impl("cudnn")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(features=7, kernel_size=(1, 1)),
+    dict(features=12, kernel_size=(3, 3), padding=((1, 1), (1, 1)), feature_group_count=12),
+    dict(features=7, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
+    dict(features=16, kernel_size=(2, 2), strides=(2, 2), padding="VALID", use_bias=False),
+])
+def test_conv_module_is_a_drop_in_for_nn_conv(kw, rng):
+    x = jnp.asarray(rng.standard_normal((2, 10, 14, 12)), jnp.float32)
+    ref_mod, fast_mod = nn.Conv(**kw), conv_ops.Conv(**kw, impl="fast")
+    params = ref_mod.init(jax.random.key(1), x)
+    assert (jax.tree_util.tree_map(jnp.shape, fast_mod.init(jax.random.key(1), x))
+            == jax.tree_util.tree_map(jnp.shape, params))
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+
+    def loss(mod, p, a):
+        return jnp.sum(jnp.sin(mod.apply(p, a)))
+
+    def value_and_grads(mod):
+        return jax.jit(jax.value_and_grad(lambda p, a: loss(mod, p, a), (0, 1)))(params, x)
+
+    for ref, got in zip(value_and_grads(ref_mod), value_and_grads(fast_mod)):
+        for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+            assert rel_err(g, r) <= 1e-5
+
+
+def test_conv_module_bfloat16_compute(rng):
+    x = jnp.asarray(rng.standard_normal((1, 8, 12, 6)), jnp.float32)
+    kw = dict(features=5, kernel_size=(3, 3), padding=1, dtype=jnp.bfloat16)
+    params = nn.Conv(**kw).init(jax.random.key(0), x)
+    ref = jax.jit(nn.Conv(**kw).apply)(params, x)
+    got = jax.jit(conv_ops.Conv(**kw, impl="fast").apply)(params, x)
+    assert got.dtype == ref.dtype == jnp.bfloat16
+    assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 1e-2
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_conv_transpose_matches_layers(k, rng):
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, 6)), jnp.float32)
+    ref_mod = layers.ConvTranspose(9, k, k)
+    params = ref_mod.init(jax.random.key(0), x)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    fast_mod = conv_ops.ConvTranspose(9, k, k, impl="fast")
+    g = jnp.asarray(rng.standard_normal((2, 5 * k, 7 * k, 9)), jnp.float32)
+
+    @jax.jit
+    def outputs_and_grads(p, a, g):
+        y_ref, vjp_ref = jax.vjp(lambda p, a: ref_mod.apply(p, a), p, a)
+        y_fast, vjp_fast = jax.vjp(lambda p, a: fast_mod.apply(p, a), p, a)
+        y_lax = conv_ops.ConvTranspose(9, k, k, impl="lax").apply(p, a)
+        return y_ref, y_fast, y_lax, vjp_ref(g), vjp_fast(g)
+
+    y_ref, y_fast, y_lax, g_ref, g_fast = outputs_and_grads(params, x, g)
+    assert rel_err(y_fast, y_ref) <= 1e-5
+    assert rel_err(y_lax, y_ref) <= 1e-6
+    for r, o in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_fast)):
+        assert rel_err(o, r) <= 1e-5
+
+
+def test_conv_transpose_rejects_overlapping_kernels(rng):
+    x = jnp.zeros((1, 4, 4, 3))
+    with pytest.raises(ValueError, match="kernel == stride"):
+        conv_ops.ConvTranspose(4, 3, 2).init(jax.random.key(0), x)
