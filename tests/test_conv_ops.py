@@ -7,14 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import rel_err
 from radblur_jax.models import conv_ops, layers
 
 DN = ("NHWC", "HWIO", "NHWC")
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture
@@ -147,3 +143,11 @@ def test_conv_transpose_rejects_overlapping_kernels(rng):
     x = jnp.zeros((1, 4, 4, 3))
     with pytest.raises(ValueError, match="kernel == stride"):
         conv_ops.ConvTranspose(4, 3, 2).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 12, 5), (3, 7, 9, 4), (1, 1, 1, 3)])
+def test_sum_rows_equals_sum_over_leading_axes(shape, rng):
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    got = jax.jit(conv_ops.sum_rows)(x)
+    assert got.shape == (shape[-1],)
+    assert rel_err(got, np.asarray(x, np.float64).sum(axis=(0, 1, 2))) <= 1e-6

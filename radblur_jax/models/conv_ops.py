@@ -19,6 +19,7 @@ modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -126,16 +127,11 @@ def depthwise_conv(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -
     return _depthwise_vjp(tuple(strides))(xp, kernel)
 
 
-_DEPTHWISE_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
     """A custom-VJP depthwise conv for fixed strides: the input gradient is the transpose of
     the shifted multiply-adds (pads of scaled slices); the kernel gradient multiplies each
     tap's slice by the output gradient and reduces over (B, Ho, Wo)."""
-    if strides in _DEPTHWISE_CACHE:
-        return _DEPTHWISE_CACHE[strides]
-
     @jax.custom_vjp
     def conv(xp, kernel):
         return _depthwise_forward(xp, kernel, strides)
@@ -155,7 +151,6 @@ def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
         return gx, gk.reshape(kernel.shape).astype(kernel.dtype)
 
     conv.defvjp(fwd, bwd)
-    _DEPTHWISE_CACHE[strides] = conv
     return conv
 
 
@@ -265,3 +260,11 @@ class ConvTranspose(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return y
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_bias: bool = True,
+         dtype=jnp.float32, impl: str = "auto", name: str | None = None) -> Conv:
+    """`Conv` with torch-style explicit symmetric padding (as `layers.conv`, plus `impl`)."""
+    return Conv(features, (kernel, kernel), strides=(stride, stride),
+                padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name)
