@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 import test_data_fakes as F
-from radblur_jax.data import sources_deblur as S
+from radblur_jax.data.sources import deblur as S
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import prepare_subimages as T  # noqa: E402  pylint: disable=wrong-import-position

@@ -3,21 +3,22 @@
 Training: `MapDataset.source -> shard slice -> shuffle(seed) -> repeat -> random_map(augment)
 -> batch -> to_iter_dataset -> mp_prefetch`. The augmentation's rng comes from grain and depends
 only on (seed, global element index), so batches are identical for any worker or thread count,
-and `iterator.get_state()` / `set_state()` resume on the exact next batch.
+and `iterator.get_state()` / `set_state()` resume on the exact next batch. To checkpoint an
+iterator, use grain's orbax handler as one item of the train-state checkpoint:
+`ocp.args.Composite(state=..., iter=grain.checkpoint.CheckpointSave(iterator))` to save and
+`grain.checkpoint.CheckpointRestore(iterator)` to restore (tests/test_data_pipeline.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 from absl import flags
 
-from radblur_jax.atomic_io import write_json_atomic
-from radblur_jax.data import io
+from radblur_jax.data import image_io
 
 SPATIAL_KEYS = ("blur", "sharp", "image", "depth", "valid", "mask")
 
@@ -26,7 +27,7 @@ def _spatial(ex: dict[str, Any]) -> list[str]:
     keys = [k for k in SPATIAL_KEYS if k in ex]
     sizes = {k: np.shape(ex[k])[:2] for k in keys}
     if len(set(sizes.values())) > 1:
-        raise io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
+        raise image_io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
     return keys
 
 
@@ -34,7 +35,7 @@ def to_float(ex: dict[str, Any]) -> dict[str, Any]:
     """Integer images -> float32 in [0, 1] (uint8 / 255, uint16 / 65535); contiguous arrays."""
     out = dict(ex)
     for k in _spatial(ex):
-        out[k] = np.ascontiguousarray(io.to_unit(np.asarray(ex[k])))
+        out[k] = np.ascontiguousarray(image_io.to_unit(np.asarray(ex[k])))
     return out
 
 
@@ -62,7 +63,7 @@ class PairedAugment(grain.transforms.RandomMap):
         if self.crop_size is not None:
             ch, cw = self.crop_size
             if h < ch or w < cw:
-                raise io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
+                raise image_io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
                                    f"{ch}x{cw}")
             y = int(rng.integers(0, h - ch + 1))
             x = int(rng.integers(0, w - cw + 1))
@@ -78,7 +79,7 @@ class PairedAugment(grain.transforms.RandomMap):
                 v = v[::-1]
             if k90:
                 v = np.rot90(v, k90, axes=(0, 1))
-            out[k] = np.ascontiguousarray(io.to_unit(np.asarray(v)))
+            out[k] = np.ascontiguousarray(image_io.to_unit(np.asarray(v)))
         return out
 
 
@@ -158,14 +159,3 @@ def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,
     index, count = resolve_shard(shard_index, shard_count, shard_options, False)
     return shard(grain.MapDataset.source(source), index, count, False).map(to_float)
 
-
-def save_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-    """Writes `iterator.get_state()` as JSON (atomic replace). Orbax users can instead put the
-    iterator in a CheckpointManager item with `grain.checkpoint.CheckpointSave`."""
-    write_json_atomic(path, iterator.get_state(), indent=None)
-
-
-def restore_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-    """Sets `iterator`'s state from a file written by `save_iterator_state`."""
-    with open(path) as f:
-        iterator.set_state(json.load(f))

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic_scene import (Layer, blend_over, composite_static, depth_map,
+from radblur_jax.data.synthetic.scene import (Layer, blend_over, composite_static, depth_map,
                                               linear_to_srgb, make_scene)
 
-TRAJECTORY_COLUMNS = ("tx", "ty", "px", "py", "roll")
 _DENSE_STEPS = 64
 
 
@@ -248,12 +245,3 @@ def render_pair(rng: np.random.Generator | int | np.random.SeedSequence,
         "trajectory": trajectory,
     }
 
-
-def ensure_default_synthetic(root: str | os.PathLike | None = None) -> Path:
-    """Path of the embedded default set (64 train / 16 test at 256x256), generated on first use.
-
-    See ``synthetic_writer.ensure_default_synthetic``.
-    """
-    from radblur_jax.data import synthetic_writer  # the writer imports this module
-
-    return synthetic_writer.ensure_default_synthetic(root)
