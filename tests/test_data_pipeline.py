@@ -195,6 +195,39 @@ def test_two_jax_processes_shard_by_process(synth, tmp_path):
         assert not a & b and a | b == everything, key
 
 
+_WORKERS_AT_EXIT_SCRIPT = r"""
+import sys
+import numpy as np
+from radblur_jax.data import pipeline as P
+from radblur_jax.data.sources import deblur as S
+
+if __name__ == "__main__":  # grain starts spawn workers: the guard is grain's requirement
+    it = iter(P.train_dataset(S.synthetic(sys.argv[1]), batch_size=2, crop_size=16, seed=0,
+                              worker_count=2))
+    batch = next(it)  # iterator and batch left alive at module level, never closed
+    assert type(batch["blur"]) is np.ndarray and batch["blur"].shape == (2, 16, 16, 3)
+    if sys.argv[2] == "close":
+        it.close()
+    print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["left_open", "close"])
+def test_worker_pipeline_exits_quietly(synth, tmp_path, how):
+    """A worker pipeline alive at exit (grain 0.2.18 alone prints SharedMemoryArray.__del__ and
+    DatasetIterator.__del__ tracebacks and leaks shared memory there): stderr stays empty."""
+    import subprocess
+    import sys
+    root = synth.records[0].blur.split("/train/")[0]
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_AT_EXIT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), root, how], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+    assert result.stderr == ""
+
+
 def test_rgbd_source_crops_aligned(tmp_path):
     root = str(tmp_path)
     for i in range(3):

@@ -11,8 +11,12 @@ iterator, use grain's orbax handler as one item of the train-state checkpoint:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-from typing import Any, Sequence
+import functools
+import sys
+import weakref
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -110,6 +114,56 @@ def shard(ds: grain.MapDataset, index: int, count: int, drop_remainder: bool
     return ds[index:stop:count]
 
 
+def _own_memory(batch: dict[str, Any]) -> dict[str, Any]:
+    """Copies a batch out of grain's shared memory into ordinary arrays."""
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+_LIVE_WORKER_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+# grain methods whose teardown errors are harmless once `_close_worker_iterators` has run.
+_GRAIN_DELS = frozenset({"DatasetIterator.__del__", "SharedMemoryArray.__del__"})
+
+
+def _quiet_grain_teardown(unraisable: Any, _previous: Any = None, _sys: Any = sys,
+                          _names: frozenset = _GRAIN_DELS) -> None:
+    """`sys.unraisablehook` that drops grain `__del__` errors raised during interpreter teardown.
+
+    Defaults bind everything it needs: module globals are None by the time it runs.
+    """
+    name = getattr(unraisable.object, "__qualname__", None)
+    if not (_sys.is_finalizing() and name in _names
+            and issubclass(unraisable.exc_type, AttributeError)):
+        (_previous or _sys.__unraisablehook__)(unraisable)
+
+
+@atexit.register
+def _close_worker_iterators() -> None:
+    """Closes the worker pipelines still referenced at exit, while the interpreter is whole.
+
+    grain 0.2.18 leaves this to `__del__`, which at interpreter shutdown runs after module globals
+    are cleared: a "leaked shared_memory objects" warning and `AttributeError` tracebacks from
+    `SharedMemoryArray.__del__` / `DatasetIterator.__del__` (google/grain#398, #1031). Closing
+    here stops the workers and unlinks every prefetched batch; the `close()` that grain's
+    `__del__` repeats during teardown then has nothing left to free, and its AttributeError
+    (grain's bug, harmless now) is silenced.
+    """
+    iterators = list(_LIVE_WORKER_ITERATORS)
+    if not iterators:
+        return
+    for iterator in iterators:
+        iterator.close()
+    sys.unraisablehook = functools.partial(_quiet_grain_teardown, _previous=sys.unraisablehook)
+
+
+class _ClosedAtExit(grain.IterDataset):
+    """`parent` whose iterators are closed at interpreter exit if the caller has not."""
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = self._parent.__iter__()
+        _LIVE_WORKER_ITERATORS.add(iterator)
+        return iterator
+
+
 def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tuple[int, int]
                   | None = 256, seed: int = 0, hflip: bool = True, vflip: bool = True,
                   rot90: bool = True, num_epochs: int | None = None, worker_count: int = 0,
@@ -122,7 +176,10 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
     `batch_size` is per process. Yields dicts of `(batch_size, h, w, C) float32` (`blur`,
     `sharp`, plus `depth`/`mask`/`image`/`valid` when the source has them; `name` if
     `keep_names`). `num_epochs=None` repeats forever, reshuffling each epoch.
-    `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on it.
+    `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on
+    it. Batches from workers are copied out of shared memory (a copy costs little next to the
+    decode) so they live like any array; iterators close at exit if not closed before (`close()`
+    frees the workers earlier).
     """
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
@@ -144,6 +201,7 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size))
+        it = _ClosedAtExit(it.map(_own_memory))
     return it
 
 

@@ -39,7 +39,7 @@ _TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
 
 
 def make_source(config: Mapping[str, Any] | Any) -> Any:
-    """Returns a source with `__len__`/`__getitem__` yielding example dicts (see the modules of this package)."""
+    """A source with `__len__`/`__getitem__` yielding example dicts (see this package's modules)."""
     cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     name = cfg.pop("name")
     if name not in NAMES:

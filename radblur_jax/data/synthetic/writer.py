@@ -48,7 +48,7 @@ LAYOUT = {
     "sharp": "{split}/scene_{scene:03d}/sharp/{index:06d}.png",
     "depth": "{split}/scene_{scene:03d}/depth/{index:06d}.npy",
 }
-# The embedded default set (what the training demo uses when no dataset is given).
+# The embedded default set (`ensure_default_synthetic` generates it on first use).
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, DEFAULT_SIZE, DEFAULT_SEED = 64, 16, 256, 0
 DEFAULT_FRAMES_PER_SCENE = 8
 
