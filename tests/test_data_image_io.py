@@ -75,7 +75,8 @@ def _pfm_by_hand(path, arr: np.ndarray, little_endian: bool) -> None:
 def test_pfm_orientation_and_float32_round_trip(tmp_path, little_endian):
     d = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32) * 1e3
     _pfm_by_hand(tmp_path / "spec.pfm", d, little_endian)
-    np.testing.assert_array_equal(image_io.read_depth(str(tmp_path / "spec.pfm")), d)  # top row first
+    top_row_first = image_io.read_depth(str(tmp_path / "spec.pfm"))
+    np.testing.assert_array_equal(top_row_first, d)
     assert cv2.imwrite(str(tmp_path / "cv.pfm"), d)
     back = image_io.read_depth(str(tmp_path / "cv.pfm"))
     assert back.dtype == np.float32

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import test_data_fakes as F
-from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources import deblur as S
 from radblur_jax.data.sources import NAMES, make_source
 
@@ -72,7 +72,7 @@ def test_rsblur(tmp_path):
     assert ex["mask"].shape == (F.H, F.W, 1) and ex["mask"][0, 0, 0] == 1.0
     assert ex["mask"][-1, 0, 0] == 0.0
     _all_aligned(S.rsblur(root, "test"))
-    with pytest.raises(image_io.DataError, match="RSBlur_syn_train.txt not found"):
+    with pytest.raises(DataError, match="RSBlur_syn_train.txt not found"):
         S.rsblur(rs, "train", variant="syn")
 
 
@@ -114,7 +114,7 @@ def test_depth_sources(tmp_path):
 
 
 def test_nyu_missing_is_clear(tmp_path):
-    with pytest.raises(image_io.DataError, match=r"nyu_depth_v2.*not found.*tfds_builders nyu_depth_v2"):
+    with pytest.raises(DataError, match=r"nyu_depth_v2.*not found.*tfds_builders nyu_depth_v2"):
         make_source({"name": "nyu_depth_v2", "data_dir": str(tmp_path)})
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import flags
 
 from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 
 SPATIAL_KEYS = ("blur", "sharp", "image", "depth", "valid", "mask")
 
@@ -31,7 +32,7 @@ def _spatial(ex: dict[str, Any]) -> list[str]:
     keys = [k for k in SPATIAL_KEYS if k in ex]
     sizes = {k: np.shape(ex[k])[:2] for k in keys}
     if len(set(sizes.values())) > 1:
-        raise image_io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
+        raise DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
     return keys
 
 
@@ -67,7 +68,7 @@ class PairedAugment(grain.transforms.RandomMap):
         if self.crop_size is not None:
             ch, cw = self.crop_size
             if h < ch or w < cw:
-                raise image_io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
+                raise DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
                                    f"{ch}x{cw}")
             y = int(rng.integers(0, h - ch + 1))
             x = int(rng.integers(0, w - cw + 1))

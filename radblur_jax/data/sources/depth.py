@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources import deblur
 from radblur_jax.data.sources.paired import images_by_stem
 
@@ -38,11 +39,11 @@ class DepthFolderSource:
                  depth_scale: float = 1.0, skip_bad: bool = False):
         root = os.path.expanduser(str(root))
         if not os.path.isdir(root):
-            raise image_io.DataError(f"{root}: depth_folder root directory not found")
+            raise DataError(f"{root}: depth_folder root directory not found")
         images = images_by_stem(os.path.join(root, image_dir))
         ddir = os.path.join(root, depth_dir)
         if not os.path.isdir(ddir):
-            raise image_io.DataError(f"{ddir}: directory not found")
+            raise DataError(f"{ddir}: directory not found")
         depths = {os.path.splitext(f)[0]: os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
                   if f.lower().endswith(image_io.DEPTH_EXTS)}
         self.items: list[tuple[str, str, str]] = []
@@ -54,11 +55,11 @@ class DepthFolderSource:
             have = images.get(stem) or depths[stem]
             msg = f"{have}: no {'depth map' if stem in images else 'image'} counterpart for {stem}"
             if not skip_bad:
-                raise image_io.DataError(msg)
+                raise DataError(msg)
             self.num_bad += 1
             warnings.warn(f"depth_folder: skipped: {msg}", stacklevel=2)
         if not self.items:
-            raise image_io.DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
+            raise DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
                                f"{depth_dir}/ with matching file stems")
         self.depth_scale = depth_scale
 

@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Iterable, Sequence
 
 from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,14 +28,14 @@ class PairRecord:
 
 def _report(msg: str, skip_bad: bool, bad: list[str]) -> None:
     if not skip_bad:
-        raise image_io.DataError(msg)
+        raise DataError(msg)
     bad.append(msg)
 
 
 def images_by_stem(folder: str) -> dict[str, str]:
     """Maps file stem -> path for the images directly inside `folder` (`image_io.list_images`)."""
     if not os.path.isdir(folder):
-        raise image_io.DataError(f"{folder}: directory not found")
+        raise DataError(f"{folder}: directory not found")
     return {os.path.splitext(os.path.basename(p))[0]: p for p in image_io.list_images(folder)}
 
 
@@ -70,18 +71,18 @@ def read_pair_list(list_path: str, roots: Sequence[str], bad: list[str], *, skip
     Relative paths resolve against the first of `roots` under which the first entry exists.
     """
     if not os.path.isfile(list_path):
-        raise image_io.DataError(f"{list_path}: list file not found")
+        raise DataError(f"{list_path}: list file not found")
     with open(list_path) as f:
         rows = [ln.split() for ln in f if ln.strip() and not ln.startswith("#")]
     if not rows:
-        raise image_io.DataError(f"{list_path}: list file is empty")
+        raise DataError(f"{list_path}: list file is empty")
     for i, r in enumerate(rows):
         if len(r) < 2:
-            raise image_io.DataError(f"{list_path}:{i + 1}: expected 'sharp_path blur_path', got {r}")
+            raise DataError(f"{list_path}:{i + 1}: expected 'sharp_path blur_path', got {r}")
     first = rows[0][0] if sharp_first else rows[0][1]
     base = next((b for b in roots if os.path.isfile(os.path.join(b, first))), None)
     if base is None:
-        raise image_io.DataError(f"{list_path}: first entry {first} not found under any of {list(roots)}")
+        raise DataError(f"{list_path}: first entry {first} not found under any of {list(roots)}")
     recs = []
     for r in rows:
         s, b = (r[0], r[1]) if sharp_first else (r[1], r[0])
@@ -97,7 +98,7 @@ def read_pair_list(list_path: str, roots: Sequence[str], bad: list[str], *, skip
 def require(recs: list[PairRecord], root: str, expected: str) -> list[PairRecord]:
     """Raises when a listing found nothing, naming the root and the layout that was expected."""
     if not recs:
-        raise image_io.DataError(f"{root}: no image pairs found; expected layout {expected}")
+        raise DataError(f"{root}: no image pairs found; expected layout {expected}")
     return recs
 
 
@@ -131,9 +132,10 @@ class PairedSource:
         return f"PairedSource({self.dataset}, {len(self)} examples)"
 
     def read(self, rec: PairRecord) -> dict[str, Any]:
-        """Reads and validates one record; raises image_io.DataError naming the file."""
+        """Reads and validates one record; raises DataError naming the file."""
         kw = {"allow_gray": self.allow_gray, "raw": self.raw}
-        out = {"blur": image_io.read_image(rec.blur, **kw), "sharp": image_io.read_image(rec.sharp, **kw)}
+        out = {"blur": image_io.read_image(rec.blur, **kw),
+               "sharp": image_io.read_image(rec.sharp, **kw)}
         paths = [rec.blur, rec.sharp]
         if rec.depth is not None:
             out["depth"] = image_io.read_depth(rec.depth)[:, :, None]
@@ -152,10 +154,10 @@ class PairedSource:
             rec = self.records[(index + k) % n]
             try:
                 return self.read(rec)
-            except image_io.DataError as e:
+            except DataError as e:
                 if not self.skip_bad:
                     raise
                 self.num_bad += 1
                 warnings.warn(f"{self.dataset}: skipped bad example: {e}", stacklevel=2)
-        raise image_io.DataError(f"{self.dataset}: every example is unreadable")
+        raise DataError(f"{self.dataset}: every example is unreadable")
 

@@ -2,8 +2,8 @@
 
 NYU Depth v2 is not downloaded on the fly; prepare it once where the network allows:
 `python -m radblur_jax.data.tfds_builders nyu_depth_v2 --data_dir DIR` (ArrayRecord), then
-point `nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders (`data/tfds_builders.py`: GoPro and
-the synthetic set) are read with `tfds_paired`.
+point `nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders
+(`radblur_jax/data/tfds_builders.py`: GoPro and the synthetic set) are read with `tfds_paired`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources.depth import depth_fields
 
 
@@ -38,11 +39,11 @@ def open_tfds(name: str, split: str, data_dir: str | None) -> Any:
             f"--data_dir {base} [--manual_dir DIR]` (manual downloads: see the builder's "
             "instructions) or pass data_dir=")
     if not infos:
-        raise image_io.DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
+        raise DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
     try:
         return tfds.data_source(name, split=split, data_dir=base, download=False)
     except Exception as e:  # tfds raises several unrelated types here
-        raise image_io.DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
+        raise DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
                            f"{hint}") from e
 
 
@@ -62,8 +63,8 @@ class TfdsDepthSource:
         depth = np.asarray(ex["depth"], np.float32)
         if depth.ndim == 3:
             depth = depth[:, :, 0]
-        return {"image": image_io.to_unit(np.asarray(ex["image"])), **depth_fields(depth, self.depth_scale),
-                "name": str(int(index))}
+        image = image_io.to_unit(np.asarray(ex["image"]))
+        return {"image": image, **depth_fields(depth, self.depth_scale), "name": str(int(index))}
 
 
 def nyu_depth_v2(split: str = "train", data_dir: str | None = None) -> TfdsDepthSource:

@@ -205,7 +205,8 @@ def _margin(trajectory: np.ndarray, height: int, width: int) -> int:
 
 def add_noise(rng: np.random.Generator, linear: np.ndarray, shot_gain: float,
               read_sigma: float) -> np.ndarray:
-    """Poisson (variance ``shot_gain * x``) plus Gaussian noise on linear light, clipped to [0, 1]."""
+    """Poisson (variance ``shot_gain * x``) plus Gaussian noise on linear light, clipped to
+    [0, 1]."""
     out = linear.astype(np.float64)
     if shot_gain > 0:
         out = rng.poisson(out / shot_gain) * shot_gain

@@ -170,7 +170,8 @@ def write_dataset(root: str | os.PathLike, num_train: int, num_test: int,
 
     Refuses an existing ``root`` unless ``overwrite`` (and then only one that is a synthetic
     dataset or empty). ``workers > 1`` renders in that many worker interpreters (see the module
-    docstring); the bytes are the same either way. Summary keys: ``root``, ``manifest``, ``seconds``, ``pairs_per_s``, ``bytes``.
+    docstring); the bytes are the same either way. Summary keys: ``root``, ``manifest``,
+    ``seconds``, ``pairs_per_s``, ``bytes``.
     """
     root = Path(root).expanduser().absolute()
     if frames_per_scene < 1 or num_train < 0 or num_test < 0 or workers < 1:
