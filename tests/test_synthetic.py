@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -276,9 +277,31 @@ def test_a_failing_render_leaves_nothing_behind(tmp_path, monkeypatch, tiny_para
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_generation_leaves_no_target(tmp_path):
+    """SIGKILL mid-way (no cleanup runs): the target never appears; only the hidden temp folder
+    is left beside it."""
+    code = ("import sys\nfrom radblur_jax.data.synthetic import writer, SyntheticParams\n"
+            "writer.write_dataset(sys.argv[1], 500, 0, SyntheticParams(height=32, width=32))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "set")],
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for _ in range(1200):  # wait until some pairs are on disk (at most ~2 min)
+            started = any(tmp_path.glob(".set.tmp-*/train/scene_000/blur/*.png"))
+            if started or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "finished before it could be killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "set").exists()
+    assert [p.name.startswith(".set.tmp-") for p in tmp_path.iterdir()] == [True]
+
+
 def test_a_failing_worker_leaves_nothing_behind(tmp_path):
-    bad = SyntheticParams(height=32, width=32, num_layers=-1)  # rejected inside the worker
-    with pytest.raises(Exception):
+    bad = SyntheticParams(height=32, width=32)
+    object.__setattr__(bad, "num_layers", -1)  # slips past this process; the workers reject it
+    with pytest.raises(RuntimeError, match=r"synthetic worker \d exited with 1: .*num_layers"):
         writer.write_dataset(tmp_path / "set", 3, 1, bad, workers=2)
     assert list(tmp_path.iterdir()) == []
 
@@ -306,6 +329,8 @@ def test_cli_writes_a_tiny_set(tmp_path):
     (["--set", "depth_range=[1]"], "--set", "depth_range: expected a list of 2 numbers"),
     (["--set", "depth_range=[5,1]"], "--set", "depth_range: expected 0 < near <= far"),
     (["--set", "nope=1"], "--set", "KEY one of"),
+    (["--set", "num_layers=-1"], "--set", "num_layers: expected >= 0"),
+    (["--set", "noise_prob=2"], "--set", "noise_prob: expected in [0, 1]"),
 ])
 def test_cli_bad_arguments(tmp_path, args, flag, words):
     out = tmp_path / "out"

@@ -81,6 +81,23 @@ class SyntheticParams:
         if not 0 < self.depth_range[0] <= self.depth_range[1]:
             raise ValueError(f"SyntheticParams.depth_range: expected 0 < near <= far, got "
                              f"{self.depth_range}")
+        if not 0 < self.radius_range[0] <= self.radius_range[1]:
+            raise ValueError(f"SyntheticParams.radius_range: expected 0 < low <= high, got "
+                             f"{self.radius_range}")
+        if not 0 < self.saturation_gain[0] <= self.saturation_gain[1]:
+            raise ValueError(f"SyntheticParams.saturation_gain: expected 0 < low <= high, got "
+                             f"{self.saturation_gain}")
+        rules = {"num_layers": (0, None), "num_subframes": (0, None), "max_lights": (0, None),
+                 "max_subframes": (1, None), "max_step_px": (1e-6, None),
+                 "max_shift": (0, None), "pan_shift": (0, None), "max_rotation_deg": (0, None),
+                 "shot_noise": (0, None), "read_noise": (0, None), "min_motion": (0, 1),
+                 "inertia": (0, 1), "noise_prob": (0, 1), "saturation_prob": (0, 1),
+                 "saturation_threshold": (0, 1)}
+        for name, (low, high) in rules.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ValueError(f"SyntheticParams.{name}: expected {bound}, got {value}")
         # Tuples survive a JSON round trip (manifest) as lists: normalise back.
         for name in ("depth_range", "radius_range", "saturation_gain"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
