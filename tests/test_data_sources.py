@@ -9,7 +9,7 @@ import pytest
 import test_data_fakes as F
 from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources import deblur as S
-from radblur_jax.data.sources import NAMES, make_source
+from radblur_jax.data.sources import DEPTH_NAMES, NAMES, make_source
 
 
 def _all_aligned(src, depth=False):
@@ -129,6 +129,6 @@ def test_make_source_every_name(tmp_path):
     for name, root in roots.items():
         src = make_source({"name": name, "root": root, "raw": True})
         assert len(src) > 0 and src[0]["blur"].dtype == np.uint8, name
-    assert set(roots) | {"synthetic_depth", "nyu_depth_v2", "depth_folder"} == set(NAMES)
+    assert set(roots) | set(DEPTH_NAMES) == set(NAMES)
     with pytest.raises(ValueError, match="unknown dataset"):
         make_source({"name": "gopr0", "root": "x"})

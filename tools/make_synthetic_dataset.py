@@ -22,7 +22,7 @@ except ImportError:  # run from a checkout without installing the package
 from radblur_jax.data.synthetic.render import SyntheticParams
 
 
-def _count(minimum: int):
+def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -83,13 +83,13 @@ def _override(item: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="dataset root to create")
-    parser.add_argument("--num-train", type=_count(0), default=writer.DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-test", type=_count(0), default=writer.DEFAULT_NUM_TEST)
+    parser.add_argument("--num-train", type=_int_at_least(0), default=writer.DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-test", type=_int_at_least(0), default=writer.DEFAULT_NUM_TEST)
     parser.add_argument("--size", type=_size, default=(256, 256), help="HxW, e.g. 720x1280")
-    parser.add_argument("--seed", type=_count(0), default=0)
-    parser.add_argument("--frames-per-scene", type=_count(1),
+    parser.add_argument("--seed", type=_int_at_least(0), default=0)
+    parser.add_argument("--frames-per-scene", type=_int_at_least(1),
                         default=writer.DEFAULT_FRAMES_PER_SCENE)
-    parser.add_argument("--workers", type=_count(1), default=1,
+    parser.add_argument("--workers", type=_int_at_least(1), default=1,
                         help="processes (same bytes for any)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-noise", action="store_true", help="noise_prob=0")

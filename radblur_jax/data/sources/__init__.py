@@ -17,8 +17,11 @@ from typing import Any, Callable, Mapping
 
 from radblur_jax.data.sources import deblur, depth, tfds
 
-NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "paired_folder",
-         "synthetic", "synthetic_depth", "nyu_depth_v2", "depth_folder")
+# Blurred/sharp pairs (`blur`, `sharp`, ...) and RGB-D examples (`image`, `depth`, `valid`).
+DEBLUR_NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "paired_folder",
+                "synthetic")
+DEPTH_NAMES = ("synthetic_depth", "nyu_depth_v2", "depth_folder")
+NAMES = DEBLUR_NAMES + DEPTH_NAMES
 
 _DEFAULT_SPLIT = {"hide": "test", "nyu_depth_v2": "train"}
 
