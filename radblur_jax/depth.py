@@ -90,7 +90,7 @@ def random_depth_model(preset: str, seed: int = 0) -> tuple[Any, Any]:
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
-        name, shape = getattr(path[-1], "key", ""), leaf.shape
+        name, shape = path[-1].key, leaf.shape
         if name in ("scale", "gamma"):
             return jnp.ones(shape, jnp.float32)
         std = 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1])))) if name == "kernel" else 0.02
