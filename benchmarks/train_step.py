@@ -32,7 +32,8 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.radblur import RADBlur  # noqa: E402
-from radblur_jax.models.radblur_presets import radblur_config, radblur_names  # noqa: E402
+from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
+                                        validate_config)
 from radblur_jax.train.losses import deblur_loss  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
@@ -42,17 +43,12 @@ def preset_config(preset: str, dtype: str, conv_impl: str | None, *, reversible:
                   unroll: bool = False):
     """The preset's config with the compute dtype (and conv implementation when given) set."""
     cfg = radblur_config(preset)
-    cfg.encoder.dtype = dtype
-    if "dtype" in cfg.decoder:
-        cfg.decoder.dtype = dtype
+    cfg.dtype = dtype
     if conv_impl is not None:
-        if "conv_impl" not in cfg:
-            raise SystemExit("train_step.py: error: --conv_impl: this model has no conv_impl "
-                             "config field")
         cfg.conv_impl = conv_impl
     cfg.decoder.reversible = reversible
     cfg.decoder.unroll = unroll
-    return cfg
+    return validate_config(cfg)
 
 
 def make_step(model: RADBlur, tx: optax.GradientTransformation):

@@ -151,3 +151,51 @@ def test_sum_rows_equals_sum_over_leading_axes(shape, rng):
     got = jax.jit(conv_ops.sum_rows)(x)
     assert got.shape == (shape[-1],)
     assert rel_err(got, np.asarray(x, np.float64).sum(axis=(0, 1, 2))) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    rng = np.random.default_rng(1)
+    sharp = rng.random((2, 40, 56, 3), np.float32)  # non-square, padded inside to 48x64 / 56x70
+    blurry = np.clip(sharp + 0.05 * rng.standard_normal(sharp.shape), 0, 1).astype(np.float32)
+    return jnp.asarray(blurry), jnp.asarray(sharp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reversible", [True, False])
+def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
+    """The whole `tiny` RADBlur (stem, ViT patch embedding, DPT, ADA, reversible decoder) with
+    conv_impl="fast" equals conv_impl="lax": outputs and the loss gradient of every param."""
+    from radblur_jax.models.configs import radblur_config
+    from radblur_jax.models.radblur import build_radblur
+    from radblur_jax.train.losses import deblur_loss
+
+    blurry, sharp = tiny_batch
+    models = {}
+    for impl in ("fast", "lax"):
+        cfg = radblur_config("tiny")
+        cfg.conv_impl = impl
+        cfg.decoder.reversible = reversible
+        models[impl] = build_radblur(cfg)
+    params = jax.jit(models["lax"].init)(jax.random.key(0), blurry)["params"]
+    # Non-zero residual scales (beta, gamma, ADA scale start at 0) so every branch counts.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(treedef, [
+        p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+    def run(model):
+        def loss_fn(p):
+            out = model.apply({"params": p}, blurry)
+            return deblur_loss(out.restored, sharp) + 0.1 * jnp.mean(out.disparity), out
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+    (loss_f, out_f), grads_f = run(models["fast"])
+    (loss_l, out_l), grads_l = run(models["lax"])
+    for got, want in zip(out_f, out_l):
+        assert rel_err(got, want) <= 1e-5
+    assert rel_err(loss_f, loss_l) <= 1e-6
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+    assert rel_err(flat(grads_f), flat(grads_l)) <= 1e-5
+    for part in ("depth", "stem", "decoder"):
+        assert rel_err(flat(grads_f[part]), flat(grads_l[part])) <= 1e-5, part

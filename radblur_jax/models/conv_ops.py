@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "fast", "lax")
+from radblur_jax.models.configs import CONV_IMPLS
 _DN = ("NHWC", "HWIO", "NHWC")
 PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
