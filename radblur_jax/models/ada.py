@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from radblur_jax.models.conv_ops import Conv
+
 
 class AdaptiveDepthAttention(nn.Module):
     """`z + scale * sigmoid(W_g [LN(z), d]) * W_v d`, per pixel and channel.
@@ -19,9 +21,11 @@ class AdaptiveDepthAttention(nn.Module):
     Args of `__call__`: `z (B, h, w, C)` blur-stream features, `depth (B, h, w, C)` depth
     features already projected to `C` channels. Returns `(B, h, w, C)` in `dtype`.
     Params (float32): `norm`, `gate` (1x1 conv, 2C -> C), `value` (1x1 conv, C -> C),
-    `scale (C,)` zeros. The norm and the sigmoid run in float32, the convs in `dtype`.
+    `scale (C,)` zeros. The norm and the sigmoid run in float32, the convs in `dtype`
+    (`conv_impl`: see conv_ops).
     """
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, z: jax.Array, depth: jax.Array) -> jax.Array:
@@ -31,9 +35,9 @@ class AdaptiveDepthAttention(nn.Module):
                              f"{z.shape}")
         zn = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, name="norm")(z).astype(self.dtype)
         depth = depth.astype(self.dtype)
-        gate = nn.Conv(channels, (1, 1), dtype=self.dtype, name="gate")(
+        gate = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="gate")(
             jnp.concatenate([zn, depth], -1))
         gate = nn.sigmoid(gate.astype(jnp.float32)).astype(self.dtype)
-        value = nn.Conv(channels, (1, 1), dtype=self.dtype, name="value")(depth)
+        value = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="value")(depth)
         scale = self.param("scale", nn.initializers.zeros, (channels,), jnp.float32)
         return z.astype(self.dtype) + scale.astype(self.dtype) * gate * value

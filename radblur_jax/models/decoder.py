@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from radblur_jax.models import conv_ops
 from radblur_jax.models.ada import AdaptiveDepthAttention
 from radblur_jax.models.reversible import reversible_sequence
 
@@ -54,33 +55,36 @@ def simple_gate(x: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------ conv factories
-# One per kind of convolution, so a faster equivalent (same param names and shapes) can replace
-# `nn.Conv` in one place. Params `kernel (kh, kw, I/groups, O)`, `bias (O,)`, float32.
+# One per kind of convolution, all `conv_ops.Conv` (the params of `nn.Conv`: `kernel (kh, kw,
+# I/groups, O)`, `bias (O,)`, float32); `impl` picks the formulation (configs.CONV_IMPLS).
 
 
-def conv1x1(features: int, dtype, name: str | None = None, *, use_bias: bool = True) -> nn.Module:
+def conv1x1(features: int, dtype, name: str | None = None, *, use_bias: bool = True,
+            impl: str = "auto") -> nn.Module:
     """Pointwise conv `(B, h, w, I) -> (B, h, w, features)`."""
-    return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                   name=name)
+    return conv_ops.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype,
+                         param_dtype=jnp.float32, impl=impl, name=name)
 
 
 def conv3x3(features: int, dtype, name: str | None = None, *,
-            kernel_init=nn.initializers.lecun_normal()) -> nn.Module:
+            kernel_init=nn.initializers.lecun_normal(), impl: str = "auto") -> nn.Module:
     """3x3 conv, zero padding 1: `(B, h, w, I) -> (B, h, w, features)`."""
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+    return conv_ops.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
+                         dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name)
 
 
-def depthwise3x3(features: int, dtype, name: str | None = None) -> nn.Module:
+def depthwise3x3(features: int, dtype, name: str | None = None, *,
+                 impl: str = "auto") -> nn.Module:
     """Depthwise 3x3 conv, zero padding 1: `(B, h, w, C) -> (B, h, w, C)`, C = features."""
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=features,
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+    return conv_ops.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
+                         feature_group_count=features, dtype=dtype, param_dtype=jnp.float32,
+                         impl=impl, name=name)
 
 
-def down2x2(features: int, dtype, name: str | None = None) -> nn.Module:
+def down2x2(features: int, dtype, name: str | None = None, *, impl: str = "auto") -> nn.Module:
     """2x2 stride-2 conv: `(B, 2h, 2w, I) -> (B, h, w, features)`."""
-    return nn.Conv(features, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+    return conv_ops.Conv(features, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
+                         param_dtype=jnp.float32, impl=impl, name=name)
 
 
 def _layer_norm(name: str) -> nn.LayerNorm:
@@ -96,14 +100,16 @@ class FFTBranch(nn.Module):
     The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`.
     """
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _, h, w, c = x.shape
         spec = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2))
         y = jnp.concatenate([spec.real, spec.imag], axis=-1)
-        y = nn.gelu(conv1x1(2 * c, self.dtype, "conv1")(y), approximate=False)
-        y = conv1x1(2 * c, self.dtype, "conv2")(y).astype(jnp.float32)
+        y = nn.gelu(conv1x1(2 * c, self.dtype, "conv1", impl=self.conv_impl)(y),
+                    approximate=False)
+        y = conv1x1(2 * c, self.dtype, "conv2", impl=self.conv_impl)(y).astype(jnp.float32)
         real, imag = jnp.split(y, 2, axis=-1)
         out = jnp.fft.irfft2(jax.lax.complex(real, imag), s=(h, w), axes=(1, 2))
         return out.astype(self.dtype)
@@ -120,25 +126,26 @@ class NAFBlock(nn.Module):
     ffn_expand: int = 2
     fft: bool = False
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c, dt = x.shape[-1], self.dtype
+        c, dt, impl = x.shape[-1], self.dtype, self.conv_impl
         x = x.astype(dt)
         hidden = self.dw_expand * c
         y = _layer_norm("norm1")(x)
-        y = conv1x1(hidden, dt, "conv1")(y)
-        y = depthwise3x3(hidden, dt, "conv2")(y)
+        y = conv1x1(hidden, dt, "conv1", impl=impl)(y)
+        y = depthwise3x3(hidden, dt, "conv2", impl=impl)(y)
         y = simple_gate(y)
-        y = y * conv1x1(hidden // 2, dt, "sca")(jnp.mean(y, axis=(1, 2), keepdims=True))
-        y = conv1x1(c, dt, "conv3")(y)
+        y = y * conv1x1(hidden // 2, dt, "sca", impl=impl)(jnp.mean(y, axis=(1, 2), keepdims=True))
+        y = conv1x1(c, dt, "conv3", impl=impl)(y)
         beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
         out = x + beta.astype(dt) * y
         if self.fft:
-            out = out + FFTBranch(dt, name="fft")(x)
+            out = out + FFTBranch(dt, impl, name="fft")(x)
         y = _layer_norm("norm2")(out)
-        y = conv1x1(self.ffn_expand * c, dt, "conv4")(y)
-        y = conv1x1(c, dt, "conv5")(simple_gate(y))
+        y = conv1x1(self.ffn_expand * c, dt, "conv4", impl=impl)(y)
+        y = conv1x1(c, dt, "conv5", impl=impl)(simple_gate(y))
         gamma = self.param("gamma", nn.initializers.zeros, (c,), jnp.float32)
         return out + gamma.astype(dt) * y
 
@@ -147,20 +154,23 @@ class Up(nn.Module):
     """1x1 conv to 4C + pixel shuffle: `(B, h, w, 2C) -> (B, 2h, 2w, C)`."""
     features: int
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return pixel_shuffle(conv1x1(4 * self.features, self.dtype, "conv", use_bias=False)(x))
+        return pixel_shuffle(conv1x1(4 * self.features, self.dtype, "conv", use_bias=False,
+                                     impl=self.conv_impl)(x))
 
 
 class Down(nn.Module):
     """2x2 stride-2 conv + LayerNorm: `(B, 2h, 2w, C/2) -> (B, h, w, C)`."""
     features: int
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = down2x2(self.features, self.dtype, "conv")(x)
+        x = down2x2(self.features, self.dtype, "conv", impl=self.conv_impl)(x)
         return _layer_norm("norm")(x).astype(self.dtype)
 
 
@@ -173,20 +183,22 @@ class BlurStem(nn.Module):
     width: int
     blocks: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, image: jax.Array) -> tuple[States, jax.Array]:
         if image.shape[1] % 16 or image.shape[2] % 16:
             raise ValueError(f"BlurStem: H, W must be multiples of 16, got {image.shape}")
-        x = conv3x3(self.width, self.dtype, "intro")(image)
+        impl = self.conv_impl
+        x = conv3x3(self.width, self.dtype, "intro", impl=impl)(image)
         fine_to_coarse = []
         for s in range(NUM_LEVELS + 1):
             for j in range(self.blocks):
-                x = NAFBlock(dtype=self.dtype, name=f"scale{s}_block{j}")(x)
+                x = NAFBlock(dtype=self.dtype, conv_impl=impl, name=f"scale{s}_block{j}")(x)
             if s == NUM_LEVELS:
                 break
             fine_to_coarse.append(x.astype(jnp.float32))
-            x = down2x2(2 * x.shape[-1], self.dtype, f"down{s}")(x)
+            x = down2x2(2 * x.shape[-1], self.dtype, f"down{s}", impl=impl)(x)
         return tuple(reversed(fine_to_coarse)), x.astype(jnp.float32)
 
 
@@ -208,18 +220,20 @@ class SubDecoder(nn.Module):
     dw_expand: int = 2
     ffn_expand: int = 2
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     def setup(self) -> None:
-        chans, dt = level_channels(self.width), self.dtype
-        self.ups = [Up(c, dt) for c in chans]
-        self.downs = [Down(c, dt) for c in chans[:-1]]
-        self.blocks = [NAFBlock(self.dw_expand, self.ffn_expand, self.fft, dt) for _ in chans]
+        chans, dt, impl = level_channels(self.width), self.dtype, self.conv_impl
+        self.ups = [Up(c, dt, impl) for c in chans]
+        self.downs = [Down(c, dt, impl) for c in chans[:-1]]
+        self.blocks = [NAFBlock(self.dw_expand, self.ffn_expand, self.fft, dt, impl)
+                       for _ in chans]
         if self.depth_attention:
-            self.ada = [AdaptiveDepthAttention(dt) for _ in chans]
+            self.ada = [AdaptiveDepthAttention(dt, impl) for _ in chans]
         self.alphas = [self.param(f"alpha_{k}", nn.initializers.constant(0.5), (c,), jnp.float32)
                        for k, c in enumerate(chans)]
         small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
-        self.head = conv3x3(3, dt, kernel_init=small)
+        self.head = conv3x3(3, dt, kernel_init=small, impl=impl)
 
     def coupling(self, k: int, coarse_new: jax.Array, fine_old: Optional[jax.Array],
                  depth: Optional[Sequence[jax.Array]]) -> jax.Array:
@@ -276,10 +290,12 @@ class ReversibleDecoder(nn.Module):
     ffn_expand: int = 2
     unroll: bool = False
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     def _sub_decoder_kwargs(self) -> dict:
         return dict(width=self.width, fft=self.fft, depth_attention=self.depth_attention,
-                    dw_expand=self.dw_expand, ffn_expand=self.ffn_expand, dtype=self.dtype)
+                    dw_expand=self.dw_expand, ffn_expand=self.ffn_expand, dtype=self.dtype,
+                    conv_impl=self.conv_impl)
 
     def _create_stacked(self) -> None:
         """Creates `sub_decoders/...` params, `(K, ...)` each, with `nn.vmap` (init only)."""
@@ -299,7 +315,8 @@ class ReversibleDecoder(nn.Module):
         if self.depth_attention:
             if depth_features is None:
                 raise ValueError("ReversibleDecoder with depth attention needs depth_features")
-            depth = tuple(conv1x1(c, self.dtype, f"depth_proj_{k}")(f).astype(jnp.float32)
+            depth = tuple(conv1x1(c, self.dtype, f"depth_proj_{k}", impl=self.conv_impl)(f)
+                          .astype(jnp.float32)
                           for k, (c, f) in enumerate(zip(level_channels(self.width),
                                                          depth_features)))
         if self.is_initializing():

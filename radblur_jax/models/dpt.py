@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from radblur_jax.models import layers
+from radblur_jax.models import conv_ops, layers
 from radblur_jax.models.configs import PATCH_SIZE
 
 HEAD_HIDDEN = 32
@@ -23,12 +23,13 @@ HEAD_HIDDEN = 32
 class ResidualConvUnit(nn.Module):
     """relu -> conv3x3 -> relu -> conv3x3, plus the input (`resConfUnit{1,2}`)."""
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        f = x.shape[-1]
-        y = layers.conv(f, 3, 1, 1, dtype=self.dtype, name="conv1")(nn.relu(x))
-        y = layers.conv(f, 3, 1, 1, dtype=self.dtype, name="conv2")(nn.relu(y))
+        f, dt, impl = x.shape[-1], self.dtype, self.conv_impl
+        y = conv_ops.conv(f, 3, 1, 1, dtype=dt, impl=impl, name="conv1")(nn.relu(x))
+        y = conv_ops.conv(f, 3, 1, 1, dtype=dt, impl=impl, name="conv2")(nn.relu(y))
         return y + x
 
 
@@ -39,16 +40,18 @@ class FeatureFusionBlock(nn.Module):
     `resConfUnit1` parameters are not created.
     """
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array | None = None,
                  size: Sequence[int] | None = None) -> jax.Array:
+        dt, impl = self.dtype, self.conv_impl
         if skip is not None:
-            x = x + ResidualConvUnit(self.dtype, name="resConfUnit1")(skip)
-        x = ResidualConvUnit(self.dtype, name="resConfUnit2")(x)
+            x = x + ResidualConvUnit(dt, impl, name="resConfUnit1")(skip)
+        x = ResidualConvUnit(dt, impl, name="resConfUnit2")(x)
         size = tuple(size) if size is not None else (2 * x.shape[1], 2 * x.shape[2])
         x = layers.bilinear_resize(x, size, align_corners=True)
-        return layers.conv(x.shape[-1], 1, dtype=self.dtype, name="out_conv")(x)
+        return conv_ops.conv(x.shape[-1], 1, dtype=dt, impl=impl, name="out_conv")(x)
 
 
 class Scratch(nn.Module):
@@ -57,20 +60,23 @@ class Scratch(nn.Module):
     head: str = "relative"
     max_depth: float = 20.0
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], out_hw: tuple[int, int]) -> tuple:
-        f, dt = self.features, self.dtype
-        l1, l2, l3, l4 = (layers.conv(f, 3, 1, 1, use_bias=False, dtype=dt,
-                                      name=f"layer{i + 1}_rn")(x) for i, x in enumerate(feats))
-        p4 = FeatureFusionBlock(dt, name="refinenet4")(l4, size=l3.shape[1:3])
-        p3 = FeatureFusionBlock(dt, name="refinenet3")(p4, l3, size=l2.shape[1:3])
-        p2 = FeatureFusionBlock(dt, name="refinenet2")(p3, l2, size=l1.shape[1:3])
-        p1 = FeatureFusionBlock(dt, name="refinenet1")(p2, l1)
-        y = layers.conv(f // 2, 3, 1, 1, dtype=dt, name="output_conv1")(p1)
+        f, dt, impl = self.features, self.dtype, self.conv_impl
+        l1, l2, l3, l4 = (conv_ops.conv(f, 3, 1, 1, use_bias=False, dtype=dt, impl=impl,
+                                        name=f"layer{i + 1}_rn")(x) for i, x in enumerate(feats))
+        p4 = FeatureFusionBlock(dt, impl, name="refinenet4")(l4, size=l3.shape[1:3])
+        p3 = FeatureFusionBlock(dt, impl, name="refinenet3")(p4, l3, size=l2.shape[1:3])
+        p2 = FeatureFusionBlock(dt, impl, name="refinenet2")(p3, l2, size=l1.shape[1:3])
+        p1 = FeatureFusionBlock(dt, impl, name="refinenet1")(p2, l1)
+        y = conv_ops.conv(f // 2, 3, 1, 1, dtype=dt, impl=impl, name="output_conv1")(p1)
         y = layers.bilinear_resize(y, out_hw, align_corners=True)
-        y = nn.relu(layers.conv(HEAD_HIDDEN, 3, 1, 1, dtype=dt, name="output_conv2_0")(y))
-        y = layers.conv(1, 1, dtype=dt, name="output_conv2_2")(y)[..., 0].astype(jnp.float32)
+        y = nn.relu(conv_ops.conv(HEAD_HIDDEN, 3, 1, 1, dtype=dt, impl=impl,
+                                  name="output_conv2_0")(y))
+        y = conv_ops.conv(1, 1, dtype=dt, impl=impl, name="output_conv2_2")(y)
+        y = y[..., 0].astype(jnp.float32)
         if self.head == "relative":
             depth = nn.relu(y)
         elif self.head == "metric":
@@ -81,7 +87,8 @@ class Scratch(nn.Module):
 
 
 class DPTHead(nn.Module):
-    """DPT neck + head; `cfg` is a dpt ConfigDict (features, out_channels, head, max_depth)."""
+    """DPT neck + head; `cfg` is a dpt ConfigDict (features, out_channels, head, max_depth,
+    conv_impl)."""
     cfg: ml_collections.ConfigDict
     dtype: jnp.dtype = jnp.float32
     patch_size: int = PATCH_SIZE
@@ -93,17 +100,18 @@ class DPTHead(nn.Module):
         if len(taps) != 4:
             raise ValueError(f"DPTHead needs 4 taps, got {len(taps)}")
         oc, dt = tuple(self.cfg.out_channels), self.dtype
+        impl = self.cfg.get("conv_impl", "auto")
         _, h, w, _ = taps[0].shape
         feats = []
         for i, x in enumerate(taps):
-            x = layers.conv(oc[i], 1, dtype=dt, name=f"projects_{i}")(x.astype(dt))
-            if i == 0:
-                x = layers.ConvTranspose(oc[0], 4, 4, dtype=dt, name="resize_layers_0")(x)
-            elif i == 1:
-                x = layers.ConvTranspose(oc[1], 2, 2, dtype=dt, name="resize_layers_1")(x)
+            x = conv_ops.conv(oc[i], 1, dtype=dt, impl=impl, name=f"projects_{i}")(x.astype(dt))
+            if i in (0, 1):  # transposed convs with kernel == stride (4, 2)
+                k = 4 if i == 0 else 2
+                x = conv_ops.ConvTranspose(oc[i], k, k, dtype=dt, impl=impl,
+                                           name=f"resize_layers_{i}")(x)
             elif i == 3:
-                x = layers.conv(oc[3], 3, 2, 1, dtype=dt, name="resize_layers_3")(x)
+                x = conv_ops.conv(oc[3], 3, 2, 1, dtype=dt, impl=impl, name="resize_layers_3")(x)
             feats.append(x)
-        scratch = Scratch(self.cfg.features, self.cfg.head, float(self.cfg.max_depth), dt,
+        scratch = Scratch(self.cfg.features, self.cfg.head, float(self.cfg.max_depth), dt, impl,
                           name="scratch")
         return scratch(feats, (h * self.patch_size, w * self.patch_size))

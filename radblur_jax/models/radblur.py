@@ -58,10 +58,10 @@ class RADBlur(nn.Module):
         cfg = configs.validate_config(self.cfg)
         d, dtype = cfg.decoder, jnp.dtype(cfg.dtype)
         self.depth = DepthAnything(cfg.encoder, cfg.dpt)
-        self.stem = BlurStem(d.width, d.stem_blocks, dtype)
+        self.stem = BlurStem(d.width, d.stem_blocks, dtype, d.conv_impl)
         self.decoder = ReversibleDecoder(
             d.width, d.num_sub_decoders, d.fft, configs.uses_depth_attention(cfg), d.reversible,
-            d.anchor_every, d.dw_expand, d.ffn_expand, d.unroll, dtype)
+            d.anchor_every, d.dw_expand, d.ffn_expand, d.unroll, dtype, d.conv_impl)
         self.exit_head = ExitHead(len(cfg.exit.psnr_edges) + 1, cfg.exit.hidden, dtype)
 
     def _vit_input(self, padded: jax.Array) -> tuple[jax.Array, tuple[int, int]]:

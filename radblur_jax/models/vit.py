@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from radblur_jax.models import layers
+from radblur_jax.models import conv_ops, layers
 from radblur_jax.models.attention_ops import attention
 
 LN_EPS = 1e-6
@@ -77,12 +77,13 @@ class PatchEmbed(nn.Module):
     embed_dim: int
     patch_size: int
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = self.patch_size
-        return layers.conv(self.embed_dim, p, p, 0, dtype=self.dtype, name="proj")(
-            x.astype(self.dtype))
+        return conv_ops.conv(self.embed_dim, p, p, 0, dtype=self.dtype, impl=self.conv_impl,
+                             name="proj")(x.astype(self.dtype))
 
 
 class Attention(nn.Module):
@@ -169,7 +170,8 @@ class DinoViT(nn.Module):
         if any(not 0 <= t < cfg.depth for t in taps):
             raise ValueError(f"taps {taps} out of range for depth {cfg.depth}")
 
-        x = PatchEmbed(d, p, dtype, name="patch_embed")(images).reshape(b, h * w, d)
+        x = PatchEmbed(d, p, dtype, cfg.get("conv_impl", "auto"), name="patch_embed")(
+            images).reshape(b, h * w, d)
         init = nn.initializers.normal
         cls = self.param("cls_token", init(1e-6), (1, 1, d), jnp.float32)
         pos = self.param("pos_embed", init(0.02), (1, 1 + m * m, d), jnp.float32)

@@ -1,0 +1,234 @@
+"""CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate.
+
+One AdamW step (deblur loss over the K outputs, `jax.value_and_grad`, params and optimizer
+state donated) on random images, per preset and compute dtype. Prints a markdown table;
+`--json PATH` writes the rows (a JSON list); `--profile` adds a per-op breakdown of one step
+from a `jax.profiler` trace (XLA:CPU ops grouped by HLO op name).
+
+    python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
+        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile]
+
+`flops`: XLA's cost analysis of the same step lowered for the CPU with the sub-decoder scan
+unrolled and plain autodiff (the reversible backward's recomputation is not counted: these are
+the model's FLOPs). `matmul_flops_per_s`: a 2048^3 float32 matmul timed in the same run;
+`flops_ratio` = achieved / matmul. `step_cpu_s`: process CPU seconds per step (all threads),
+less sensitive than wall time to other jobs on a shared machine. `load_avg`: 1-minute load
+after timing (the benchmark's own threads included).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
+from radblur_jax.models.radblur import RADBlur  # noqa: E402
+from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
+                                        validate_config)
+from radblur_jax.train.losses import deblur_loss  # noqa: E402
+
+DTYPES = ("float32", "bfloat16")
+
+
+def preset_config(preset: str, dtype: str, conv_impl: str | None, *, reversible: bool = True,
+                  unroll: bool = False):
+    """The preset's config with the compute dtype (and conv implementation when given) set."""
+    cfg = radblur_config(preset)
+    cfg.dtype = dtype
+    if conv_impl is not None:
+        cfg.conv_impl = conv_impl
+    cfg.decoder.reversible = reversible
+    cfg.decoder.unroll = unroll
+    return validate_config(cfg)
+
+
+def make_step(model: RADBlur, tx: optax.GradientTransformation):
+    """`step(params, opt_state, blurry, sharp) -> (params, opt_state, loss)`."""
+    def step(params, opt_state, blurry, sharp):
+        def loss_fn(p):
+            return deblur_loss(model.apply({"params": p}, blurry).restored, sharp)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return step
+
+
+def _abstract_inputs(model: RADBlur, tx, batch: int, size: int):
+    params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
+                            jax.random.key(0))
+    image = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return params, jax.eval_shape(tx.init, params), image
+
+
+def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int) -> float:
+    """FLOPs of one train step from the CPU lowering (scan unrolled, plain autodiff)."""
+    model = RADBlur(preset_config(preset, dtype, conv_impl, reversible=False, unroll=True))
+    tx = optax.adamw(1e-4)
+    params, opt_state, image = _abstract_inputs(model, tx, batch, size)
+    cost = jax.jit(make_step(model, tx)).lower(params, opt_state, image, image).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of an `n x n @ n x n` float32 matmul (best of `reps`)."""
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        mm(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
+
+
+def profile_ops(run_once, top: int = 25) -> list[dict]:
+    """Runs `run_once()` under `jax.profiler` and sums XLA:CPU op time by HLO op name.
+
+    Returns rows `{op, kind, ms, share}` sorted by time (`kind` = the op's name stem, e.g.
+    `convolution`, `dot`, `fusion`).
+    """
+    with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir)
+        run_once()
+        jax.profiler.stop_trace()
+        paths = [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs
+                 if f.endswith(".xplane.pb")]
+        if not paths:
+            raise RuntimeError("jax.profiler wrote no .xplane.pb trace")
+        data = jax.profiler.ProfileData.from_file(paths[0])
+    ops: dict[str, float] = collections.defaultdict(float)
+    for plane in data.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            if line.name == "python":  # Python-side spans, not XLA ops
+                continue
+            for event in line.events:
+                # Skip runtime spans (ThunkExecutor::Execute, thread-pool waits) that enclose ops.
+                if event.name.startswith("end: ") or "::" in event.name:
+                    continue
+                ops[event.name] += event.duration_ns / 1e6
+    if not ops:
+        return []
+    total = sum(ops.values())
+    rows = [dict(op=name, kind=name.split(".")[0].rstrip("0123456789_-"), ms=ms,
+                 share=ms / total) for name, ms in ops.items()]
+    rows.sort(key=lambda r: -r["ms"])
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for r in rows:
+        kinds[r["kind"]] += r["ms"]
+    print(f"\nper-op profile (one step, {total:.0f} ms of op time)\n")
+    print("| kind | ms | share |\n|---|---|---|")
+    for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"| {k} | {ms:.1f} | {100 * ms / total:.1f}% |")
+    print("\n| op | ms | share |\n|---|---|---|")
+    for r in rows[:top]:
+        print(f"| {r['op']} | {r['ms']:.1f} | {100 * r['share']:.1f}% |")
+    return rows[:top]
+
+
+def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, steps: int,
+          matmul_rate: float, profile: bool) -> dict:
+    """Compiles and times the train step; returns one result row."""
+    model = RADBlur(preset_config(preset, dtype, conv_impl))
+    tx = optax.adamw(1e-4)
+    params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"])(
+        jax.random.key(0))
+    opt_state = tx.init(params)
+    rng = np.random.default_rng(0)
+    sharp = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
+    blurry = jnp.asarray(np.clip(np.asarray(sharp) + 0.05 * rng.standard_normal(sharp.shape),
+                                 0, 1).astype(np.float32))
+    t0, c0 = time.perf_counter(), time.process_time()
+    compiled = jax.jit(make_step(model, tx), donate_argnums=(0, 1)).lower(
+        params, opt_state, blurry, sharp).compile()
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    mem = compiled.memory_analysis()
+    params, opt_state, loss = compiled(params, opt_state, blurry, sharp)  # warm-up
+    loss.block_until_ready()
+    times, cpu_times = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.process_time()
+        params, opt_state, loss = compiled(params, opt_state, blurry, sharp)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
+    step_s = float(np.median(times))
+    flops = count_flops(preset, dtype, conv_impl, batch, size)
+    row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch,
+               size=size, steps=steps, step_s=step_s, step_min_s=float(min(times)),
+               step_cpu_s=float(np.median(cpu_times)),
+               compile_s=compile_s, compile_cpu_s=compile_cpu_s, images_per_s=batch / step_s,
+               temp_bytes_per_image=mem.temp_size_in_bytes / batch, flops=flops,
+               achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
+               flops_ratio=flops / step_s / matmul_rate, loss=float(loss),
+               load_avg=os.getloadavg()[0])
+    if profile:
+        state = [params, opt_state]
+
+        def run_once():
+            p, o, l = compiled(state[0], state[1], blurry, sharp)
+            l.block_until_ready()
+            state[:] = [p, o]
+        row["profile"] = profile_ops(run_once)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="tiny")
+    parser.add_argument("--dtypes", default="float32")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
+                        help="convolution implementation (default: the config's)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    presets = [p for p in args.presets.split(",") if p]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    for p in presets:
+        if p not in radblur_names():
+            parser.error(f"--presets: unknown preset {p!r}; expected some of {radblur_names()}")
+    for d in dtypes:
+        if d not in DTYPES:
+            parser.error(f"--dtypes: unknown dtype {d!r}; expected some of {DTYPES}")
+    if args.batch < 1 or args.steps < 1 or args.size < 16 or args.size % 16:
+        parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
+    print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}", flush=True)
+    rate = matmul_flops_per_s()
+    rows = []
+    for preset in presets:
+        for dtype in dtypes:
+            row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
+                        args.profile)
+            rows.append(row)
+            print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
+                  f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)
+    print("\n| preset | dtype | conv | batch | size | step s | compile s | img/s | temp MiB/img "
+          "| GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load |")
+    print("|" + "---|" * 15)
+    for r in rows:
+        print(f"| {r['preset']} | {r['dtype']} | {r['conv_impl']} | {r['batch']} | {r['size']} "
+              f"| {r['step_s']:.3f} | {r['compile_s']:.1f} | {r['images_per_s']:.2f} "
+              f"| {r['temp_bytes_per_image'] / 2 ** 20:.1f} | {r['flops'] / 1e9:.1f} "
+              f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} "
+              f"| {r['flops_ratio']:.3f} | {r['step_cpu_s']:.2f} | {r['load_avg']:.2f} |")
+    if args.json:
+        write_json_atomic(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""conv_ops: every fast convolution form equals lax.conv / nn.Conv in outputs and gradients."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from radblur_jax.models import conv_ops, layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _reference(x, kernel, strides, padding, groups):
+    pads = conv_ops._pairs(padding, x.shape[1:3], kernel.shape[:2], strides)
+    return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=DN,
+                                        feature_group_count=groups)
+
+
+def _value_and_grads(fn, x, kernel, cotangent):
+    @jax.jit
+    def run(x, kernel, cotangent):
+        y, vjp = jax.vjp(fn, x, kernel)
+        return (y,) + vjp(cotangent)
+    return run(x, kernel, cotangent)
+
+
+# (batch, H, W, I, O, kernel, strides, padding, groups): non-square, odd sizes included
+CASES = {
+    "1x1": (2, 10, 14, 32, 24, (1, 1), (1, 1), 0, 1),
+    "depthwise3x3": (2, 9, 13, 12, 12, (3, 3), (1, 1), 1, 12),
+    "depthwise3x3_multiplier2": (2, 9, 13, 6, 12, (3, 3), (1, 1), 1, 6),
+    "depthwise3x3_stride2": (2, 11, 14, 8, 8, (3, 3), (2, 2), 1, 8),
+    "full3x3": (2, 9, 13, 5, 7, (3, 3), (1, 1), 1, 1),
+    "stem3x3_rgb": (2, 16, 24, 3, 16, (3, 3), (1, 1), 1, 1),
+    "full3x3_same": (2, 9, 13, 5, 7, (3, 3), (1, 1), "SAME", 1),
+    "full3x3_stride2": (2, 11, 14, 6, 10, (3, 3), (2, 2), 1, 1),
+    "down2x2_stride2": (2, 12, 20, 8, 16, (2, 2), (2, 2), "VALID", 1),
+    "patch14": (2, 28, 42, 3, 16, (14, 14), (14, 14), 0, 1),
+    "patch14_ragged": (1, 30, 43, 3, 16, (14, 14), (14, 14), 0, 1),
+    "full1x3": (2, 7, 10, 4, 6, (1, 3), (1, 1), ((0, 0), (1, 1)), 1),
+    "grouped_fallback": (2, 7, 10, 8, 8, (3, 3), (1, 1), 1, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conv2d_matches_lax_forward_and_gradients(name, rng):
+    b, h, w, cin, cout, k, s, pad, groups = CASES[name]
+    x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal(k + (cin // groups, cout)), jnp.float32)
+    ref = _reference(x, kernel, s, pad, groups)
+    g = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    fast = _value_and_grads(lambda a, c: conv_ops.conv2d(a, c, s, pad, groups, "fast"),
+                            x, kernel, g)
+    want = _value_and_grads(lambda a, c: _reference(a, c, s, pad, groups), x, kernel, g)
+    for got, exp in zip(fast, want):
+        assert got.shape == exp.shape
+        assert rel_err(got, exp) <= 1e-5
+
+
+def test_conv2d_lax_impl_is_the_reference(rng):
+    x = jnp.asarray(rng.standard_normal((1, 6, 9, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+    np.testing.assert_array_equal(conv_ops.conv2d(x, kernel, padding=1, impl="lax"),
+                                  _reference(x, kernel, (1, 1), 1, 1))
+
+
+def test_resolve_impl():
+    assert conv_ops.resolve_impl("auto") == ("fast" if jax.default_backend() == "cpu" else "lax")
+    assert conv_ops.resolve_impl("lax") == "lax"
+    with pytest.raises(ValueError, match="unknown conv impl 'cudnn'"):
+        conv_ops.resolve_impl("cudnn")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(features=7, kernel_size=(1, 1)),
+    dict(features=12, kernel_size=(3, 3), padding=((1, 1), (1, 1)), feature_group_count=12),
+    dict(features=7, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
+    dict(features=16, kernel_size=(2, 2), strides=(2, 2), padding="VALID", use_bias=False),
+])
+def test_conv_module_is_a_drop_in_for_nn_conv(kw, rng):
+    x = jnp.asarray(rng.standard_normal((2, 10, 14, 12)), jnp.float32)
+    ref_mod, fast_mod = nn.Conv(**kw), conv_ops.Conv(**kw, impl="fast")
+    params = ref_mod.init(jax.random.key(1), x)
+    assert (jax.tree_util.tree_map(jnp.shape, fast_mod.init(jax.random.key(1), x))
+            == jax.tree_util.tree_map(jnp.shape, params))
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+
+    def loss(mod, p, a):
+        return jnp.sum(jnp.sin(mod.apply(p, a)))
+
+    def value_and_grads(mod):
+        return jax.jit(jax.value_and_grad(lambda p, a: loss(mod, p, a), (0, 1)))(params, x)
+
+    for ref, got in zip(value_and_grads(ref_mod), value_and_grads(fast_mod)):
+        for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+            assert rel_err(g, r) <= 1e-5
+
+
+def test_conv_module_bfloat16_compute(rng):
+    x = jnp.asarray(rng.standard_normal((1, 8, 12, 6)), jnp.float32)
+    kw = dict(features=5, kernel_size=(3, 3), padding=1, dtype=jnp.bfloat16)
+    params = nn.Conv(**kw).init(jax.random.key(0), x)
+    ref = jax.jit(nn.Conv(**kw).apply)(params, x)
+    got = jax.jit(conv_ops.Conv(**kw, impl="fast").apply)(params, x)
+    assert got.dtype == ref.dtype == jnp.bfloat16
+    assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 1e-2
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_conv_transpose_matches_layers(k, rng):
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, 6)), jnp.float32)
+    ref_mod = layers.ConvTranspose(9, k, k)
+    params = ref_mod.init(jax.random.key(0), x)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    fast_mod = conv_ops.ConvTranspose(9, k, k, impl="fast")
+    g = jnp.asarray(rng.standard_normal((2, 5 * k, 7 * k, 9)), jnp.float32)
+
+    @jax.jit
+    def outputs_and_grads(p, a, g):
+        y_ref, vjp_ref = jax.vjp(lambda p, a: ref_mod.apply(p, a), p, a)
+        y_fast, vjp_fast = jax.vjp(lambda p, a: fast_mod.apply(p, a), p, a)
+        y_lax = conv_ops.ConvTranspose(9, k, k, impl="lax").apply(p, a)
+        return y_ref, y_fast, y_lax, vjp_ref(g), vjp_fast(g)
+
+    y_ref, y_fast, y_lax, g_ref, g_fast = outputs_and_grads(params, x, g)
+    assert rel_err(y_fast, y_ref) <= 1e-5
+    assert rel_err(y_lax, y_ref) <= 1e-6
+    for r, o in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_fast)):
+        assert rel_err(o, r) <= 1e-5
+
+
+def test_conv_transpose_rejects_overlapping_kernels(rng):
+    x = jnp.zeros((1, 4, 4, 3))
+    with pytest.raises(ValueError, match="kernel == stride"):
+        conv_ops.ConvTranspose(4, 3, 2).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 12, 5), (3, 7, 9, 4), (1, 1, 1, 3)])
+def test_sum_rows_equals_sum_over_leading_axes(shape, rng):
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    got = jax.jit(conv_ops.sum_rows)(x)
+    assert got.shape == (shape[-1],)
+    assert rel_err(got, np.asarray(x, np.float64).sum(axis=(0, 1, 2))) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    rng = np.random.default_rng(1)
+    sharp = rng.random((2, 40, 56, 3), np.float32)  # non-square, padded inside to 48x64 / 56x70
+    blurry = np.clip(sharp + 0.05 * rng.standard_normal(sharp.shape), 0, 1).astype(np.float32)
+    return jnp.asarray(blurry), jnp.asarray(sharp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reversible", [True, False])
+def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
+    """The whole `tiny` RADBlur (stem, ViT patch embedding, DPT, ADA, reversible decoder) with
+    conv_impl="fast" equals conv_impl="lax": outputs and the loss gradient of every param."""
+    from radblur_jax.models.configs import radblur_config
+    from radblur_jax.models.radblur import build_radblur
+    from radblur_jax.train.losses import deblur_loss
+
+    blurry, sharp = tiny_batch
+    models = {}
+    for impl in ("fast", "lax"):
+        cfg = radblur_config("tiny")
+        cfg.conv_impl = impl
+        cfg.decoder.reversible = reversible
+        models[impl] = build_radblur(cfg)
+    params = jax.jit(models["lax"].init)(jax.random.key(0), blurry)["params"]
+    # Non-zero residual scales (beta, gamma, ADA scale start at 0) so every branch counts.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(treedef, [
+        p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+    def run(model):
+        def loss_fn(p):
+            out = model.apply({"params": p}, blurry)
+            return deblur_loss(out.restored, sharp) + 0.1 * jnp.mean(out.disparity), out
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+    (loss_f, out_f), grads_f = run(models["fast"])
+    (loss_l, out_l), grads_l = run(models["lax"])
+    for got, want in zip(out_f, out_l):
+        assert rel_err(got, want) <= 1e-5
+    assert rel_err(loss_f, loss_l) <= 1e-6
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+    assert rel_err(flat(grads_f), flat(grads_l)) <= 1e-5
+    for part in ("depth", "stem", "decoder"):
+        assert rel_err(flat(grads_f[part]), flat(grads_l[part])) <= 1e-5, part
