@@ -10,6 +10,8 @@ Running the same command again resumes from the workdir's latest checkpoint.
 """
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,6 +24,25 @@ flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/deblur.py:tiny.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with one-line errors (exit 2) for bad config files and overrides."""
+    try:
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:
+            FLAGS.config.get("stage")  # config_flags defers a file that failed to load
+        return rest
+    except OSError as e:
+        msg = f"--config: {str(e).strip().splitlines()[-1].strip()}"
+    except flags.Error as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        head = lines[0].split(": Error whilst parsing")[0] if lines else ""
+        msg = f"{head}: {lines[-1]}" if len(lines) > 1 else (lines[0] if lines else repr(e))
+    except (AttributeError, KeyError) as e:  # an override naming no config field
+        msg = f"--config override: no such field {e}"
+    print(f"FATAL Flags parsing error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -50,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
