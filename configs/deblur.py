@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.lr = lr
     c.optimizer.warmup_steps = 50 if name == "tiny" else 1000
     # The main phase leaves the exit head alone; it is trained afterwards in its own phase.
-    c.optimizer.freeze = ("^exit_head/",)
+    c.optimizer.freeze = ["^exit_head/"]
+    # Layer-wise lr decay suits a pretrained encoder; tiny starts from random weights.
+    c.optimizer.layer_decay = 1.0 if name == "tiny" else 0.9
     c.mesh.fsdp = fsdp
     c.loss = ml_collections.ConfigDict(dict(
         pixel="l1",            # "l1" | "psnr"

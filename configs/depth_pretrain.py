@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 100 if name == "tiny" else 5000
     c.optimizer.lr = lr
     c.optimizer.warmup_steps = 30 if name == "tiny" else 1000
-    # Depth Anything V2 fine-tunes the pretrained encoder 10x slower than the DPT head.
+    # Layer-wise lr decay suits a pretrained encoder; tiny starts from random weights.
     c.optimizer.layer_decay = 1.0 if name == "tiny" else 0.9
     c.mesh.fsdp = fsdp
     c.loss = ml_collections.ConfigDict(dict(grad_weight=0.5, scales=4))

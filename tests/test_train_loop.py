@@ -191,3 +191,38 @@ def test_nan_loss_stops_naming_the_step(env, tmp_path):
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
     assert steps and max(steps) == bad - 1  # the last good state is kept, nothing after it
     assert max(_metrics(workdir)) < bad
+
+
+def test_stage_a_then_stage_b_init(env, tmp_path):
+    """Stage A trains and validates depth; stage B's encoder + DPT start from its EMA params."""
+    stage_a = tmp_path / "stage_a"
+    e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.run(
+        [sys.executable, "-m", "radblur_jax.main", "--workdir", str(stage_a), "--config",
+         os.path.join(REPO, "configs", "depth_pretrain.py") + ":tiny", *env["data"],
+         "--config.data.name=synthetic_depth", "--config.eval_data.name=synthetic_depth",
+         "--config.input.crop_size=28", "--config.train.batch_size=2",
+         "--config.train.num_steps=3", "--config.train.log_every=1",
+         "--config.train.eval_every=3", "--config.optimizer.warmup_steps=1",
+         "--config.eval.num_images=2"], env=e, capture_output=True, text=True, timeout=3000)
+    assert p.returncode == 0, p.stderr[-4000:]
+    m = _metrics(stage_a)
+    assert sorted(m) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in m.values())
+    assert 0 <= m[3]["val_abs_rel"] and 0 <= m[3]["val_delta1"] <= 1
+    assert os.listdir(os.path.join(stage_a, "images"))
+
+    import jax
+    from radblur_jax.train.checkpointing import load_params_for_inference
+    from radblur_jax.train.model_setup import build_model, initial_params, model_config
+    from train_helpers import load_config
+    config = load_config("deblur.py", "tiny")
+    config.init.checkpoint = str(stage_a)
+    cfg = model_config(config)
+    params = initial_params(config, build_model(config, cfg), cfg, jax.random.key(0))
+    src_config, depth = load_params_for_inference(str(stage_a))
+    assert src_config.stage == "depth"
+    flat = jax.tree_util.tree_leaves_with_path(depth)
+    assert flat
+    got = dict(jax.tree_util.tree_leaves_with_path(params["depth"]))
+    for path, value in flat:
+        np.testing.assert_array_equal(np.asarray(got[path]), value)

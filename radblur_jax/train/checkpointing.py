@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import grain
 import jax
@@ -205,9 +205,3 @@ def load_params_for_inference(path: str, *, use_ema: bool = True
     finally:
         ckptr.close()
     return config, restored[key]
-
-
-def tree_fingerprint(tree: Any, fn: Callable = np.asarray) -> dict[str, np.ndarray]:
-    """Flat {path: host array} of a pytree (for tests and comparisons)."""
-    from radblur_jax.train.sharding import path_str
-    return {path_str(p): fn(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from radblur_jax.train.optimizer import default_optimizer_config
+
 STAGES = ("depth", "deblur", "eval")
 
 
@@ -47,9 +49,7 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=16, log_every=50, checkpoint_every=500, eval_every=500,
         ema_decay=0.999))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        lr=2e-4, weight_decay=1e-4, b1=0.9, b2=0.99, warmup_steps=100, schedule="cosine",
-        min_lr_ratio=0.01, clip_norm=1.0, layer_decay=1.0, freeze=(), accumulate_steps=1))
+    c.optimizer = default_optimizer_config()
 
     # Batches are split over both axes: FSDP devices are data-parallel too; only parameters
     # and optimiser state differ between the axes (sharded over fsdp, replicated over data).

@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from radblur_jax.train.optimizer import path_str
+
 AXES = ("data", "fsdp")
 
 
@@ -34,19 +36,6 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict,
         raise ValueError(f"config.mesh: data={sizes[0]} x fsdp={sizes[1]} != "
                          f"{len(devices)} devices")
     return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
-
-
-def path_str(path: tuple) -> str:
-    """A pytree key path as "a/b/0/c"."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> PartitionSpec:

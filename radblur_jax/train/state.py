@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from radblur_jax.train import optimizer
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -34,33 +36,12 @@ class Optimizers(NamedTuple):
 
 def make_optimizers(config: ml_collections.ConfigDict, params: Any) -> Optimizers:
     """The optimisers for `config` (`params` may be abstract: only the tree structure is read)."""
-    try:
-        from radblur_jax.train import optimizer as optim_lib
-    except ImportError:  # until radblur_jax.train.optimizer lands (branch optim)
-        main, lr = _interim_adamw(config, params)
-    else:
-        main = optim_lib.make_optimizer(config, params)
-        lr = optim_lib.learning_rate_fn(config)
+    main = optimizer.make_optimizer(config, params)
+    lr = optimizer.learning_rate_fn(config)
     exit_tx = None
     if config.stage == "deblur" and int(config.exit.steps) > 0:
         exit_tx = optax.adam(float(config.exit.lr))
     return Optimizers(main, exit_tx, lr)
-
-
-def _interim_adamw(config: ml_collections.ConfigDict, params: Any):
-    """Warmup + cosine AdamW with clipping and regex freezing (no layer decay/accumulation)."""
-    import re
-    from radblur_jax.train.sharding import path_str
-    o = config.optimizer
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, max(1, o.warmup_steps), max(o.warmup_steps + 1, config.train.num_steps),
-        o.lr * o.min_lr_ratio)
-    tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                     optax.adamw(lr, o.b1, o.b2, weight_decay=o.weight_decay))
-    labels = jax.tree_util.tree_map_with_path(
-        lambda p, _: "frozen" if any(re.search(r, path_str(p)) for r in o.freeze) else "train",
-        params)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), lr
 
 
 def create_state(config: ml_collections.ConfigDict, params: Any, optimizers: Optimizers,

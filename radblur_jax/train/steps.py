@@ -19,15 +19,9 @@ from radblur_jax.eval import metrics as eval_metrics
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
 from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train import losses
+from radblur_jax.train.depth_losses import depth_loss
+from radblur_jax.train.optimizer import ema_update
 from radblur_jax.train.state import Optimizers, TrainState
-
-
-def _ema(ema: Any, params: Any, decay: float) -> Any:
-    try:
-        from radblur_jax.train.optimizer import ema_update
-    except ImportError:  # until radblur_jax.train.optimizer lands (branch optim)
-        return optax.incremental_update(params, ema, 1.0 - decay)
-    return ema_update(ema, params, decay)
 
 
 def _apply_main(state: TrainState, grads: Any, optimizers: Optimizers, ema_decay: float,
@@ -35,7 +29,7 @@ def _apply_main(state: TrainState, grads: Any, optimizers: Optimizers, ema_decay
     updates, opt_state = optimizers.main.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                        ema_params=_ema(state.ema_params, params, ema_decay))
+                        ema_params=ema_update(state.ema_params, params, ema_decay))
     return new, {"grad_norm": optax.global_norm(grads), "lr": optimizers.lr(state.step)}
 
 
@@ -110,7 +104,6 @@ def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: n
                      optimizers: Optimizers, config: ml_collections.ConfigDict
                      ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Stage A: scale-and-shift-invariant disparity + multi-scale gradient matching."""
-    from radblur_jax.train.depth_losses import depth_loss
     x = vit_normalize(batch["image"])
 
     def loss_fn(params):
