@@ -96,7 +96,7 @@ def test_best_keeps_the_highest_metric_and_inference_loading(tmp_path):
         state = {"params": {"w": jnp.full((2,), float(step))},
                  "ema_params": {"w": jnp.full((2,), -float(step))}}
         ckpts.save(step, state, _iterator())
-        ckpts.save_best(step, state, _iterator(), {"val_psnr": psnr})
+        ckpts.save_best(step, state, {"val_psnr": psnr})
     ckpts.wait()
     ckpts.close()
     assert os.listdir(os.path.join(tmp_path, "best")) == ["2"]

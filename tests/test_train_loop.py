@@ -226,3 +226,22 @@ def test_stage_a_then_stage_b_init(env, tmp_path):
     got = dict(jax.tree_util.tree_leaves_with_path(params["depth"]))
     for path, value in flat:
         np.testing.assert_array_equal(np.asarray(got[path]), value)
+
+
+def test_sigterm_saves_and_exits_cleanly(env, reference, tmp_path):
+    workdir = tmp_path / "sigterm"
+    e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.Popen(_cmd(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1"),
+                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    while not os.path.exists(metrics) and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=3000)
+    assert p.returncode == 0, err[-3000:]
+    saved = [ln for ln in out.splitlines() if ln.startswith("preempted: saved step")]
+    assert saved, out[-2000:]
+    step = int(saved[0].split()[3])
+    assert step < STEPS and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+    _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1")
+    assert _losses(workdir).tolist() == _losses(reference).tolist()

@@ -5,7 +5,7 @@ Layout of a training workdir:
     WORKDIR/config.json                 the training config + the resolved model config
     WORKDIR/checkpoints/<step>/state    TrainState (params, optimiser, EMA, step, rng)
     WORKDIR/checkpoints/<step>/data     grain iterator state, one JSON file per process
-    WORKDIR/best/<step>/...             the same, for the best validation PSNR (deblur)
+    WORKDIR/best/<step>/state           params + EMA params of the best validation PSNR (deblur)
     WORKDIR/corrupt_checkpoints/<step>  checkpoints that failed to restore (moved aside)
 
 Saves are asynchronous (`wait()` before exiting). Restoring takes an abstract state whose leaves
@@ -94,14 +94,13 @@ class Checkpoints:
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))), force=True)
 
-    def save_best(self, step: int, state: Any, iterator: Any, metrics: dict[str, float]) -> None:
-        """Keeps `state` if `metrics[best_metric]` is the best so far."""
+    def save_best(self, step: int, weights: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Keeps `weights` (`{"params", "ema_params"}`: what inference needs) if
+        `metrics[best_metric]` is the best so far."""
         if self.best is None or step in self.best.all_steps():
             return
-        self.best.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))),
-            metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)),
+                       metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)

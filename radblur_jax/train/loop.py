@@ -226,7 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if is_ckpt or preempted:
                 ckpts.save(done, state, iterator)
             if is_eval and "val_psnr" in scalars:
-                ckpts.save_best(done, state, iterator, scalars)
+                ckpts.save_best(done, {"params": state.params,
+                                       "ema_params": state.ema_params}, scalars)
             if preempted:
                 reporting.log_line(f"preempted: saved step {done} in {workdir}/checkpoints")
                 break
