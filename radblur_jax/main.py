@@ -57,7 +57,7 @@ def main(argv):
     if stage == "eval":
         from radblur_jax.eval.runner import evaluate
         return evaluate(config, FLAGS.workdir)
-    from radblur_jax.data.io import DataError
+    from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source
     from radblur_jax.train import input as input_lib, loop
     try:

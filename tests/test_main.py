@@ -19,7 +19,7 @@ REPO = os.path.dirname(CONFIGS)
     (["--config", "configs/deblur.py:tiny", "--config.train.num_steps=0"],
      "config.train.num_steps=0"),
     (["--config", "configs/depth_pretrain.py:tiny", "--config.model=huge"],
-     "unknown RADBlur preset 'huge'"),
+     "unknown model size 'huge'"),
     (["--config", "configs/deblur.py:tiny", "--config.data.root=/nonexistent/x"],
      "/nonexistent/x"),
 ])

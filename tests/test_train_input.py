@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radblur_jax.data.synthetic import SyntheticParams
-from radblur_jax.data.synthetic_writer import write_dataset
+from radblur_jax.data.synthetic import SyntheticParams, write_dataset
 from radblur_jax.train import input as input_lib
 
 from train_helpers import load_config

@@ -36,8 +36,7 @@ COMMON = [
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment for the runs: a small synthetic set and a shared compilation cache."""
-    from radblur_jax.data.synthetic import SyntheticParams
-    from radblur_jax.data.synthetic_writer import write_dataset
+    from radblur_jax.data.synthetic import SyntheticParams, write_dataset
     root = tmp_path_factory.mktemp("data") / "syn"
     write_dataset(root, 16, 2, SyntheticParams(height=48, width=48), seed=3, frames_per_scene=4)
     e = dict(os.environ)

@@ -28,7 +28,7 @@ def resolve_spec(spec: ml_collections.ConfigDict) -> dict[str, Any]:
     is empty."""
     out = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
     if out.get("name") in _SYNTHETIC and not out.get("root") and out.get("format") != "tfds":
-        from radblur_jax.data.synthetic_writer import ensure_default_synthetic
+        from radblur_jax.data.synthetic import ensure_default_synthetic
         out["root"] = str(ensure_default_synthetic())
     return out
 

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
 from radblur_jax.train import checkpointing, input as input_lib, reporting, sharding, steps
 from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params
 from radblur_jax.train.state import TrainState, create_state, make_optimizers
@@ -39,8 +40,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("data", "eval_data"):
         if "name" not in config[key]:
             raise ValueError(f"config.{key}: a dataset spec needs `name`")
-    if config.stage == "deblur" and config.loss.pixel not in ("l1", "psnr"):
-        raise ValueError(f"config.loss.pixel={config.loss.pixel!r}; expected 'l1' or 'psnr'")
+    if config.stage == "deblur":
+        check_choice("loss.pixel", config.loss.pixel, PIXEL_LOSSES)
     model_config(config)  # preset name, overrides, dtype
 
 

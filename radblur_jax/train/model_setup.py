@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from radblur_jax.models.configs import DTYPES, check_choice, radblur_config, validate_config
 from radblur_jax.models.depth_anything import DepthAnything
-from radblur_jax.models.radblur import build_radblur, init_radblur, splice_depth_params
-from radblur_jax.models.radblur_presets import radblur_config
-
-_DTYPES = ("float32", "bfloat16", "float16")
+from radblur_jax.models.radblur import build_radblur, init_radblur
+from radblur_jax.train.pretrained import splice_depth_params
 
 
 def _merge(dst: ml_collections.ConfigDict, src: dict, where: str) -> None:
@@ -33,16 +32,12 @@ def _merge(dst: ml_collections.ConfigDict, src: dict, where: str) -> None:
 
 def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The RADBlur config of the preset `config.model` with overrides, remat and dtype applied."""
-    if config.compute_dtype not in _DTYPES:
-        raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; expected one of "
-                         f"{_DTYPES}")
+    check_choice("compute_dtype", config.compute_dtype, DTYPES)
     cfg = radblur_config(config.model)
     _merge(cfg, config.model_overrides.to_dict(), "")
     cfg.encoder.remat = bool(config.remat)
-    cfg.encoder.dtype = config.compute_dtype
-    if "dtype" in cfg:  # the whole-model compute dtype, where the models have one
-        cfg.dtype = config.compute_dtype
-    return cfg
+    cfg.dtype = config.compute_dtype  # drives encoder.dtype too (one FieldReference)
+    return validate_config(cfg)
 
 
 def build_model(config: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict
