@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from radblur_jax.data import pipeline
 from radblur_jax.data.pipeline import PairedAugment, eval_dataset
 from radblur_jax.data.sources import make_source
 
@@ -70,6 +71,8 @@ def train_iterator(config: ml_collections.ConfigDict, process_index: int,
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=int(config.input.worker_count)))
+        # As pipeline.train_dataset does: batches out of shared memory, workers closed at exit.
+        it = pipeline._ClosedAtExit(it.map(pipeline._own_memory))  # pylint: disable=protected-access
     return iter(it)
 
 
