@@ -1,9 +1,9 @@
 """Stage B: deblur fine-tuning of RADBlur (encoder + depth branch + reversible decoder).
 
     python -m radblur_jax.main --config configs/deblur.py:tiny --workdir /tmp/radblur_tiny
-    python -m radblur_jax.main --config configs/deblur.py:s --workdir gs://BUCKET/run1 \
+    python -m radblur_jax.main --config configs/deblur.py:s --workdir runs/deblur_s \
         --config.data.name=gopro --config.data.root=/data/GOPRO_Large \
-        --config.init.checkpoint=gs://BUCKET/stage_a
+        --config.init.checkpoint=runs/stage_a
 
 The argument picks the model preset (tiny | s | b | l | g); with no dataset given, training
 runs on the built-in synthetic set (generated on first use). Field meanings:

@@ -2,11 +2,12 @@
 # Runs one training command on every worker of a Cloud TPU VM pod slice (not run in CI).
 #
 #   tools/tpu/launch.sh TPU_NAME ZONE [PROJECT] -- --config configs/deblur.py:l \
-#       --workdir gs://BUCKET/runs/deblur_l --config.data.root=/mnt/data/GOPRO_Large
+#       --workdir /mnt/runs/deblur_l --config.data.root=/mnt/data/GOPRO_Large
 #
 # Every worker must run the same command at the same time: JAX's multi-process runtime
 # (`jax.distributed.initialize()`, called by radblur_jax.main on a multi-host slice) waits until
-# all of them have joined. The workdir must be shared by all workers (a gs:// bucket); each
+# all of them have joined. The workdir must be one directory shared by all workers at the same
+# path (a bucket mounted with gcsfuse, or Filestore; gs:// URLs are not supported); each
 # worker reads its own rows of every batch from the dataset root, which must exist on every
 # worker (a bucket mounted with gcsfuse, a Filestore share, or a copy on each VM's disk).
 # Re-running the same command after a preemption resumes from the latest checkpoint.
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,16p' "$0" >&2
   exit 2
 fi
 TPU_NAME=$1; ZONE=$2; shift 2
