@@ -13,7 +13,6 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from radblur_jax.eval import align, metrics
@@ -49,9 +48,16 @@ def score_batch(pred: np.ndarray, gt: np.ndarray, protocol: str, *,
         psnr, ssim = _gopro_scores(pred, gt, ssim_mode)
         return [{"psnr": float(p), "ssim": float(s)} for p, s in zip(np.asarray(psnr),
                                                                      np.asarray(ssim))]
-    q = np.asarray(metrics.quantize_uint8(jnp.asarray(pred)))
-    gq = np.asarray(metrics.quantize_uint8(jnp.asarray(gt)))
+    # In numpy: exactly `uint8 / 255.0` in float32, as the official script reads its PNGs
+    # (ECC is sensitive to 1-ulp differences that XLA's constant folding may introduce).
+    q, gq = quantize_uint8_np(pred), quantize_uint8_np(gt)
     return [align.realblur_scores(p, g) for p, g in zip(q, gq)]
+
+
+def quantize_uint8_np(images: np.ndarray) -> np.ndarray:
+    """numpy twin of `metrics.quantize_uint8`: float32 `round(clip(x) * 255) / 255`."""
+    levels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * np.float32(255.0))
+    return levels.astype(np.float32) / np.float32(255.0)
 
 
 def ssim_label(protocol: str, ssim_mode: str) -> str:
