@@ -1,4 +1,5 @@
-"""End to end: synthetic test split -> evaluate -> report files hold the metric functions' numbers."""
+"""End to end: synthetic test split -> evaluate -> the report files hold the numbers that the
+metric functions give for the same images."""
 from __future__ import annotations
 
 import csv

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -36,7 +35,8 @@ META_FILE = "export.json"
 def export_inference(model: Any, params: Any, height: int, width: int, *,
                      platforms: Sequence[str] = ("cpu",), options: Any = None
                      ) -> jax.export.Exported:
-    """`jax.export` of `restore_fn(model, options)` for `(b, height, width, 3)` inputs, b symbolic."""
+    """`jax.export` of `restore_fn(model, options)` for `(b, height, width, 3)` inputs
+    (b symbolic)."""
     from radblur_jax.eval.inference import InferenceOptions, restore_fn
 
     fn = restore_fn(model, options if options is not None else InferenceOptions())
@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
     bad = [s for s in platforms if s not in ("cpu", "cuda", "rocm", "tpu")]
     if bad or not platforms:
-        parser.error(f"--platforms: unknown {bad or args.platforms!r}; expected cpu, cuda, rocm, tpu")
+        parser.error(f"--platforms: unknown {bad or args.platforms!r}; "
+                     "expected cpu, cuda, rocm, tpu")
     try:
         options = InferenceOptions(tile=args.tile, overlap=args.overlap,
                                    self_ensemble=args.self_ensemble)

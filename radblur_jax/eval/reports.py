@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from radblur_jax.atomic_io import write_atomic, write_bytes_atomic, write_json_atomic
+from radblur_jax.atomic_io import write_bytes_atomic, write_json_atomic
 
 
 def to_uint(img: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -149,8 +149,3 @@ def pick_best_median_worst(rows: Sequence[dict], key: str = "psnr") -> dict[str,
 
 def write_json(path: str, obj: Any) -> None:
     write_json_atomic(path, obj)
-
-
-__all__ = ["to_uint", "save_png", "write_rows", "summary_table", "psnr_ssim_cell", "write_text",
-           "colorize_disparity", "comparison_grid", "pick_best_median_worst", "write_json",
-           "write_atomic"]

@@ -17,7 +17,6 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 

@@ -15,8 +15,6 @@ import os
 import sys
 from typing import Sequence
 
-import numpy as np
-
 from radblur_jax.data.io import IMAGE_EXTS
 
 
