@@ -24,6 +24,7 @@ import numpy as np
 
 from radblur_jax import preprocess
 from radblur_jax.atomic_io import write_atomic
+from radblur_jax.data import image_io
 from radblur_jax.preprocess import ImageError
 
 # Inferno-like colormap: piecewise-linear through these (position, RGB) anchors.
@@ -49,16 +50,15 @@ def colorize(disparity: np.ndarray) -> np.ndarray:
 
 
 def list_images(path: str) -> list[str]:
-    """An image file, or the images (by suffix) directly inside a directory, sorted."""
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(preprocess.IMAGE_SUFFIXES))
-        if not files:
-            raise ImageError(f"{path}: no images ({', '.join(preprocess.IMAGE_SUFFIXES)})")
-        return files
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: no such file or directory")
-    return [path]
+    """`image_io.list_images(path)`: an image file, or the images directly inside a directory;
+    an empty directory is an ImageError."""
+    try:
+        files = image_io.list_images(path)
+    except image_io.DataError as e:
+        raise ImageError(str(e)) from None
+    if not files:
+        raise ImageError(f"{path}: no images ({', '.join(preprocess.IMAGE_SUFFIXES)})")
+    return files
 
 
 def save_outputs(out_dir: str, stem: str, disparity: np.ndarray) -> tuple[str, str]:

@@ -11,13 +11,13 @@ import os
 import cv2
 import numpy as np
 
-from radblur_jax.data import io as data_io
+from radblur_jax.data import image_io
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGE_SUFFIXES = data_io.IMAGE_EXTS
+IMAGE_SUFFIXES = image_io.IMAGE_EXTS
 
 
-class ImageError(data_io.DataError):
+class ImageError(image_io.DataError):
     """An image could not be read or has a shape the model cannot take; names the file."""
 
 
@@ -25,8 +25,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """`(H, W, 3)` uint8 RGB of a user photo: grayscale is repeated, alpha dropped, 16-bit
     rounded to 8-bit. Raises ImageError naming the file."""
     try:
-        img = data_io.read_image(os.fspath(path), allow_gray=True, drop_alpha=True, raw=True)
-    except data_io.DataError as e:
+        img = image_io.read_image(os.fspath(path), allow_gray=True, drop_alpha=True, raw=True)
+    except image_io.DataError as e:
         raise ImageError(str(e)) from None
     if img.dtype == np.uint16:
         img = np.round(img / 257.0).astype(np.uint8)

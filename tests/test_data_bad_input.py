@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import test_data_fakes as F
-from radblur_jax.data import io, sources_deblur as S
+from radblur_jax.data.image_io import DataError
+from radblur_jax.data.sources import deblur as S
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def _scene(root):
 
 def test_missing_counterpart(gopro):
     os.remove(f"{_scene(gopro)}/sharp/000002.png")
-    with pytest.raises(io.DataError, match=r"blur/000002.png: no sharp counterpart"):
+    with pytest.raises(DataError, match=r"blur/000002.png: no sharp counterpart"):
         S.gopro(gopro, "train")
     with pytest.warns(UserWarning, match="000002.png"):
         src = S.gopro(gopro, "train", skip_bad=True)
@@ -33,14 +34,14 @@ def test_missing_counterpart(gopro):
         F.check_coord_alignment(src[i])
     os.remove(f"{_scene(gopro)}/blur/000002.png")
     os.remove(f"{_scene(gopro)}/blur/000003.png")
-    with pytest.raises(io.DataError, match=r"sharp/000003.png: no blurred counterpart"):
+    with pytest.raises(DataError, match=r"sharp/000003.png: no blurred counterpart"):
         S.gopro(gopro, "train")
 
 
 def test_size_mismatch(gopro):
     F.write_rgb(f"{_scene(gopro)}/sharp/000003.png", F.coord_pair(2, 40, 64)[1])
     src = S.gopro(gopro, "train")
-    with pytest.raises(io.DataError, match=r"size mismatch.*blur/000003.png 48x64.*"
+    with pytest.raises(DataError, match=r"size mismatch.*blur/000003.png 48x64.*"
                        r"sharp/000003.png 40x64"):
         src[2]
     skip = S.gopro(gopro, "train", skip_bad=True)
@@ -54,7 +55,7 @@ def test_corrupt_png(gopro):
     p = f"{_scene(gopro)}/blur/000001.png"
     data = open(p, "rb").read()
     open(p, "wb").write(data[:100])
-    with pytest.raises(io.DataError, match="blur/000001.png: cannot decode"):
+    with pytest.raises(DataError, match="blur/000001.png: cannot decode"):
         S.gopro(gopro, "train")[0]
 
 
@@ -62,12 +63,12 @@ def test_grayscale_rgba_16bit_in_pairs(gopro):
     sc = _scene(gopro)
     cv2.imwrite(f"{sc}/blur/000001.png", F.photo(0)[..., 0].copy())
     src = S.gopro(gopro, "train")
-    with pytest.raises(io.DataError, match="blur/000001.png: grayscale"):
+    with pytest.raises(DataError, match="blur/000001.png: grayscale"):
         src[0]
     b, s = F.coord_pair(1)
     bgra = np.concatenate([b[..., ::-1], np.full((F.H, F.W, 1), 128, np.uint8)], -1)
     cv2.imwrite(f"{sc}/blur/000002.png", bgra)
-    with pytest.raises(io.DataError, match="blur/000002.png: RGBA"):
+    with pytest.raises(DataError, match="blur/000002.png: RGBA"):
         src[1]
     b, s = F.coord_pair(2)
     cv2.imwrite(f"{sc}/blur/000003.png", (b[..., ::-1].astype(np.uint16) * 257))
@@ -76,16 +77,16 @@ def test_grayscale_rgba_16bit_in_pairs(gopro):
 
 
 def test_empty_and_wrong_roots(tmp_path):
-    with pytest.raises(io.DataError, match="nowhere: gopro root directory not found"):
+    with pytest.raises(DataError, match="nowhere: gopro root directory not found"):
         S.gopro(str(tmp_path / "nowhere"))
     os.makedirs(tmp_path / "empty" / "train")
-    with pytest.raises(io.DataError, match="empty: no image pairs found; expected layout"):
+    with pytest.raises(DataError, match="empty: no image pairs found; expected layout"):
         S.gopro(str(tmp_path / "empty"))
-    with pytest.raises(io.DataError, match="not a HIDE root"):
+    with pytest.raises(DataError, match="not a HIDE root"):
         S.hide(str(tmp_path / "empty"))
-    with pytest.raises(io.DataError, match="no train_blur/ directory"):
+    with pytest.raises(DataError, match="no train_blur/ directory"):
         S.reds(str(tmp_path / "empty"))
-    with pytest.raises(io.DataError, match="RealBlur_J_train_list.txt not found"):
+    with pytest.raises(DataError, match="RealBlur_J_train_list.txt not found"):
         S.realblur(str(tmp_path / "empty"))
 
 
@@ -94,7 +95,7 @@ def test_list_file_with_missing_entry(tmp_path):
     lst = f"{root}/RealBlur_J_train_list.txt"
     lines = open(lst).read().splitlines()
     os.remove(os.path.join(root, lines[1].split()[1]))
-    with pytest.raises(io.DataError, match=r"blur_2.png: listed in .*RealBlur_J_train_list.txt"):
+    with pytest.raises(DataError, match=r"blur_2.png: listed in .*RealBlur_J_train_list.txt"):
         S.realblur(root, "J", "train")
     with pytest.warns(UserWarning):
         src = S.realblur(root, "J", "train", skip_bad=True)
@@ -107,7 +108,7 @@ def test_paired_folder_accepts_grayscale_only_when_asked(tmp_path):
     for d, img in (("input", b), ("target", s)):
         os.makedirs(f"{root}/{d}")
         cv2.imwrite(f"{root}/{d}/0.png", img[..., 0].copy())
-    with pytest.raises(io.DataError, match="input/0.png: grayscale"):
+    with pytest.raises(DataError, match="input/0.png: grayscale"):
         S.paired_folder(root)[0]
     ex = S.paired_folder(root, allow_gray=True)[0]
     assert ex["blur"].shape == (F.H, F.W, 3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import test_data_fakes as F
-from radblur_jax.data import io, pipeline as P, sources_deblur as S
+from radblur_jax.data import image_io, pipeline as P
+from radblur_jax.data.sources import deblur as S
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_augment_without_crop_and_rect_crop(synth):
     F.check_coord_alignment(ex, depth=True)
     with pytest.raises(ValueError, match="square"):
         P.PairedAugment(crop_size=(16, 32))
-    with pytest.raises(io.DataError, match="smaller than crop"):
+    with pytest.raises(image_io.DataError, match="smaller than crop"):
         P.PairedAugment((64, 64)).random_map(dict(synth[0]), np.random.default_rng(0))
 
 
@@ -107,19 +108,6 @@ def test_shard_by_jax_process_default(synth):
     assert len(P.eval_dataset(synth, shard_options=opts)) == len(range(1, len(synth), 3))
 
 
-def test_restore_state_gives_exact_next_batches(synth, tmp_path):
-    mk = lambda: P.train_dataset(synth, batch_size=3, crop_size=16, seed=5, shard_index=0,
-                                 shard_count=1)
-    ref = _take(iter(mk()), 9)  # crosses an epoch boundary (8 examples)
-    it = iter(mk())
-    _take(it, 4)
-    P.save_iterator_state(it, str(tmp_path / "iter.json"))
-    _take(it, 2)  # advancing after the save must not matter
-    fresh = iter(mk())
-    P.restore_iterator_state(fresh, str(tmp_path / "iter.json"))
-    _assert_same(_take(fresh, 5), ref[4:])
-
-
 def test_eval_dataset_full_images_in_order(synth):
     ev = P.eval_dataset(synth, shard_index=0, shard_count=1)
     assert len(ev) == len(synth)
@@ -137,7 +125,7 @@ def test_workers_match_single_process_and_restore(synth):
     ref = _take(iter(mk(0)), 8)
     it = iter(mk(2))
     got = _take(it, 3)
-    state = json.loads(json.dumps(it.get_state()))  # what save_iterator_state writes
+    state = json.loads(json.dumps(it.get_state()))  # what grain's checkpoint handler writes
     _assert_same(got, ref[:3])
     fresh = iter(mk(2))
     fresh.set_state(state)
@@ -147,21 +135,24 @@ def test_workers_match_single_process_and_restore(synth):
             F.check_coord_alignment(ex, depth=True)
 
 
-def test_orbax_checkpoint_of_iterator(synth, tmp_path):
-    """MaxText-style: the grain iterator as an item of an orbax CheckpointManager."""
+def test_orbax_checkpoint_of_iterator_gives_exact_next_batches(synth, tmp_path):
+    """MaxText-style: the grain iterator as one item of an orbax CheckpointManager, through grain's
+    own handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`); resumes on the exact next
+    batches, across an epoch boundary (8 examples, batches of 3)."""
     ocp = pytest.importorskip("orbax.checkpoint")
-    mk = lambda: iter(P.train_dataset(synth, batch_size=2, crop_size=16, seed=1, shard_index=0,
+    mk = lambda: iter(P.train_dataset(synth, batch_size=3, crop_size=16, seed=5, shard_index=0,
                                       shard_count=1))
+    ref = _take(mk(), 9)
     it = mk()
-    _take(it, 3)
-    mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("iter",),
-                                 item_handlers={"iter": grain.checkpoint.CheckpointHandler()})
-    mngr.save(3, args=ocp.args.Composite(iter=grain.checkpoint.CheckpointSave(it)))
+    _take(it, 4)
+    mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"))
+    mngr.save(4, args=ocp.args.Composite(iter=grain.checkpoint.CheckpointSave(it)))
     mngr.wait_until_finished()
-    ref = _take(it, 2)
+    _take(it, 2)  # advancing after the save must not matter
     fresh = mk()
-    mngr.restore(3, args=ocp.args.Composite(iter=grain.checkpoint.CheckpointRestore(fresh)))
-    _assert_same(_take(fresh, 2), ref)
+    ocp.CheckpointManager(str(tmp_path / "ckpt")).restore(
+        4, args=ocp.args.Composite(iter=grain.checkpoint.CheckpointRestore(fresh)))
+    _assert_same(_take(fresh, 5), ref[4:])
 
 
 _TWO_PROCESS_SCRIPT = r"""
@@ -169,7 +160,8 @@ import json, sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
-from radblur_jax.data import pipeline as P, sources_deblur as S
+from radblur_jax.data import pipeline as P
+from radblur_jax.data.sources import deblur as S
 src = S.synthetic(sys.argv[3])
 train = P.train_dataset(src, batch_size=1, crop_size=None, rot90=False, seed=0, num_epochs=1,
                         keep_names=True)  # default: grain.sharding.ShardByJaxProcess
@@ -201,6 +193,39 @@ def test_two_jax_processes_shard_by_process(synth, tmp_path):
     for key in ("train", "eval"):
         a, b = set(outs[0][key]), set(outs[1][key])
         assert not a & b and a | b == everything, key
+
+
+_WORKERS_AT_EXIT_SCRIPT = r"""
+import sys
+import numpy as np
+from radblur_jax.data import pipeline as P
+from radblur_jax.data.sources import deblur as S
+
+if __name__ == "__main__":  # grain starts spawn workers: the guard is grain's requirement
+    it = iter(P.train_dataset(S.synthetic(sys.argv[1]), batch_size=2, crop_size=16, seed=0,
+                              worker_count=2))
+    batch = next(it)  # iterator and batch left alive at module level, never closed
+    assert type(batch["blur"]) is np.ndarray and batch["blur"].shape == (2, 16, 16, 3)
+    if sys.argv[2] == "close":
+        it.close()
+    print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["left_open", "close"])
+def test_worker_pipeline_exits_quietly(synth, tmp_path, how):
+    """A worker pipeline alive at exit (grain 0.2.18 alone prints SharedMemoryArray.__del__ and
+    DatasetIterator.__del__ tracebacks and leaks shared memory there): stderr stays empty."""
+    import subprocess
+    import sys
+    root = synth.records[0].blur.split("/train/")[0]
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_AT_EXIT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), root, how], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+    assert result.stderr == ""
 
 
 def test_rgbd_source_crops_aligned(tmp_path):

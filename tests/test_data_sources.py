@@ -2,12 +2,14 @@
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 
 import test_data_fakes as F
-from radblur_jax.data import io, sources_deblur as S
-from radblur_jax.data.sources import NAMES, make_source
+from radblur_jax.data.image_io import DataError
+from radblur_jax.data.sources import deblur as S
+from radblur_jax.data.sources import DEPTH_NAMES, NAMES, make_source
 
 
 def _all_aligned(src, depth=False):
@@ -70,7 +72,7 @@ def test_rsblur(tmp_path):
     assert ex["mask"].shape == (F.H, F.W, 1) and ex["mask"][0, 0, 0] == 1.0
     assert ex["mask"][-1, 0, 0] == 0.0
     _all_aligned(S.rsblur(root, "test"))
-    with pytest.raises(io.DataError, match="RSBlur_syn_train.txt not found"):
+    with pytest.raises(DataError, match="RSBlur_syn_train.txt not found"):
         S.rsblur(rs, "train", variant="syn")
 
 
@@ -101,8 +103,8 @@ def test_depth_sources(tmp_path):
         F.write_rgb(f"{root}/image/{i}.png", F.photo(i))
         d = F.coord_depth(i)
         os.makedirs(f"{root}/depth", exist_ok=True)
-        np.save(f"{root}/depth/{i}.npy", d) if ext == "npy" else io.write_pfm(
-            f"{root}/depth/{i}.pfm", d)
+        np.save(f"{root}/depth/{i}.npy", d) if ext == "npy" else cv2.imwrite(
+            f"{root}/depth/{i}.pfm", d.astype(np.float32))
     src = make_source({"name": "depth_folder", "root": root})
     assert len(src) == 2
     np.testing.assert_array_equal(src[1]["depth"][..., 0], F.coord_depth(1))
@@ -112,7 +114,7 @@ def test_depth_sources(tmp_path):
 
 
 def test_nyu_missing_is_clear(tmp_path):
-    with pytest.raises(io.DataError, match=r"nyu_depth_v2.*not found.*tfds_builders nyu_depth_v2"):
+    with pytest.raises(DataError, match=r"nyu_depth_v2.*not found.*tfds_builders nyu_depth_v2"):
         make_source({"name": "nyu_depth_v2", "data_dir": str(tmp_path)})
 
 
@@ -127,6 +129,6 @@ def test_make_source_every_name(tmp_path):
     for name, root in roots.items():
         src = make_source({"name": name, "root": root, "raw": True})
         assert len(src) > 0 and src[0]["blur"].dtype == np.uint8, name
-    assert set(roots) | {"synthetic_depth", "nyu_depth_v2", "depth_folder"} == set(NAMES)
+    assert set(roots) | set(DEPTH_NAMES) == set(NAMES)
     with pytest.raises(ValueError, match="unknown dataset"):
         make_source({"name": "gopr0", "root": "x"})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import test_data_fakes as F
-from radblur_jax.data import io, pipeline as P
+from radblur_jax.data import image_io, pipeline as P
 from radblur_jax.data.sources import make_source
 
 tfds_builders = pytest.importorskip("radblur_jax.data.tfds_builders")
@@ -47,14 +47,14 @@ def test_build_gopro_from_fake_tree(tmp_path):
 
 
 def test_missing_tfds_dataset_message(tmp_path):
-    with pytest.raises(io.DataError,
+    with pytest.raises(image_io.DataError,
                        match="radblur_gopro' not found; prepare it as ArrayRecord with"):
         make_source({"name": "gopro", "format": "tfds", "data_dir": str(tmp_path)})
 
 
 def test_real_synthetic_generator_output(tmp_path):
     """The synthetic engineer's writer output reads through the file source and the TFDS build."""
-    writer = pytest.importorskip("radblur_jax.data.synthetic_writer")
+    writer = pytest.importorskip("radblur_jax.data.synthetic.writer")
     from radblur_jax.data.synthetic import SyntheticParams  # pylint: disable=all
     root = str(tmp_path / "syn")
     writer.write_dataset(root, 3, 2, SyntheticParams(height=40, width=48), seed=0,

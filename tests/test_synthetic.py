@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -14,9 +16,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from radblur_jax.data import synthetic_writer as writer
-from radblur_jax.data.synthetic import SyntheticParams, render_layers, render_pair
-from radblur_jax.data.synthetic_scene import linear_to_srgb, make_layer, srgb_to_linear
+from radblur_jax.data.synthetic import writer
+from radblur_jax.data.synthetic.render import SyntheticParams, render_layers, render_pair
+from radblur_jax.data.synthetic.scene import linear_to_srgb, make_layer, srgb_to_linear
 
 REPO = Path(__file__).resolve().parents[1]
 STILL = dict(max_shift=0.0, pan_shift=0.0, max_rotation_deg=0.0, noise_prob=0.0)
@@ -198,18 +200,110 @@ def test_writer_refuses_to_overwrite(tmp_path, tiny_params):
 
 
 def test_ensure_default_synthetic_generates_then_reuses(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "DEFAULT_NUM_TRAIN", 2)
-    monkeypatch.setattr(writer, "DEFAULT_NUM_TEST", 1)
-    monkeypatch.setattr(writer, "DEFAULT_SIZE", 32)
     monkeypatch.setenv("RADBLUR_DATA", str(tmp_path / "data"))
-    root = writer.ensure_default_synthetic(workers=1)
+    small = dict(num_train=2, num_test=1, size=32)
+    root = writer.ensure_default_synthetic(**small)
     assert root == tmp_path / "data" / "synthetic-v1"
     stamp = (root / "manifest.json").stat().st_mtime_ns
-    assert writer.ensure_default_synthetic(workers=1) == root
+    assert writer.ensure_default_synthetic(**small) == root
     assert (root / "manifest.json").stat().st_mtime_ns == stamp  # reused, not regenerated
-    monkeypatch.setattr(writer, "DEFAULT_NUM_TRAIN", 3)  # settings changed -> regenerated
-    writer.ensure_default_synthetic(workers=1)
+    writer.ensure_default_synthetic(**{**small, "num_train": 3})  # other settings: regenerated
     assert writer.read_manifest(root)["splits"]["train"]["pairs"] == 3
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["synthetic-v1"]
+
+
+def test_ensure_default_synthetic_defaults_are_the_embedded_set(tmp_path, monkeypatch):
+    """Without size/count arguments it asks for 64/16 pairs at 256x256 (checked without
+    rendering them: the call stops at the first pair)."""
+    calls = []
+
+    def stop(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_pair", stop)
+    with pytest.raises(KeyboardInterrupt):
+        writer.ensure_default_synthetic(tmp_path / "set")
+    (_, split, index, seed, params, fps), _ = calls[0]
+    assert (split, index, seed, fps) == ("train", 0, 0, 8)
+    assert (params.height, params.width) == (256, 256)
+    assert list(tmp_path.iterdir()) == []  # interrupted: no target, no temp folder
+
+
+_NO_MAIN_GUARD = """
+import sys
+from radblur_jax.data.synthetic import ensure_default_synthetic
+root = ensure_default_synthetic(sys.argv[1], num_train=3, num_test=2, size=24, workers={workers})
+print("ROOT", root)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_ensure_default_synthetic_from_a_script_without_main_guard(tmp_path, workers, how):
+    code = _NO_MAIN_GUARD.format(workers=workers)
+    target = tmp_path / "set"
+    if how == "script":
+        (tmp_path / "script.py").write_text(code)
+        cmd, stdin = [sys.executable, str(tmp_path / "script.py"), str(target)], None
+    else:
+        cmd, stdin = [sys.executable, "-", str(target)], code
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert f"ROOT {target}" in result.stdout
+    manifest = writer.read_manifest(target)
+    assert manifest["splits"] == {"train": {"pairs": 3, "scenes": 1},
+                                  "test": {"pairs": 2, "scenes": 1}}
+    files = [p for p in target.rglob("*") if p.is_file()]
+    assert len(files) == 1 + 3 * (3 + 2)  # manifest + blur/sharp/depth per pair
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["set"] + (["script.py"] if how == "script" else []))
+
+
+def test_a_failing_render_leaves_nothing_behind(tmp_path, monkeypatch, tiny_params):
+    real = writer.write_pair
+
+    def fail_third(tmp_root, split, index, *rest):
+        if index == 2:
+            raise RuntimeError("boom")
+        return real(tmp_root, split, index, *rest)
+
+    monkeypatch.setattr(writer, "write_pair", fail_third)
+    with pytest.raises(RuntimeError, match="boom"):
+        writer.write_dataset(tmp_path / "set", 4, 1, tiny_params)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_generation_leaves_no_target(tmp_path):
+    """SIGKILL mid-way (no cleanup runs): the target never appears; only the hidden temp folder
+    is left beside it."""
+    code = ("import sys\nfrom radblur_jax.data.synthetic import writer, SyntheticParams\n"
+            "writer.write_dataset(sys.argv[1], 500, 0, SyntheticParams(height=32, width=32))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "set")],
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for _ in range(1200):  # wait until some pairs are on disk (at most ~2 min)
+            started = any(tmp_path.glob(".set.tmp-*/train/scene_000/blur/*.png"))
+            if started or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "finished before it could be killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "set").exists()
+    assert [p.name.startswith(".set.tmp-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_a_failing_worker_leaves_nothing_behind(tmp_path):
+    bad = SyntheticParams(height=32, width=32)
+    object.__setattr__(bad, "num_layers", -1)  # slips past this process; the workers reject it
+    with pytest.raises(RuntimeError, match=r"synthetic worker \d exited with 1: .*num_layers"):
+        writer.write_dataset(tmp_path / "set", 3, 1, bad, workers=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_writes_a_tiny_set(tmp_path):
@@ -223,7 +317,32 @@ def test_cli_writes_a_tiny_set(tmp_path):
     manifest = writer.read_manifest(out)
     assert manifest["params"]["height"] == 24 and manifest["params"]["num_layers"] == 3
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "--output" in again.stderr and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("args, flag, words", [
+    (["--size", "0x0"], "--size", "at least 8x8"),
+    (["--size", "256by256"], "--size", "expected HxW"),
+    (["--num-train", "-3"], "--num-train", ">= 0"),
+    (["--workers", "0"], "--workers", ">= 1"),
+    (["--set", "max_shift=abc"], "--set", "max_shift: expected a number"),
+    (["--set", "depth_range=[1]"], "--set", "depth_range: expected a list of 2 numbers"),
+    (["--set", "depth_range=[5,1]"], "--set", "depth_range: expected 0 < near <= far"),
+    (["--set", "nope=1"], "--set", "KEY one of"),
+    (["--set", "num_layers=-1"], "--set", "num_layers: expected >= 0"),
+    (["--set", "noise_prob=2"], "--set", "noise_prob: expected in [0, 1]"),
+])
+def test_cli_bad_arguments(tmp_path, args, flag, words):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_synthetic_dataset.py"),
+                             "--output", str(out)] + args,
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"make_synthetic_dataset.py: error: argument {flag}: ")
+    assert words in last and last.count(flag) == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_params_round_trip_through_json():

@@ -15,64 +15,109 @@ import sys
 from pathlib import Path
 
 try:
-    from radblur_jax.data import synthetic_writer
+    from radblur_jax.data.synthetic import writer
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from radblur_jax.data import synthetic_writer
-from radblur_jax.data.synthetic import SyntheticParams
+    from radblur_jax.data.synthetic import writer
+from radblur_jax.data.synthetic.render import SyntheticParams
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
-        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"--size: expected HxW (e.g. 256x256), got {text!r}")
+        if len(parts) > 2:
+            raise ValueError
+        h, w = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x256), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8x8, got {text!r}")
     return h, w
 
 
-def _overrides(items: list[str]) -> dict:
-    fields = {f.name for f in dataclasses.fields(SyntheticParams)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-        out[key] = json.loads(value)  # numbers, or [a, b] for ranges
-    return out
+_FIELDS = {f.name: f for f in dataclasses.fields(SyntheticParams)}
+_RESERVED = {"height": "--size", "width": "--size"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _override(item: str) -> tuple[str, object]:
+    """`KEY=VALUE` -> (key, value) with VALUE parsed as JSON and checked against the field."""
+    key, sep, text = item.partition("=")
+    if not sep or key not in _FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY one of {sorted(set(_FIELDS) - set(_RESERVED))}, "
+            f"got {item!r}")
+    if key in _RESERVED:
+        raise argparse.ArgumentTypeError(f"{key}: set it with {_RESERVED[key]}")
+    default = _FIELDS[key].default
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(default, tuple):
+        ok = (isinstance(value, list) and len(value) == len(default)
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        expected = f"a list of {len(default)} numbers, e.g. {json.dumps(list(default))}"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        expected = "a number"
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{key}: expected {expected}, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="dataset root to create")
-    parser.add_argument("--num-train", type=int, default=synthetic_writer.DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-test", type=int, default=synthetic_writer.DEFAULT_NUM_TEST)
+    parser.add_argument("--num-train", type=_int_at_least(0), default=writer.DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-test", type=_int_at_least(0), default=writer.DEFAULT_NUM_TEST)
     parser.add_argument("--size", type=_size, default=(256, 256), help="HxW, e.g. 720x1280")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames-per-scene", type=int,
-                        default=synthetic_writer.DEFAULT_FRAMES_PER_SCENE)
-    parser.add_argument("--workers", type=int, default=1, help="processes (same bytes for any)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0)
+    parser.add_argument("--frames-per-scene", type=_int_at_least(1),
+                        default=writer.DEFAULT_FRAMES_PER_SCENE)
+    parser.add_argument("--workers", type=_int_at_least(1), default=1,
+                        help="processes (same bytes for any)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-noise", action="store_true", help="noise_prob=0")
     parser.add_argument("--no-saturation", action="store_true", help="saturation_prob=0")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="any SyntheticParams field, e.g. max_shift=0.08, depth_range=[1,20]")
-    args = parser.parse_args(argv)
+    return parser
 
-    fields = _overrides(args.set)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fields = dict(args.set)
     fields.update(height=args.size[0], width=args.size[1])
     if args.no_noise:
         fields["noise_prob"] = 0.0
     if args.no_saturation:
         fields["saturation_prob"] = 0.0
-    params = SyntheticParams(**fields)
     try:
-        summary = synthetic_writer.write_dataset(
+        params = SyntheticParams(**fields)
+    except ValueError as e:  # a value of the right type that the generator rejects
+        parser.error(f"argument --set: {e}")
+    try:
+        summary = writer.write_dataset(
             args.output, args.num_train, args.num_test, params, args.seed,
             args.frames_per_scene, workers=args.workers, overwrite=args.overwrite)
     except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        parser.error(f"argument --output: {e}")
     splits = summary["manifest"]["splits"]
     print(f"wrote {summary['root']}")
     for split, info in splits.items():

@@ -3,21 +3,27 @@
 Training: `MapDataset.source -> shard slice -> shuffle(seed) -> repeat -> random_map(augment)
 -> batch -> to_iter_dataset -> mp_prefetch`. The augmentation's rng comes from grain and depends
 only on (seed, global element index), so batches are identical for any worker or thread count,
-and `iterator.get_state()` / `set_state()` resume on the exact next batch.
+and `iterator.get_state()` / `set_state()` resume on the exact next batch. To checkpoint an
+iterator, use grain's orbax handler as one item of the train-state checkpoint:
+`ocp.args.Composite(state=..., iter=grain.checkpoint.CheckpointSave(iterator))` to save and
+`grain.checkpoint.CheckpointRestore(iterator)` to restore (tests/test_data_pipeline.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import json
-from typing import Any, Sequence
+import functools
+import sys
+import weakref
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
 from absl import flags
 
-from radblur_jax.atomic_io import write_json_atomic
-from radblur_jax.data import io
+from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 
 SPATIAL_KEYS = ("blur", "sharp", "image", "depth", "valid", "mask")
 
@@ -26,7 +32,7 @@ def _spatial(ex: dict[str, Any]) -> list[str]:
     keys = [k for k in SPATIAL_KEYS if k in ex]
     sizes = {k: np.shape(ex[k])[:2] for k in keys}
     if len(set(sizes.values())) > 1:
-        raise io.DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
+        raise DataError(f"{ex.get('name', '?')}: fields differ in size {sizes}")
     return keys
 
 
@@ -34,7 +40,7 @@ def to_float(ex: dict[str, Any]) -> dict[str, Any]:
     """Integer images -> float32 in [0, 1] (uint8 / 255, uint16 / 65535); contiguous arrays."""
     out = dict(ex)
     for k in _spatial(ex):
-        out[k] = np.ascontiguousarray(io.to_unit(np.asarray(ex[k])))
+        out[k] = np.ascontiguousarray(image_io.to_unit(np.asarray(ex[k])))
     return out
 
 
@@ -62,7 +68,7 @@ class PairedAugment(grain.transforms.RandomMap):
         if self.crop_size is not None:
             ch, cw = self.crop_size
             if h < ch or w < cw:
-                raise io.DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
+                raise DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
                                    f"{ch}x{cw}")
             y = int(rng.integers(0, h - ch + 1))
             x = int(rng.integers(0, w - cw + 1))
@@ -78,7 +84,7 @@ class PairedAugment(grain.transforms.RandomMap):
                 v = v[::-1]
             if k90:
                 v = np.rot90(v, k90, axes=(0, 1))
-            out[k] = np.ascontiguousarray(io.to_unit(np.asarray(v)))
+            out[k] = np.ascontiguousarray(image_io.to_unit(np.asarray(v)))
         return out
 
 
@@ -109,6 +115,56 @@ def shard(ds: grain.MapDataset, index: int, count: int, drop_remainder: bool
     return ds[index:stop:count]
 
 
+def _own_memory(batch: dict[str, Any]) -> dict[str, Any]:
+    """Copies a batch out of grain's shared memory into ordinary arrays."""
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+_LIVE_WORKER_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+# grain methods whose teardown errors are harmless once `_close_worker_iterators` has run.
+_GRAIN_DELS = frozenset({"DatasetIterator.__del__", "SharedMemoryArray.__del__"})
+
+
+def _quiet_grain_teardown(unraisable: Any, _previous: Any = None, _sys: Any = sys,
+                          _names: frozenset = _GRAIN_DELS) -> None:
+    """`sys.unraisablehook` that drops grain `__del__` errors raised during interpreter teardown.
+
+    Defaults bind everything it needs: module globals are None by the time it runs.
+    """
+    name = getattr(unraisable.object, "__qualname__", None)
+    if not (_sys.is_finalizing() and name in _names
+            and issubclass(unraisable.exc_type, AttributeError)):
+        (_previous or _sys.__unraisablehook__)(unraisable)
+
+
+@atexit.register
+def _close_worker_iterators() -> None:
+    """Closes the worker pipelines still referenced at exit, while the interpreter is whole.
+
+    grain 0.2.18 leaves this to `__del__`, which at interpreter shutdown runs after module globals
+    are cleared: a "leaked shared_memory objects" warning and `AttributeError` tracebacks from
+    `SharedMemoryArray.__del__` / `DatasetIterator.__del__` (google/grain#398, #1031). Closing
+    here stops the workers and unlinks every prefetched batch; the `close()` that grain's
+    `__del__` repeats during teardown then has nothing left to free, and its AttributeError
+    (grain's bug, harmless now) is silenced.
+    """
+    iterators = list(_LIVE_WORKER_ITERATORS)
+    if not iterators:
+        return
+    for iterator in iterators:
+        iterator.close()
+    sys.unraisablehook = functools.partial(_quiet_grain_teardown, _previous=sys.unraisablehook)
+
+
+class _ClosedAtExit(grain.IterDataset):
+    """`parent` whose iterators are closed at interpreter exit if the caller has not."""
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = self._parent.__iter__()
+        _LIVE_WORKER_ITERATORS.add(iterator)
+        return iterator
+
+
 def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tuple[int, int]
                   | None = 256, seed: int = 0, hflip: bool = True, vflip: bool = True,
                   rot90: bool = True, num_epochs: int | None = None, worker_count: int = 0,
@@ -121,7 +177,10 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
     `batch_size` is per process. Yields dicts of `(batch_size, h, w, C) float32` (`blur`,
     `sharp`, plus `depth`/`mask`/`image`/`valid` when the source has them; `name` if
     `keep_names`). `num_epochs=None` repeats forever, reshuffling each epoch.
-    `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on it.
+    `worker_count > 0` decodes in that many processes (`mp_prefetch`); output does not depend on
+    it. Batches from workers are copied out of shared memory (a copy costs little next to the
+    decode) so they live like any array; iterators close at exit if not closed before (`close()`
+    frees the workers earlier).
     """
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
@@ -143,6 +202,7 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size))
+        it = _ClosedAtExit(it.map(_own_memory))
     return it
 
 
@@ -158,14 +218,3 @@ def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,
     index, count = resolve_shard(shard_index, shard_count, shard_options, False)
     return shard(grain.MapDataset.source(source), index, count, False).map(to_float)
 
-
-def save_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-    """Writes `iterator.get_state()` as JSON (atomic replace). Orbax users can instead put the
-    iterator in a CheckpointManager item with `grain.checkpoint.CheckpointSave`."""
-    write_json_atomic(path, iterator.get_state(), indent=None)
-
-
-def restore_iterator_state(iterator: grain.DatasetIterator, path: str) -> None:
-    """Sets `iterator`'s state from a file written by `save_iterator_state`."""
-    with open(path) as f:
-        iterator.set_state(json.load(f))

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from radblur_jax.data import sources_deblur
+from radblur_jax.data.sources import deblur, paired
 
 _IMAGE = dict(shape=(None, None, 3), dtype=np.uint8, encoding_format="png")
 
@@ -38,7 +38,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return epath.Path(__file__)
 
 
-def _pairs(source: sources_deblur.PairedSource) -> Iterator[tuple[str, dict[str, Any]]]:
+def _pairs(source: paired.PairedSource) -> Iterator[tuple[str, dict[str, Any]]]:
     source.raw = True
     for i, rec in enumerate(source.records):
         ex = source.read(rec)  # raises io.DataError naming the file
@@ -82,7 +82,7 @@ class RadblurGopro(_Builder):
         return {s: self._generate_examples(root, s) for s in ("train", "test")}
 
     def _generate_examples(self, root: str, split: str):
-        yield from _pairs(sources_deblur.gopro(root, split))
+        yield from _pairs(deblur.gopro(root, split))
 
 
 class RadblurSynthetic(_Builder):
@@ -113,7 +113,7 @@ class RadblurSynthetic(_Builder):
         return {s: self._generate_examples(root, s) for s in ("train", "test")}
 
     def _generate_examples(self, root: str, split: str):
-        yield from _pairs(sources_deblur.synthetic(root, split, with_depth=True))
+        yield from _pairs(deblur.synthetic(root, split, with_depth=True))
 
 
 def build(name: str, manual_dir: str | None, data_dir: str) -> tfds.core.DatasetBuilder:

@@ -15,7 +15,7 @@ import math
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic_textures import cut_texture
+from radblur_jax.data.synthetic.textures import cut_texture
 
 _AA_SHIFT = 4  # cv2 drawing: sub-pixel coordinates with 4 fractional bits
 

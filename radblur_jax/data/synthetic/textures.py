@@ -83,7 +83,8 @@ def load_photos() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
                 rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
             photos.append(rgb)
         if not photos:
-            raise FileNotFoundError(f"no texture photos found in {data_dir}; expected {PHOTO_NAMES}")
+            raise FileNotFoundError(f"no texture photos found in {data_dir}; "
+                                    f"expected {PHOTO_NAMES}")
     return tuple((p, cv2.pyrDown(p)) for p in photos)
 
 

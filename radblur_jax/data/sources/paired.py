@@ -1,4 +1,4 @@
-"""File records and the random-access grain source that reads them.
+"""Paired examples on disk: file records, listing helpers and the grain source that reads them.
 
 A `PairedSource` implements grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`)
 over a list of `PairRecord`s. Listing helpers match files by stem and never guess: a file
@@ -12,9 +12,8 @@ import os
 import warnings
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
-from radblur_jax.data import io
+from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,25 +28,21 @@ class PairRecord:
 
 def _report(msg: str, skip_bad: bool, bad: list[str]) -> None:
     if not skip_bad:
-        raise io.DataError(msg)
+        raise DataError(msg)
     bad.append(msg)
 
 
-def list_images(folder: str) -> dict[str, str]:
-    """Maps file stem -> path for the images directly inside `folder` (sorted by name)."""
+def images_by_stem(folder: str) -> dict[str, str]:
+    """Maps file stem -> path for the images directly inside `folder` (`image_io.list_images`)."""
     if not os.path.isdir(folder):
-        raise io.DataError(f"{folder}: directory not found")
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if io.is_image(f):
-            out[os.path.splitext(f)[0]] = os.path.join(folder, f)
-    return out
+        raise DataError(f"{folder}: directory not found")
+    return {os.path.splitext(os.path.basename(p))[0]: p for p in image_io.list_images(folder)}
 
 
 def match_folders(blur_dir: str, sharp_dir: str, prefix: str, bad: list[str], *,
                   skip_bad: bool, depth_dir: str | None = None) -> list[PairRecord]:
     """Pairs the images of two folders by file stem; depth (`.npy`/`.png`/`.pfm`) optional."""
-    blur, sharp = list_images(blur_dir), list_images(sharp_dir)
+    blur, sharp = images_by_stem(blur_dir), images_by_stem(sharp_dir)
     recs = []
     for stem in sorted(set(blur) | set(sharp)):
         if stem not in sharp:
@@ -58,7 +53,7 @@ def match_folders(blur_dir: str, sharp_dir: str, prefix: str, bad: list[str], *,
             continue
         depth = None
         if depth_dir is not None:
-            cands = [os.path.join(depth_dir, stem + e) for e in io.DEPTH_EXTS]
+            cands = [os.path.join(depth_dir, stem + e) for e in image_io.DEPTH_EXTS]
             depth = next((c for c in cands if os.path.isfile(c)), None)
             if depth is None:
                 _report(f"{blur[stem]}: no depth map {stem}.npy/.png/.pfm in {depth_dir}",
@@ -76,18 +71,18 @@ def read_pair_list(list_path: str, roots: Sequence[str], bad: list[str], *, skip
     Relative paths resolve against the first of `roots` under which the first entry exists.
     """
     if not os.path.isfile(list_path):
-        raise io.DataError(f"{list_path}: list file not found")
+        raise DataError(f"{list_path}: list file not found")
     with open(list_path) as f:
         rows = [ln.split() for ln in f if ln.strip() and not ln.startswith("#")]
     if not rows:
-        raise io.DataError(f"{list_path}: list file is empty")
+        raise DataError(f"{list_path}: list file is empty")
     for i, r in enumerate(rows):
         if len(r) < 2:
-            raise io.DataError(f"{list_path}:{i + 1}: expected 'sharp_path blur_path', got {r}")
+            raise DataError(f"{list_path}:{i + 1}: expected 'sharp_path blur_path', got {r}")
     first = rows[0][0] if sharp_first else rows[0][1]
     base = next((b for b in roots if os.path.isfile(os.path.join(b, first))), None)
     if base is None:
-        raise io.DataError(f"{list_path}: first entry {first} not found under any of {list(roots)}")
+        raise DataError(f"{list_path}: first entry {first} not found under any of {list(roots)}")
     recs = []
     for r in rows:
         s, b = (r[0], r[1]) if sharp_first else (r[1], r[0])
@@ -103,7 +98,7 @@ def read_pair_list(list_path: str, roots: Sequence[str], bad: list[str], *, skip
 def require(recs: list[PairRecord], root: str, expected: str) -> list[PairRecord]:
     """Raises when a listing found nothing, naming the root and the layout that was expected."""
     if not recs:
-        raise io.DataError(f"{root}: no image pairs found; expected layout {expected}")
+        raise DataError(f"{root}: no image pairs found; expected layout {expected}")
     return recs
 
 
@@ -137,17 +132,18 @@ class PairedSource:
         return f"PairedSource({self.dataset}, {len(self)} examples)"
 
     def read(self, rec: PairRecord) -> dict[str, Any]:
-        """Reads and validates one record; raises io.DataError naming the file."""
+        """Reads and validates one record; raises DataError naming the file."""
         kw = {"allow_gray": self.allow_gray, "raw": self.raw}
-        out = {"blur": io.read_image(rec.blur, **kw), "sharp": io.read_image(rec.sharp, **kw)}
+        out = {"blur": image_io.read_image(rec.blur, **kw),
+               "sharp": image_io.read_image(rec.sharp, **kw)}
         paths = [rec.blur, rec.sharp]
         if rec.depth is not None:
-            out["depth"] = io.read_depth(rec.depth)[:, :, None]
+            out["depth"] = image_io.read_depth(rec.depth)[:, :, None]
             paths.append(rec.depth)
         if rec.mask is not None:
-            out["mask"] = io.read_mask(rec.mask)[:, :, None]
+            out["mask"] = image_io.read_mask(rec.mask)[:, :, None]
             paths.append(rec.mask)
-        io.check_same_size(list(out.values()), paths)
+        image_io.check_same_size(list(out.values()), paths)
         out["name"] = rec.name
         return out
 
@@ -158,14 +154,10 @@ class PairedSource:
             rec = self.records[(index + k) % n]
             try:
                 return self.read(rec)
-            except io.DataError as e:
+            except DataError as e:
                 if not self.skip_bad:
                     raise
                 self.num_bad += 1
                 warnings.warn(f"{self.dataset}: skipped bad example: {e}", stacklevel=2)
-        raise io.DataError(f"{self.dataset}: every example is unreadable")
+        raise DataError(f"{self.dataset}: every example is unreadable")
 
-
-def stack_names(batch: np.ndarray) -> list[str]:
-    """Turns a batched `name` field back into a list of str."""
-    return [str(x) for x in np.asarray(batch).reshape(-1)]

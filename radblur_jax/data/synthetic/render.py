@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic_scene import (Layer, blend_over, composite_static, depth_map,
+from radblur_jax.data.synthetic.scene import (Layer, blend_over, composite_static, depth_map,
                                               linear_to_srgb, make_scene)
 
-TRAJECTORY_COLUMNS = ("tx", "ty", "px", "py", "roll")
 _DENSE_STEPS = 64
 
 
@@ -84,6 +81,23 @@ class SyntheticParams:
         if not 0 < self.depth_range[0] <= self.depth_range[1]:
             raise ValueError(f"SyntheticParams.depth_range: expected 0 < near <= far, got "
                              f"{self.depth_range}")
+        if not 0 < self.radius_range[0] <= self.radius_range[1]:
+            raise ValueError(f"SyntheticParams.radius_range: expected 0 < low <= high, got "
+                             f"{self.radius_range}")
+        if not 0 < self.saturation_gain[0] <= self.saturation_gain[1]:
+            raise ValueError(f"SyntheticParams.saturation_gain: expected 0 < low <= high, got "
+                             f"{self.saturation_gain}")
+        rules = {"num_layers": (0, None), "num_subframes": (0, None), "max_lights": (0, None),
+                 "max_subframes": (1, None), "max_step_px": (1e-6, None),
+                 "max_shift": (0, None), "pan_shift": (0, None), "max_rotation_deg": (0, None),
+                 "shot_noise": (0, None), "read_noise": (0, None), "min_motion": (0, 1),
+                 "inertia": (0, 1), "noise_prob": (0, 1), "saturation_prob": (0, 1),
+                 "saturation_threshold": (0, 1)}
+        for name, (low, high) in rules.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ValueError(f"SyntheticParams.{name}: expected {bound}, got {value}")
         # Tuples survive a JSON round trip (manifest) as lists: normalise back.
         for name in ("depth_range", "radius_range", "saturation_gain"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -208,7 +222,8 @@ def _margin(trajectory: np.ndarray, height: int, width: int) -> int:
 
 def add_noise(rng: np.random.Generator, linear: np.ndarray, shot_gain: float,
               read_sigma: float) -> np.ndarray:
-    """Poisson (variance ``shot_gain * x``) plus Gaussian noise on linear light, clipped to [0, 1]."""
+    """Poisson (variance ``shot_gain * x``) plus Gaussian noise on linear light, clipped to
+    [0, 1]."""
     out = linear.astype(np.float64)
     if shot_gain > 0:
         out = rng.poisson(out / shot_gain) * shot_gain
@@ -248,12 +263,3 @@ def render_pair(rng: np.random.Generator | int | np.random.SeedSequence,
         "trajectory": trajectory,
     }
 
-
-def ensure_default_synthetic(root: str | os.PathLike | None = None) -> Path:
-    """Path of the embedded default set (64 train / 16 test at 256x256), generated on first use.
-
-    See ``synthetic_writer.ensure_default_synthetic``.
-    """
-    from radblur_jax.data import synthetic_writer  # the writer imports this module
-
-    return synthetic_writer.ensure_default_synthetic(root)

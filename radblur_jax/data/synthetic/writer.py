@@ -11,18 +11,24 @@ frames of a scene are independent pairs):
 ``NNNNNN`` is the pair's index within its split. Pair ``index`` of ``split`` is rendered from
 ``SeedSequence(seed, spawn_key=(SPLIT_IDS[split], index))``, so the bytes depend on the seed
 only, not on the number of workers. A dataset is generated in a temporary folder beside ``ROOT``
-and renamed into place at the end.
+and renamed into place at the end: an error or a crash never leaves a partial ``ROOT``.
+
+Rendering runs in this process unless ``workers > 1``; then the pairs are split between that many
+fresh interpreters running ``radblur_jax.data.synthetic.worker`` (not multiprocessing: nothing
+re-imports the caller's ``__main__``, so any caller works, a script without a ``__main__``
+guard or ``python -`` included).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic import SyntheticParams, render_pair
-from radblur_jax.data.synthetic_textures import texture_source
+from radblur_jax.data.synthetic.render import SyntheticParams, render_pair
+from radblur_jax.data.synthetic.textures import texture_source
 
 FORMAT = "radblur_jax.synthetic"
 VERSION = 1
@@ -42,7 +48,7 @@ LAYOUT = {
     "sharp": "{split}/scene_{scene:03d}/sharp/{index:06d}.png",
     "depth": "{split}/scene_{scene:03d}/depth/{index:06d}.npy",
 }
-# The embedded default set (what the training demo uses when no dataset is given).
+# The embedded default set (`ensure_default_synthetic` generates it on first use).
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, DEFAULT_SIZE, DEFAULT_SEED = 64, 16, 256, 0
 DEFAULT_FRAMES_PER_SCENE = 8
 
@@ -94,9 +100,9 @@ def _to_u8(rgb: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _write_pair(job: tuple) -> int:
-    """Render and write one pair; returns the bytes written."""
-    tmp_root, split, index, seed, params, frames_per_scene = job
+def write_pair(tmp_root: str | os.PathLike, split: str, index: int, seed: int,
+               params: SyntheticParams, frames_per_scene: int) -> int:
+    """Render pair ``index`` of ``split`` and write it under ``tmp_root``; returns bytes written."""
     pair = render_pair(pair_seed(seed, split, index), params)
     written = 0
     for key, rel in pair_paths(split, index, frames_per_scene).items():
@@ -112,8 +118,37 @@ def _write_pair(job: tuple) -> int:
     return written
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
+def _run_workers(jobs: list[tuple[str, int]], workers: int, spec: dict) -> int:
+    """Render ``jobs`` (``(split, index)``) in ``workers`` worker interpreters; total bytes."""
+    package_parent = str(Path(__file__).resolve().parents[3])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    procs = []
+    try:
+        for k in range(workers):
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            proc = subprocess.Popen([sys.executable, "-m", "radblur_jax.data.synthetic.worker"],
+                                    env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                    text=True)
+            procs.append((proc, out, err))
+            proc.stdin.write(json.dumps({**spec, "jobs": jobs[k::workers]}))
+            proc.stdin.close()
+        total = 0
+        for k, (proc, out, err) in enumerate(procs):
+            if proc.wait() != 0:
+                err.seek(0)
+                last = (err.read().strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"synthetic worker {k} exited with {proc.returncode}: {last}")
+            out.seek(0)
+            total += int(out.read().split()[-1])
+        return total
+    finally:
+        for proc, out, err in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+            err.close()
 
 
 def _check_target(root: Path, overwrite: bool) -> None:
@@ -134,30 +169,31 @@ def write_dataset(root: str | os.PathLike, num_train: int, num_test: int,
     """Generate a dataset at ``root`` (atomically) and return a summary.
 
     Refuses an existing ``root`` unless ``overwrite`` (and then only one that is a synthetic
-    dataset or empty). ``workers > 1`` renders in that many spawned processes; the bytes are the
-    same either way. Summary keys: ``root``, ``manifest``, ``seconds``, ``pairs_per_s``, ``bytes``.
+    dataset or empty). ``workers > 1`` renders in that many worker interpreters (see the module
+    docstring); the bytes are the same either way. Summary keys: ``root``, ``manifest``,
+    ``seconds``, ``pairs_per_s``, ``bytes``.
     """
     root = Path(root).expanduser().absolute()
-    if frames_per_scene < 1 or num_train < 0 or num_test < 0:
-        raise ValueError("write_dataset: counts must be >= 0 and frames_per_scene >= 1")
+    if frames_per_scene < 1 or num_train < 0 or num_test < 0 or workers < 1:
+        raise ValueError("write_dataset: counts must be >= 0, frames_per_scene and workers >= 1")
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     manifest = build_manifest(num_train, num_test, params, seed, frames_per_scene)
-    jobs = [(str(tmp), split, i, seed, params, frames_per_scene)
-            for split, n in (("train", num_train), ("test", num_test)) for i in range(n)]
+    jobs = [(split, i) for split, n in (("train", num_train), ("test", num_test))
+            for i in range(n)]
     start = time.perf_counter()
     try:
         tmp.mkdir()
         for split in SPLIT_IDS:
             (tmp / split).mkdir()
         if workers > 1 and len(jobs) > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                        initializer=_init_worker) as pool:
-                total = sum(pool.map(_write_pair, jobs, chunksize=4))
+            spec = {"tmp_root": str(tmp), "seed": int(seed), "frames_per_scene": frames_per_scene,
+                    "params": dataclasses.asdict(params)}
+            total = _run_workers(jobs, min(workers, len(jobs)), spec)
         else:
-            total = sum(map(_write_pair, jobs))
+            total = sum(write_pair(tmp, split, i, seed, params, frames_per_scene)
+                        for split, i in jobs)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _publish(tmp, root, overwrite)
     except BaseException:
@@ -199,24 +235,28 @@ def default_params() -> SyntheticParams:
     return SyntheticParams(height=DEFAULT_SIZE, width=DEFAULT_SIZE)
 
 
-def ensure_default_synthetic(root: str | os.PathLike | None = None,
-                             workers: int | None = None) -> Path:
+def ensure_default_synthetic(root: str | os.PathLike | None = None, *, workers: int = 1,
+                             num_train: int | None = None, num_test: int | None = None,
+                             size: int | None = None) -> Path:
     """Path of the default synthetic set, generating it on first use.
 
-    64 train / 16 test pairs at 256x256, seed 0, 8 frames per scene, at ``root`` (default
-    ``default_root()``). An existing set is reused when its manifest matches; a synthetic set
-    with another manifest (older version, other settings) is regenerated; any other folder there
-    is an error. Takes about 20 s on one core.
+    64 train / 16 test pairs at 256x256 (``num_train``/``num_test``/``size`` change that, e.g.
+    for a quick test), seed 0, 8 frames per scene, at ``root`` (default ``default_root()``).
+    Rendered in this process unless ``workers > 1``. An existing set is reused when its manifest
+    matches; a synthetic set with another manifest (older version, other settings) is
+    regenerated; any other folder there is an error. Written to a temporary folder and renamed
+    into place, so a crash leaves no partial set.
     """
     root = Path(root).expanduser() if root is not None else default_root()
-    expected = build_manifest(DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, default_params(),
-                              DEFAULT_SEED, DEFAULT_FRAMES_PER_SCENE)
+    num_train = DEFAULT_NUM_TRAIN if num_train is None else num_train
+    num_test = DEFAULT_NUM_TEST if num_test is None else num_test
+    params = default_params() if size is None else SyntheticParams(height=size, width=size)
+    expected = build_manifest(num_train, num_test, params, DEFAULT_SEED, DEFAULT_FRAMES_PER_SCENE)
     if read_manifest(root) == expected:
         return root
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     try:
-        write_dataset(root, DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, default_params(), DEFAULT_SEED,
-                      DEFAULT_FRAMES_PER_SCENE, workers=workers, overwrite=root.exists())
+        write_dataset(root, num_train, num_test, params, DEFAULT_SEED, DEFAULT_FRAMES_PER_SCENE,
+                      workers=workers, overwrite=root.exists())
     except FileExistsError:
         if read_manifest(root) != expected:  # not a concurrent writer finishing first
             raise

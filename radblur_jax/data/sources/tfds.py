@@ -2,8 +2,8 @@
 
 NYU Depth v2 is not downloaded on the fly; prepare it once where the network allows:
 `python -m radblur_jax.data.tfds_builders nyu_depth_v2 --data_dir DIR` (ArrayRecord), then
-point `nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders (`tfds_builders.py`: GoPro and
-the synthetic set) are read with `tfds_paired`.
+point `nyu_depth_v2(data_dir=DIR)` at DIR. The project's own builders
+(`radblur_jax/data/tfds_builders.py`: GoPro and the synthetic set) are read with `tfds_paired`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from radblur_jax.data import io
-from radblur_jax.data.sources_depth import _depth_fields
-
-
-def _to_unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    if x.dtype == np.uint16:
-        return x.astype(np.float32) / 65535.0
-    return x.astype(np.float32)
+from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
+from radblur_jax.data.sources.depth import depth_fields
 
 
 def _name(x: Any, index: int) -> str:
@@ -47,11 +39,11 @@ def open_tfds(name: str, split: str, data_dir: str | None) -> Any:
             f"--data_dir {base} [--manual_dir DIR]` (manual downloads: see the builder's "
             "instructions) or pass data_dir=")
     if not infos:
-        raise io.DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
+        raise DataError(f"{base}: TFDS dataset {name!r} not found; {hint}")
     try:
         return tfds.data_source(name, split=split, data_dir=base, download=False)
     except Exception as e:  # tfds raises several unrelated types here
-        raise io.DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
+        raise DataError(f"{base}: cannot open TFDS dataset {name!r} split {split!r}: {e}; "
                            f"{hint}") from e
 
 
@@ -71,8 +63,8 @@ class TfdsDepthSource:
         depth = np.asarray(ex["depth"], np.float32)
         if depth.ndim == 3:
             depth = depth[:, :, 0]
-        return {"image": _to_unit(ex["image"]), **_depth_fields(depth, self.depth_scale),
-                "name": str(int(index))}
+        image = image_io.to_unit(np.asarray(ex["image"]))
+        return {"image": image, **depth_fields(depth, self.depth_scale), "name": str(int(index))}
 
 
 def nyu_depth_v2(split: str = "train", data_dir: str | None = None) -> TfdsDepthSource:
@@ -94,7 +86,7 @@ class TfdsPairedSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.source[int(index)]
-        conv = np.asarray if self.raw else _to_unit
+        conv = np.asarray if self.raw else (lambda x: image_io.to_unit(np.asarray(x)))
         out = {"blur": conv(ex["blur"]), "sharp": conv(ex["sharp"])}
         if "depth" in ex:
             d = np.asarray(ex["depth"], np.float32)

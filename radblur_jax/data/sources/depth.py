@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from radblur_jax.data import io
-from radblur_jax.data.records import list_images
+from radblur_jax.data import image_io
+from radblur_jax.data.image_io import DataError
+from radblur_jax.data.sources import deblur
+from radblur_jax.data.sources.paired import images_by_stem
 
 
-def _depth_fields(depth: np.ndarray, scale: float) -> dict[str, np.ndarray]:
+def depth_fields(depth: np.ndarray, scale: float) -> dict[str, np.ndarray]:
+    """`depth (H, W)` in the file's unit -> `depth (H, W, 1)` times `scale` (invalid pixels 0)
+    and `valid (H, W, 1)` float32 (1 where depth is finite and > 0)."""
     depth = np.asarray(depth, np.float32)
     valid = np.isfinite(depth) & (depth > 0)
     depth = np.where(valid, depth * scale, 0.0).astype(np.float32)
@@ -35,13 +39,13 @@ class DepthFolderSource:
                  depth_scale: float = 1.0, skip_bad: bool = False):
         root = os.path.expanduser(str(root))
         if not os.path.isdir(root):
-            raise io.DataError(f"{root}: depth_folder root directory not found")
-        images = list_images(os.path.join(root, image_dir))
+            raise DataError(f"{root}: depth_folder root directory not found")
+        images = images_by_stem(os.path.join(root, image_dir))
         ddir = os.path.join(root, depth_dir)
         if not os.path.isdir(ddir):
-            raise io.DataError(f"{ddir}: directory not found")
+            raise DataError(f"{ddir}: directory not found")
         depths = {os.path.splitext(f)[0]: os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
-                  if f.lower().endswith(io.DEPTH_EXTS)}
+                  if f.lower().endswith(image_io.DEPTH_EXTS)}
         self.items: list[tuple[str, str, str]] = []
         self.num_bad = 0
         for stem in sorted(set(images) | set(depths)):
@@ -51,11 +55,11 @@ class DepthFolderSource:
             have = images.get(stem) or depths[stem]
             msg = f"{have}: no {'depth map' if stem in images else 'image'} counterpart for {stem}"
             if not skip_bad:
-                raise io.DataError(msg)
+                raise DataError(msg)
             self.num_bad += 1
             warnings.warn(f"depth_folder: skipped: {msg}", stacklevel=2)
         if not self.items:
-            raise io.DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
+            raise DataError(f"{root}: no image/depth pairs found; expected {image_dir}/ + "
                                f"{depth_dir}/ with matching file stems")
         self.depth_scale = depth_scale
 
@@ -64,22 +68,21 @@ class DepthFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         img_path, depth_path, name = self.items[int(index)]
-        image, depth = io.read_image(img_path), io.read_depth(depth_path)
-        io.check_same_size([image, depth], [img_path, depth_path])
-        return {"image": image, **_depth_fields(depth, self.depth_scale), "name": name}
+        image, depth = image_io.read_image(img_path), image_io.read_depth(depth_path)
+        image_io.check_same_size([image, depth], [img_path, depth_path])
+        return {"image": image, **depth_fields(depth, self.depth_scale), "name": name}
 
 
 class SyntheticDepthSource:
     """The built-in synthetic set as RGB-D: the sharp frame and its depth map."""
 
     def __init__(self, root: str, split: str = "train", *, skip_bad: bool = False):
-        from radblur_jax.data import sources_deblur  # pylint: disable=import-outside-toplevel
-        self.pairs = sources_deblur.synthetic(root, split, with_depth=True, skip_bad=skip_bad)
+        self.pairs = deblur.synthetic(root, split, with_depth=True, skip_bad=skip_bad)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.pairs[index]
-        return {"image": ex["sharp"], **_depth_fields(ex["depth"][:, :, 0], 1.0),
+        return {"image": ex["sharp"], **depth_fields(ex["depth"][:, :, 0], 1.0),
                 "name": ex["name"]}

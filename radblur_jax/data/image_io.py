@@ -1,19 +1,19 @@
 """Image and depth reading with validation: every error names the file.
 
-Policy (tested in tests/test_data_io.py):
+Policy (tested in tests/test_data_image_io.py):
 - Decoding is cv2 `IMREAD_UNCHANGED`, BGR(A) -> RGB(A).
 - 8-bit images scale by 255, 16-bit by 65535: `(H, W, 3) float32 in [0, 1]`.
 - Grayscale is an error unless the caller passes `allow_gray=True` (then it is repeated to
   3 channels); only `paired_folder` exposes that option.
 - RGBA: the alpha channel is dropped when fully opaque; any transparent pixel is an error (a
   composited image would not match its counterpart), unless `drop_alpha=True` (user photos).
-- Depth maps: `.npy` (float, any unit), 16-bit PNG (raw integer values, no scaling), `.pfm`.
+- Depth maps: `.npy` (float, any unit), 16-bit PNG (raw integer values, no scaling), `.pfm`
+  (grayscale float32, decoded by OpenCV; top row first).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Sequence
 
 import cv2
@@ -28,7 +28,20 @@ class DataError(ValueError):
 
 
 def is_image(name: str) -> bool:
+    """True when `name` ends in one of `IMAGE_EXTS` (any case)."""
     return name.lower().endswith(IMAGE_EXTS)
+
+
+def list_images(path: str | os.PathLike) -> list[str]:
+    """`[path]` for an image file, or the images (by suffix) directly inside a directory, sorted
+    by name (possibly none). Raises DataError when `path` does not exist."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, f) for f in os.listdir(path)
+                      if is_image(f) and os.path.isfile(os.path.join(path, f)))
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file or directory")
+    return [path]
 
 
 def _decode(path: str) -> np.ndarray:
@@ -42,11 +55,7 @@ def _decode(path: str) -> np.ndarray:
 
 
 def to_unit(img: np.ndarray, path: str = "<array>") -> np.ndarray:
-    """uint8 / 255, uint16 / 65535, float as float32."""
-    return _to_unit(img, path)
-
-
-def _to_unit(img: np.ndarray, path: str) -> np.ndarray:
+    """uint8 / 255, uint16 / 65535, float as float32; other types are an error naming `path`."""
     if img.dtype == np.uint8:
         return img.astype(np.float32) / 255.0
     if img.dtype == np.uint16:
@@ -86,7 +95,7 @@ def read_image(path: str, *, allow_gray: bool = False, drop_alpha: bool = False,
         raise DataError(f"{path}: {img.shape[2]} channels, expected 3")
     if raw and img.dtype in (np.uint8, np.uint16):
         return img
-    return _to_unit(img, path)
+    return to_unit(img, path)
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -94,38 +103,7 @@ def read_mask(path: str) -> np.ndarray:
     img = _decode(path)
     if img.ndim == 3:
         img = img[:, :, 0]
-    return _to_unit(img, path)
-
-
-def read_pfm(path: str) -> np.ndarray:
-    """Reads a PFM file (`Pf` grayscale or `PF` colour) as float32, top row first."""
-    with open(path, "rb") as f:
-        header = f.readline().decode("latin-1").strip()
-        if header not in ("PF", "Pf"):
-            raise DataError(f"{path}: not a PFM file (header {header!r})")
-        dims = f.readline().decode("latin-1")
-        while dims.startswith("#"):
-            dims = f.readline().decode("latin-1")
-        m = re.match(r"^\s*(\d+)\s+(\d+)\s*$", dims)
-        if not m:
-            raise DataError(f"{path}: malformed PFM size line {dims!r}")
-        w, h = int(m.group(1)), int(m.group(2))
-        scale = float(f.readline().decode("latin-1").strip())
-        dtype = "<f4" if scale < 0 else ">f4"
-        c = 3 if header == "PF" else 1
-        data = np.frombuffer(f.read(), dtype=dtype)
-    if data.size != w * h * c:
-        raise DataError(f"{path}: PFM holds {data.size} values, expected {w * h * c}")
-    shape = (h, w, c) if c == 3 else (h, w)
-    return np.flipud(data.reshape(shape)).astype(np.float32)
-
-
-def write_pfm(path: str, arr: np.ndarray) -> None:
-    """Writes a `(H, W)` float array as little-endian PFM (tests and tools)."""
-    arr = np.asarray(arr, np.float32)
-    with open(path, "wb") as f:
-        f.write(b"Pf\n%d %d\n-1.0\n" % (arr.shape[1], arr.shape[0]))
-        f.write(np.flipud(arr).astype("<f4").tobytes())
+    return to_unit(img, path)
 
 
 def read_depth(path: str) -> np.ndarray:
@@ -142,7 +120,9 @@ def read_depth(path: str) -> np.ndarray:
         except (ValueError, OSError) as e:
             raise DataError(f"{path}: cannot load depth .npy ({e})") from e
     elif ext == ".pfm":
-        d = read_pfm(path)
+        d = _decode(path)
+        if d.ndim != 2:
+            raise DataError(f"{path}: colour PFM, expected a grayscale (Pf) depth map")
     elif ext == ".png":
         d = _decode(path)
         if d.dtype != np.uint16:

@@ -5,37 +5,44 @@ dataset function's keyword arguments (e.g. `blur_dir`, `jpeg`, `variant`, `subse
 `with_mask`, `list_file`, `skip_bad`). `format="tfds"` reads the project's TFDS builds
 (`gopro`, `synthetic`) from `data_dir`. `raw=True` keeps integer images until after cropping
 (faster training; the pipeline converts to float32).
+
+Modules: `paired` (file records, listing helpers, `PairedSource`), `deblur` (one function per
+deblurring layout), `depth` (RGB-D folders; the synthetic set as RGB-D), `tfds` (TFDS ArrayRecord
+builds, NYU Depth v2).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from radblur_jax.data import sources_deblur, sources_depth, sources_tfds
+from radblur_jax.data.sources import deblur, depth, tfds
 
-NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "paired_folder",
-         "synthetic", "synthetic_depth", "nyu_depth_v2", "depth_folder")
+# Blurred/sharp pairs (`blur`, `sharp`, ...) and RGB-D examples (`image`, `depth`, `valid`).
+DEBLUR_NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "paired_folder",
+                "synthetic")
+DEPTH_NAMES = ("synthetic_depth", "nyu_depth_v2", "depth_folder")
+NAMES = DEBLUR_NAMES + DEPTH_NAMES
 
 _DEFAULT_SPLIT = {"hide": "test", "nyu_depth_v2": "train"}
 
 _BUILDERS: dict[str, Callable[..., Any]] = {
-    "gopro": sources_deblur.gopro,
-    "hide": sources_deblur.hide,
-    "reds": sources_deblur.reds,
-    "rsblur": sources_deblur.rsblur,
-    "realblur_j": lambda root, split, **kw: sources_deblur.realblur(root, "J", split, **kw),
-    "realblur_r": lambda root, split, **kw: sources_deblur.realblur(root, "R", split, **kw),
-    "paired_folder": lambda root, split, **kw: sources_deblur.paired_folder(root, **kw),
-    "synthetic": sources_deblur.synthetic,
-    "synthetic_depth": sources_depth.SyntheticDepthSource,
-    "depth_folder": lambda root, split, **kw: sources_depth.DepthFolderSource(root, **kw),
+    "gopro": deblur.gopro,
+    "hide": deblur.hide,
+    "reds": deblur.reds,
+    "rsblur": deblur.rsblur,
+    "realblur_j": lambda root, split, **kw: deblur.realblur(root, "J", split, **kw),
+    "realblur_r": lambda root, split, **kw: deblur.realblur(root, "R", split, **kw),
+    "paired_folder": lambda root, split, **kw: deblur.paired_folder(root, **kw),
+    "synthetic": deblur.synthetic,
+    "synthetic_depth": depth.SyntheticDepthSource,
+    "depth_folder": lambda root, split, **kw: depth.DepthFolderSource(root, **kw),
 }
 
 _TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
 
 
 def make_source(config: Mapping[str, Any] | Any) -> Any:
-    """Returns a source with `__len__`/`__getitem__` yielding example dicts (see sources_*.py)."""
+    """A source with `__len__`/`__getitem__` yielding example dicts (see this package's modules)."""
     cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     name = cfg.pop("name")
     if name not in NAMES:
@@ -44,11 +51,11 @@ def make_source(config: Mapping[str, Any] | Any) -> Any:
     fmt = cfg.pop("format", "files")
     raw = cfg.pop("raw", False)
     if name == "nyu_depth_v2":
-        return sources_tfds.nyu_depth_v2(split, cfg.pop("data_dir", cfg.pop("root", None)))
+        return tfds.nyu_depth_v2(split, cfg.pop("data_dir", cfg.pop("root", None)))
     if fmt == "tfds":
         if name not in _TFDS_NAMES:
             raise ValueError(f"format='tfds' is available for {tuple(_TFDS_NAMES)}, not {name!r}")
-        source = sources_tfds.tfds_paired(_TFDS_NAMES[name], split,
+        source = tfds.tfds_paired(_TFDS_NAMES[name], split,
                                           cfg.pop("data_dir", cfg.pop("root", None)))
         source.raw = raw
         return source

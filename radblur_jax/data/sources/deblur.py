@@ -1,6 +1,6 @@
 """Paired deblurring sources, one function per dataset layout (see docs/datasets.md).
 
-Every function returns a `records.PairedSource`; examples are dicts with `blur`, `sharp`
+Every function returns a `paired.PairedSource`; examples are dicts with `blur`, `sharp`
 `(H, W, 3) float32 in [0, 1]` (plus `depth`/`mask` where the dataset has them) and `name`.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 import glob
 import os
 
-from radblur_jax.data import io
-from radblur_jax.data.records import (PairedSource, PairRecord, list_images, match_folders,
-                                      read_pair_list, require)
+from radblur_jax.data.image_io import DataError
+from radblur_jax.data.sources.paired import (PairedSource, PairRecord, images_by_stem,
+                                             match_folders, read_pair_list, require)
 
 
 def _check_root(root: str, dataset: str) -> str:
     root = os.path.expanduser(str(root))
     if not os.path.isdir(root):
-        raise io.DataError(f"{root}: {dataset} root directory not found")
+        raise DataError(f"{root}: {dataset} root directory not found")
     return root
 
 
@@ -75,16 +75,16 @@ def hide(root: str, split: str = "test", *, skip_bad: bool = False) -> PairedSou
     else:
         gt_dir, blur_root = os.path.join(root, "GT"), os.path.join(root, split)
         if not (os.path.isdir(gt_dir) and os.path.isdir(blur_root)):
-            raise io.DataError(f"{root}: not a HIDE root; expected {split}/{{input,target}}/ or "
+            raise DataError(f"{root}: not a HIDE root; expected {split}/{{input,target}}/ or "
                                f"{split}/ plus GT/")
-        gt = list_images(gt_dir)
+        gt = images_by_stem(gt_dir)
         recs = []
         for sub in [""] + _subdirs(blur_root):
-            for stem, path in list_images(os.path.join(blur_root, sub)).items():
+            for stem, path in images_by_stem(os.path.join(blur_root, sub)).items():
                 if stem not in gt:
                     msg = f"{path}: no sharp counterpart {stem}.* in {gt_dir}"
                     if not skip_bad:
-                        raise io.DataError(msg)
+                        raise DataError(msg)
                     bad.append(msg)
                     continue
                 recs.append(PairRecord(path, gt[stem], os.path.join(sub, os.path.basename(path))))
@@ -105,7 +105,7 @@ def reds(root: str, split: str = "train", *, jpeg: bool = False,
     base = next((b for b in (root, os.path.join(root, part))
                  if os.path.isdir(os.path.join(b, blur_name))), None)
     if base is None:
-        raise io.DataError(f"{root}: no {blur_name}/ directory (nor {part}/{blur_name}/)")
+        raise DataError(f"{root}: no {blur_name}/ directory (nor {part}/{blur_name}/)")
     bad: list[str] = []
     recs = []
     for seq in _subdirs(os.path.join(base, blur_name)):
@@ -125,7 +125,7 @@ def _find_list(root: str, name: str, list_dir: str | None) -> str:
     for d in dirs:
         if os.path.isfile(os.path.join(d, name)):
             return os.path.join(d, name)
-    raise io.DataError(f"{root}: list file {name} not found in {dirs}")
+    raise DataError(f"{root}: list file {name} not found in {dirs}")
 
 
 def realblur(root: str, variant: str = "J", split: str = "train", *,
@@ -177,7 +177,7 @@ def rsblur(root: str, split: str = "train", *, variant: str = "real", subset: st
             if not masks:
                 msg = f"{pair_dir}/avg65_mask_100/: no saturation mask for {r.blur}"
                 if not skip_bad:
-                    raise io.DataError(msg)
+                    raise DataError(msg)
                 bad.append(msg)
                 continue
             out.append(PairRecord(r.blur, r.sharp, r.name, mask=masks[0]))
