@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from radblur_jax.data.io import IMAGE_EXTS
+from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images
 
 _ORIENTATION_TAG = 0x0112
 
@@ -44,15 +44,13 @@ class Photo:
 
 def list_inputs(path: str) -> list[str]:
     """An image file, or the images (by suffix) directly inside a directory, sorted."""
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTS))
-        if not files:
-            raise PhotoError(f"{path}: no images ({', '.join(IMAGE_EXTS)})")
-        return files
-    if not os.path.isfile(path):
-        raise PhotoError(f"{path}: no such file or directory")
-    return [path]
+    try:
+        files = list_images(path)
+    except DataError as e:
+        raise PhotoError(str(e)) from None
+    if not files:
+        raise PhotoError(f"{path}: no images ({', '.join(IMAGE_EXTS)})")
+    return files
 
 
 def exif_orientation(path: str) -> int:

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from radblur_jax.data.synthetic import SyntheticParams
-from radblur_jax.data.synthetic_writer import write_dataset
+from radblur_jax.data.synthetic import SyntheticParams, write_dataset
 from radblur_jax.eval import metrics, runner
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))

@@ -109,14 +109,16 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> Re
             return out.restored[-1]
 
         restored = jax.lax.map(run, chunks).reshape(n + pad, b, th, tw, 3)[:n]
-        weight = jnp.asarray(np.outer(blend_ramp(th, options.overlap if len(ys) > 1 else 0),
-                                      blend_ramp(tw, options.overlap if len(xs) > 1 else 0)))
+        weight = np.outer(blend_ramp(th, options.overlap if len(ys) > 1 else 0),
+                          blend_ramp(tw, options.overlap if len(xs) > 1 else 0))
+        norm = np.zeros((h, w), np.float32)  # static: built on the host, not constant-folded
+        for y, x0 in boxes:
+            norm[y:y + th, x0:x0 + tw] += weight
         acc = jnp.zeros((b, h, w, 3), jnp.float32)
-        norm = jnp.zeros((h, w), jnp.float32)
+        w_dev = jnp.asarray(weight)[None, :, :, None]
         for i, (y, x0) in enumerate(boxes):
-            acc = acc.at[:, y:y + th, x0:x0 + tw].add(restored[i] * weight[None, :, :, None])
-            norm = norm.at[y:y + th, x0:x0 + tw].add(weight)
-        return acc / norm[None, :, :, None], depth_resized(params, x)
+            acc = acc.at[:, y:y + th, x0:x0 + tw].add(restored[i] * w_dev)
+        return acc / jnp.asarray(norm)[None, :, :, None], depth_resized(params, x)
 
     def single(params, x):
         h, w = x.shape[1:3]

@@ -63,7 +63,7 @@ def _saturated_names(spec: dict) -> set[str] | None:
     """RSBlur: names in the official saturation test list (None when not available)."""
     if spec.get("name") != "rsblur" or spec.get("subset", "all") != "all":
         return None
-    from radblur_jax.data.io import DataError
+    from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source
     try:
         sat = make_source({**spec, "subset": "saturation"})

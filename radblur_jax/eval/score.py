@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Sequence
 
-from radblur_jax.data.io import IMAGE_EXTS
+from radblur_jax.data.image_io import IMAGE_EXTS
 
 
 class ScoreError(ValueError):
@@ -85,7 +85,7 @@ def _is_saturated(key: str, names: set[str]) -> bool:
 def score_dirs(pred_dir: str, gt_dir: str, protocol: str, *, ssim_mode: str = "3d",
                saturated: set[str] | None = None) -> list[dict]:
     """One row per matched file: `name`, `psnr`, `ssim` (+ `ecc_ok`, `saturated`)."""
-    from radblur_jax.data.io import DataError, read_image
+    from radblur_jax.data.image_io import DataError, read_image
     from radblur_jax.eval import protocols
 
     rows = []
