@@ -156,7 +156,7 @@ def test_restorer_shards_over_devices():
 
 
 @pytest.mark.slow
-def test_radblur_tiny_windows_and_ensemble_run():
+def test_radblur_tiny_windows_run():
     from radblur_jax.eval.loading import load_random
     loaded = load_random("tiny")
     x = np.random.default_rng(2).random((1, 40, 60, 3)).astype(np.float32)

@@ -76,11 +76,27 @@ def test_gopro_run_per_channel_and_no_images_saved(tmp_path, monkeypatch):
                                                       "summary.json", "summary.md"]
 
 
-def test_bad_protocol_is_an_error(tmp_path):
+def test_bad_config_is_one_usage_error(tmp_path):
+    from absl import app
     cfg = eval_config.get_config("tiny")
     cfg.protocol = "kitti"
-    with pytest.raises(ValueError, match="unknown protocol 'kitti'"):
-        runner.run_evaluation(cfg, str(tmp_path))
+    with pytest.raises(app.UsageError, match="unknown protocol 'kitti'") as e:
+        runner.evaluate(cfg, str(tmp_path))
+    assert e.value.exitcode == 2
+    cfg = eval_config.get_config("tiny")
+    cfg.tile, cfg.overlap = 32, 40
+    with pytest.raises(app.UsageError, match="overlap"):
+        runner.evaluate(cfg, str(tmp_path))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "gopro", "root": str(tmp_path / "missing"), "split": "test"}
+    with pytest.raises(app.UsageError, match="missing"):
+        runner.evaluate(cfg, str(tmp_path))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "synthetic", "root": fakes.make_synthetic(str(tmp_path / "syn")),
+                "split": "test"}
+    cfg.checkpoint = str(tmp_path / "nockpt")
+    with pytest.raises(app.UsageError, match=str(tmp_path / "nockpt")):
+        runner.evaluate(cfg, str(tmp_path))
 
 
 def test_write_rows_keeps_full_precision(tmp_path):

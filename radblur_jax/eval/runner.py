@@ -20,12 +20,18 @@ import jax
 import numpy as np
 from absl import logging
 
+from radblur_jax.data.image_io import DataError
 from radblur_jax.eval import protocols, reports
 from radblur_jax.eval.inference import InferenceOptions, Restorer
-from radblur_jax.eval.loading import LoadedModel, load_checkpoint, load_random
+from radblur_jax.eval.loading import (CheckpointLoadError, LoadedModel, load_checkpoint,
+                                      load_random)
 from radblur_jax.eval.metrics import depth_metrics
 
 _SYNTHETIC = ("synthetic", "synthetic_depth")
+
+
+class ConfigError(ValueError):
+    """An eval config field is invalid; the message names the field."""
 
 
 def resolve_data_spec(spec: Any) -> dict:
@@ -63,7 +69,6 @@ def _saturated_names(spec: dict) -> set[str] | None:
     """RSBlur: names in the official saturation test list (None when not available)."""
     if spec.get("name") != "rsblur" or spec.get("subset", "all") != "all":
         return None
-    from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source
     try:
         sat = make_source({**spec, "subset": "saturation"})
@@ -200,14 +205,20 @@ def run_evaluation(config: Any, workdir: str,
     """Evaluates and writes the reports; returns the summary dict (also in summary.json)."""
     from radblur_jax.data.sources import make_source
 
-    protocols.check_protocol(config.protocol, config.get("ssim_mode", "3d"))
+    try:
+        protocols.check_protocol(config.protocol, config.get("ssim_mode", "3d"))
+        options = inference_options(config)
+        spec = resolve_data_spec(config.data)
+        source = make_source(spec)
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise ConfigError(f"config: {e}") from None
     batch_size = int(config.get("batch_size", 1))
     if batch_size < 1:
-        raise ValueError(f"config.batch_size must be >= 1, got {batch_size}")
-    spec = resolve_data_spec(config.data)
-    source = make_source(spec)
+        raise ConfigError(f"config.batch_size must be >= 1, got {batch_size}")
     loaded = load_model(config, workdir)
-    restorer = Restorer(loaded.model, loaded.params, inference_options(config))
+    restorer = Restorer(loaded.model, loaded.params, options)
     if batch_size % restorer.num_devices:
         log(f"batch_size {batch_size} is not a multiple of the {restorer.num_devices} devices; "
             "batches are padded")
@@ -251,6 +262,12 @@ def run_evaluation(config: Any, workdir: str,
 def evaluate(config: Any, workdir: str) -> None:
     """Entry point for `main.py` (stage "eval"): `run_evaluation`, reports under the workdir.
 
-    Returns None (absl's `app.run` would turn a return value into the exit status).
+    A bad config field, dataset or checkpoint ends in one error line (absl UsageError, exit
+    status 2). Returns None (absl's `app.run` would turn a return value into the exit status).
     """
-    run_evaluation(config, workdir)
+    from absl import app
+
+    try:
+        run_evaluation(config, workdir)
+    except (ConfigError, DataError, CheckpointLoadError) as e:
+        raise app.UsageError(str(e), exitcode=2) from None
