@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
+from radblur_jax.models.configs import radblur_config, radblur_names  # noqa: E402
 from radblur_jax.models.radblur import RADBlur  # noqa: E402
-from radblur_jax.models.radblur_presets import radblur_config, radblur_names  # noqa: E402
 
 
 def count_params(tree) -> int:

@@ -19,8 +19,8 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
+from radblur_jax.models.configs import radblur_config  # noqa: E402
 from radblur_jax.models.radblur import RADBlur  # noqa: E402
-from radblur_jax.models.radblur_presets import radblur_config  # noqa: E402
 from radblur_jax.train.losses import deblur_loss, exit_cross_entropy, exit_labels  # noqa: E402
 
 MiB = 2 ** 20

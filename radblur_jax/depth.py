@@ -4,9 +4,9 @@
     python -m radblur_jax.depth --random-init tiny --input PATH --output OUT_DIR   # smoke test
 
 Writes per image `<stem>.npy` (float32 `(H, W)` relative disparity, larger = nearer) and
-`<stem>.png` (colour-mapped, per image min-max). `--size 518` preprocesses as Depth Anything V2
-does and resizes the prediction back (bilinear, align_corners); `--size native` runs at the image's
-own size, which must be a multiple of 14 on both sides.
+`<stem>.png` (OpenCV's inferno colour map, per image min-max). `--size 518` preprocesses as Depth
+Anything V2 does and resizes the prediction back (bilinear, align_corners); `--size native` runs at
+the image's own size, whose sides must be multiples of the model's patch size (14).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,20 +26,15 @@ import numpy as np
 from radblur_jax import preprocess
 from radblur_jax.atomic_io import write_atomic
 from radblur_jax.data import image_io
+from radblur_jax.models.configs import PATCH_SIZE, dinov2_names, radblur_names
 from radblur_jax.preprocess import ImageError
 
-# Inferno-like colormap: piecewise-linear through these (position, RGB) anchors.
-_ANCHORS = np.array([
-    (0.00, 0, 0, 4), (0.13, 31, 12, 72), (0.25, 87, 16, 110), (0.38, 138, 34, 106),
-    (0.50, 188, 55, 84), (0.63, 228, 90, 49), (0.75, 249, 142, 9), (0.88, 245, 205, 58),
-    (1.00, 252, 255, 164)], dtype=np.float64)
+SIZE_CHOICES = tuple(dict.fromkeys(radblur_names() + dinov2_names()))
 
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """`(n, 3)` uint8 inferno-like lookup table, dark (far) to bright (near)."""
-    t = np.linspace(0.0, 1.0, n)
-    lut = [np.interp(t, _ANCHORS[:, 0], _ANCHORS[:, c]) for c in (1, 2, 3)]
-    return np.round(np.stack(lut, axis=-1)).astype(np.uint8)
+def colormap_lut() -> np.ndarray:
+    """`(256, 3)` uint8 RGB inferno lookup table (OpenCV's), dark (far) to bright (near)."""
+    ramp = np.arange(256, dtype=np.uint8)[:, None]
+    return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)[:, 0, ::-1])
 
 
 def colorize(disparity: np.ndarray) -> np.ndarray:
@@ -46,7 +42,8 @@ def colorize(disparity: np.ndarray) -> np.ndarray:
     d = np.nan_to_num(np.asarray(disparity, np.float64))
     lo, hi = float(d.min()), float(d.max())
     t = (d - lo) / (hi - lo) if hi - lo > 1e-12 * max(1.0, abs(hi)) else np.zeros_like(d)
-    return colormap_lut()[np.clip(np.round(t * 255), 0, 255).astype(np.int64)]
+    gray = np.clip(np.round(t * 255), 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
 
 
 def list_images(path: str) -> list[str]:
@@ -82,16 +79,18 @@ def random_depth_model(preset: str, seed: int = 0) -> tuple[Any, Any]:
     Shapes come from `jax.eval_shape(module.init)`; values are drawn in numpy (kernels
     N(0, 1/fan_in), scales 1, biases/tokens N(0, 0.02)): far faster than compiling `init`.
     """
-    from radblur_jax.models import presets
+    from radblur_jax.models import configs
     from radblur_jax.models.depth_anything import DepthAnything
 
-    module = DepthAnything(presets.encoder_config(preset), presets.dpt_config(preset))
-    x = jax.ShapeDtypeStruct((1, 28, 28, 3), jnp.float32)
+    enc = configs.encoder_config(preset)
+    module = DepthAnything(enc, configs.dpt_config(preset))
+    side = 2 * enc.patch_size
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
-        name, shape = getattr(path[-1], "key", ""), leaf.shape
+        name, shape = path[-1].key, leaf.shape
         if name in ("scale", "gamma"):
             return jnp.ones(shape, jnp.float32)
         std = 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1])))) if name == "kernel" else 0.02
@@ -122,10 +121,33 @@ def resize_to(disparity: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(_resize_back(jnp.asarray(disparity, jnp.float32), height, width))
 
 
+def check_output_dir(out_dir: str) -> None:
+    """ImageError unless `out_dir` is a directory or can be created as one."""
+    probe = os.path.abspath(out_dir)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "exists and is not a directory" if probe == os.path.abspath(out_dir) else (
+            f"cannot be created: {probe} is a file")
+        raise ImageError(f"--output {out_dir}: {what}")
+
+
 def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str], out_dir: str,
-              *, size: str = "518", batch: int = 1, log: Callable[[str], None] = print
-              ) -> list[str]:
-    """Predict and save disparity for each image path; returns the written `.npy` paths."""
+              *, size: str = "518", batch: int = 1, patch_size: int = PATCH_SIZE,
+              log: Callable[[str], None] = print) -> list[str]:
+    """Predict and save disparity for each image path; returns the written `.npy` paths.
+
+    `size`: "native" or a positive multiple of `patch_size` (as a string or int).
+    """
+    size = str(size)
+    if size != "native" and not (size.isdigit() and int(size) > 0
+                                 and int(size) % patch_size == 0):
+        raise ValueError(f"size must be 'native' or a positive multiple of {patch_size}, "
+                         f"got {size!r}")
+    check_output_dir(out_dir)
     stems: dict[str, str] = {}
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -137,9 +159,9 @@ def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str]
     for path in images:
         rgb = preprocess.load_rgb(path)
         if size == "native":
-            x = preprocess.preprocess_native(rgb, source=path)
+            x = preprocess.preprocess_native(rgb, multiple=patch_size, source=path)
         else:
-            x = preprocess.preprocess_da_v2(rgb, target=int(size))
+            x = preprocess.preprocess_da_v2(rgb, target=int(size), multiple=patch_size)
         groups[x.shape].append((path, rgb.shape[:2], x))
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -154,45 +176,67 @@ def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str]
             dt = time.perf_counter() - t0
             for (path, (h, w), _), d in zip(chunk, disp):
                 d = d if size == "native" else resize_to(d, h, w)
-                npy, _ = save_outputs(out_dir, os.path.splitext(os.path.basename(path))[0], d)
+                npy, png = save_outputs(out_dir, os.path.splitext(os.path.basename(path))[0], d)
                 written.append(npy)
                 log(f"{path}: {h}x{w} -> net {shape[0]}x{shape[1]}, "
-                    f"disparity [{d.min():.4g}, {d.max():.4g}] -> {npy} ({dt:.2f} s batch)")
+                    f"disparity [{d.min():.4g}, {d.max():.4g}] -> {npy}, {png} "
+                    f"({dt:.2f} s batch)")
     return written
 
 
+def _size_arg(value: str) -> str:
+    """argparse type of --size: 'native' or a positive integer (the patch check comes later)."""
+    if value == "native" or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'native' or a positive multiple of the patch "
+                                     f"size ({PATCH_SIZE}), got {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (`prog: error: argument --flag: ...`), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    suffixes = ", ".join(s.lstrip(".") for s in preprocess.IMAGE_SUFFIXES)
+    p = _OneLineParser(
         prog="python -m radblur_jax.depth",
         description="Relative depth (disparity) maps with a converted Depth Anything V2 model.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="converted checkpoint directory "
                      "(made by tools/convert_weights.py from a Depth Anything V2 checkpoint)")
-    src.add_argument("--random-init", metavar="PRESET",
-                     choices=("tiny", "vits", "vitb", "vitl", "vitg"),
-                     help="SMOKE TEST ONLY, instead of --checkpoint: random weights for a preset "
-                          "(tiny, vits, vitb, vitl, vitg); the depth maps are meaningless")
+    src.add_argument("--random-init", metavar="SIZE", choices=SIZE_CHOICES,
+                     help="SMOKE TEST ONLY, instead of --checkpoint: random weights for a model "
+                          f"size ({', '.join(SIZE_CHOICES)}); the depth maps are meaningless")
     p.add_argument("--input", required=True, help="an image or a directory of images "
-                   "(png, jpg, jpeg, bmp, tif)")
-    p.add_argument("--output", required=True, help="directory for <stem>.npy and <stem>.png")
-    p.add_argument("--size", default="518",
-                   help="'518' (default; any multiple of 14): Depth Anything V2 resize of the "
-                        "short side; 'native': the image's own size, sides multiples of 14")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass (same shape)")
+                   f"({suffixes}; case-insensitive)")
+    p.add_argument("--output", required=True,
+                   help="directory for <stem>.npy (disparity) and <stem>.png (colour map); "
+                        "created if missing")
+    p.add_argument("--size", default="518", type=_size_arg,
+                   help=f"'518' (default; any positive multiple of the patch size, {PATCH_SIZE}): "
+                        "Depth Anything V2 resize of the short side; 'native': the image's own "
+                        "size, sides multiples of the patch size")
+    p.add_argument("--batch", type=_positive_int, default=1,
+                   help="images per forward pass (same shape)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from radblur_jax.convert.io import CheckpointError
+    from radblur_jax.convert.readers import CheckpointError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.size != "native" and not (args.size.isdigit() and int(args.size) % 14 == 0):
-        parser.error(f"--size must be 'native' or a positive multiple of 14, got {args.size!r}")
-    if args.batch < 1:
-        parser.error("--batch must be >= 1")
+    args = build_parser().parse_args(argv)
     try:
+        check_output_dir(args.output)
         images = list_images(args.input)
         if args.random_init:
             print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test of the "
@@ -205,8 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CheckpointError(
                     f"{args.checkpoint}: holds a {config['model']!r} encoder without a depth head; "
                     "convert a Depth Anything V2 checkpoint")
+        patch = int(module.encoder_cfg.patch_size)
+        if args.size != "native" and int(args.size) % patch:
+            raise ImageError(f"--size {args.size}: expected 'native' or a positive multiple of "
+                             f"the model's patch size {patch}")
         run_depth(make_predictor(module, params), images, args.output, size=args.size,
-                  batch=args.batch)
+                  batch=args.batch, patch_size=patch)
     except (ImageError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
 """Image loading and Depth Anything V2 input preprocessing (host side, numpy/OpenCV).
 
 `preprocess_da_v2` reproduces Depth Anything V2's `image2tensor`: RGB / 255, resize with
-`keep_aspect_ratio=True, ensure_multiple_of=14, resize_method="lower_bound"` (cv2.INTER_CUBIC,
-in float64), ImageNet mean/std, float32. Outputs are NHWC-ready `(H', W', 3)` arrays.
+`keep_aspect_ratio=True, ensure_multiple_of=<patch size, 14>, resize_method="lower_bound"`
+(cv2.INTER_CUBIC, in float64), ImageNet mean/std, float32. Outputs are NHWC-ready `(H', W', 3)` arrays.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from radblur_jax.data import image_io
+from radblur_jax.models.configs import PATCH_SIZE
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = image_io.IMAGE_EXTS
@@ -42,12 +43,15 @@ def _multiple(x: float, multiple: int, min_val: int) -> int:
     return y
 
 
-def da_v2_size(height: int, width: int, target: int = 518, multiple: int = 14) -> tuple[int, int]:
-    """Depth Anything V2 input `(H', W')`: short side `target`, long side a multiple of 14.
+def da_v2_size(height: int, width: int, target: int = 518, multiple: int = PATCH_SIZE
+               ) -> tuple[int, int]:
+    """Depth Anything V2 input `(H', W')`: short side `target`, long side a multiple of `multiple`.
 
-    The scale `max(target/H, target/W)` is applied to both sides, then each side is rounded to
+    `target` must be a positive multiple of `multiple` (ValueError otherwise). The scale `max(target/H, target/W)` is applied to both sides, then each side is rounded to
     the nearest multiple (NumPy rounding, half to even), never below `target`.
     """
+    if target < 1 or target % multiple:
+        raise ValueError(f"target size {target}: expected a positive multiple of {multiple}")
     scale = max(target / height, target / width)
     return (_multiple(scale * height, multiple, target), _multiple(scale * width, multiple, target))
 
@@ -57,7 +61,8 @@ def normalize_imagenet(rgb01: np.ndarray) -> np.ndarray:
     return ((rgb01 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)).astype(np.float32)
 
 
-def preprocess_da_v2(rgb: np.ndarray, target: int = 518, multiple: int = 14) -> np.ndarray:
+def preprocess_da_v2(rgb: np.ndarray, target: int = 518, multiple: int = PATCH_SIZE
+                     ) -> np.ndarray:
     """uint8 `(H, W, 3)` RGB -> float32 `(H', W', 3)` network input, as Depth Anything V2 does."""
     h, w = rgb.shape[:2]
     new_h, new_w = da_v2_size(h, w, target, multiple)
@@ -66,8 +71,10 @@ def preprocess_da_v2(rgb: np.ndarray, target: int = 518, multiple: int = 14) -> 
     return normalize_imagenet(x)
 
 
-def preprocess_native(rgb: np.ndarray, multiple: int = 14, source: str = "<image>") -> np.ndarray:
-    """uint8 `(H, W, 3)` RGB -> float32 network input at its own size (sides multiples of 14)."""
+def preprocess_native(rgb: np.ndarray, multiple: int = PATCH_SIZE, source: str = "<image>"
+                      ) -> np.ndarray:
+    """uint8 `(H, W, 3)` RGB -> float32 network input at its own size (sides multiples of
+    `multiple`, the patch size)."""
     h, w = rgb.shape[:2]
     if h % multiple or w % multiple:
         raise ImageError(

@@ -240,3 +240,70 @@ def test_load_pretrained_rejects_other_dirs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
     with pytest.raises(CheckpointError, match="config.json: not a radblur_jax checkpoint"):
         load_pretrained(tmp_path)
+
+
+def _torch_metric_da(max_depth: float):
+    """Original-layout metric Depth Anything V2: the head ends in Sigmoid, times max_depth."""
+    from torch_reference import TorchDepthAnything, randomize_
+
+    class TorchMetricDA(TorchDepthAnything):
+        def __init__(self):
+            super().__init__()
+            self.depth_head.scratch.output_conv2[3] = torch.nn.Sigmoid()
+
+        def forward(self, x):
+            ph, pw = x.shape[-2] // 14, x.shape[-1] // 14
+            outs, _ = self.pretrained.get_intermediate_layers(x, self.taps)
+            depth, _ = self.depth_head([o[0] for o in outs], ph, pw)
+            return (depth * max_depth).squeeze(1)
+
+    return randomize_(TorchMetricDA(), seed=5).eval()
+
+
+def test_metric_head_flag_converts_a_metric_pth(tmp_path):
+    torch_metric = _torch_metric_da(20.0)
+    src = tmp_path / "depth_anything_v2_metric_hypersim_tiny.pth"
+    torch.save(torch_metric.state_dict(), src)
+    out = tmp_path / "metric"
+    proc = run_tool("--input", src, "--output", out, "--head", "metric", "--max-depth", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert "head=metric (max_depth=20 m), given by --head" in proc.stdout
+    info = json.loads((out / "conversion.json").read_text())
+    assert (info["head"], info["max_depth"], info["head_source"]) == ("metric", 20.0, "given")
+    module, params, config = load_pretrained(out)
+    assert (config["dpt"]["head"], config["dpt"]["max_depth"]) == ("metric", 20.0)
+    x = _images(70, 84, seed=3)
+    got = jax.jit(module.apply)({"params": params}, x).disparity
+    with torch.no_grad():
+        want = torch_metric(to_nchw(x))
+    assert float(want.min()) >= 0.0 and float(want.max()) <= 20.0
+    assert rel_err(got, want) <= TOL
+    # Without --head the same file converts as relative, and the printout says it was assumed.
+    proc = run_tool("--input", src, "--output", tmp_path / "assumed")
+    assert proc.returncode == 0, proc.stderr
+    assert "head=relative, ASSUMED" in proc.stdout and "--head metric --max-depth" in proc.stdout
+
+
+def test_head_flag_errors(da_pth, tmp_path):
+    out = tmp_path / "out"
+    for args, needle in ((("--head", "metric"), "--max-depth"),
+                         (("--max-depth", "20"), "--max-depth"),
+                         (("--head", "metric", "--max-depth", "-1"), "--max-depth")):
+        proc = run_tool("--input", da_pth, "--output", out, *args)
+        assert proc.returncode == 2 and needle in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
+    from torch_reference import TorchDinoViT
+    vit = tmp_path / "vit.pth"
+    torch.save(TorchDinoViT().state_dict(), vit)
+    _assert_one_line_error(run_tool("--input", vit, "--output", out, "--head", "relative"),
+                           vit, "--head")
+    assert not out.exists()
+
+
+def test_convert_is_reachable_from_the_package_lazily():
+    code = ("import sys, radblur_jax; assert 'radblur_jax.convert' not in sys.modules; "
+            "f = radblur_jax.convert.load_pretrained; print(f.__module__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "radblur_jax.convert.checkpoint"

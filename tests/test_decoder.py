@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from test_reversible import random_params
 
-from radblur_jax.models.attention import AdaptiveDepthAttention
+from radblur_jax.models.ada import AdaptiveDepthAttention
 from radblur_jax.models.decoder import (BlurStem, ReversibleDecoder, clamp_alpha, level_channels,
                                         pixel_shuffle)
 

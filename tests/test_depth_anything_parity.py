@@ -138,9 +138,9 @@ def test_errors_and_coverage(original, hf_sd):
 @pytest.mark.parametrize("name", ["vits", "vitb", "vitl", "vitg"])
 def test_real_checkpoint_shapes(name):
     """Released DA V2 key sets and shapes validate against the Flax model; configs inferred."""
-    from radblur_jax.models import presets
+    from radblur_jax.models import configs
     from radblur_jax.models.vit import swiglu_hidden
-    enc_want, dpt_want = presets.encoder_config(name), presets.dpt_config(name)
+    enc_want, dpt_want = configs.encoder_config(name), configs.dpt_config(name)
     hidden = swiglu_hidden(enc_want.embed_dim, 4.0) if enc_want.ffn == "swiglu" else 0
     sd = tr.original_state_shapes(enc_want.embed_dim, enc_want.depth, swiglu_hidden=hidden,
                                   dpt=(dpt_want.features, dpt_want.out_channels))

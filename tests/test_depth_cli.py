@@ -169,10 +169,67 @@ def test_encoder_only_checkpoint_rejected(tmp_path, capsys):
 
 
 def test_colorize():
+    import cv2
     lut = depth.colormap_lut()
     assert lut.shape == (256, 3) and lut.dtype == np.uint8
-    luma = lut @ np.array([0.299, 0.587, 0.114])
-    assert np.all(np.diff(luma) > 0)  # brighter = nearer, monotonic
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_INFERNO)[:, 0]
+    np.testing.assert_array_equal(lut, bgr[:, ::-1])  # RGB order
+    assert lut[0].sum() < 30 and lut[255].sum() > 600  # inferno: black (far) -> yellow (near)
+    assert lut[255, 0] > lut[255, 2]  # red above blue at the bright end: RGB, not BGR
     vis = depth.colorize(np.array([[0.0, 1.0], [2.0, 4.0]], np.float32))
+    assert vis.shape == (2, 2, 3) and vis.dtype == np.uint8
     assert (vis[0, 0] == lut[0]).all() and (vis[1, 1] == lut[255]).all()
+    assert (vis[0, 1] == lut[64]).all()  # 1/4 -> round(63.75)
     assert (depth.colorize(np.full((3, 3), 5.0)) == lut[0]).all()  # constant input: no NaN
+
+
+def _assert_clean_error(proc, *needles):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("size", ["0", "-14", "abc"])
+def test_bad_size_is_one_line(tmp_path, size):
+    Image.fromarray(photo("chelsea.png")[:28, :28]).save(tmp_path / "c.png")
+    out = tmp_path / "out"
+    proc = run_cli("--random-init", "tiny", "--input", tmp_path / "c.png", "--output", out,
+                   "--size", size)
+    _assert_clean_error(proc, "--size", size)
+    assert not out.exists()
+
+
+def test_size_not_multiple_of_patch_is_one_line(tmp_path, capsys):
+    Image.fromarray(photo("chelsea.png")[:28, :28]).save(tmp_path / "c.png")
+    out = tmp_path / "out"
+    assert depth.main(["--random-init", "tiny", "--input", str(tmp_path / "c.png"),
+                       "--output", str(out), "--size", "500"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --size 500") and "patch size 14" in err[-1]
+    assert not out.exists()
+
+
+def test_output_naming_a_file_is_one_line(tmp_path):
+    Image.fromarray(photo("chelsea.png")[:28, :28]).save(tmp_path / "c.png")
+    target = tmp_path / "taken.txt"
+    target.write_text("keep me")
+    for out in (target, target / "sub"):
+        proc = run_cli("--random-init", "tiny", "--input", tmp_path / "c.png", "--output", out)
+        _assert_clean_error(proc, "--output", target)
+    assert target.read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["c.png", "taken.txt"]
+
+
+def test_help_lists_every_suffix_and_log_names_both_outputs(tmp_path):
+    helptext = " ".join(depth.build_parser().format_help().split())
+    for suffix in preprocess.IMAGE_SUFFIXES:
+        assert suffix.lstrip(".") in helptext, suffix
+    Image.fromarray(photo("chelsea.png")[:28, :42]).save(tmp_path / "c.png")
+    lines = []
+    predict = depth.make_predictor(*depth.random_depth_model("tiny"))
+    depth.run_depth(predict, [str(tmp_path / "c.png")], str(tmp_path / "out"), size="native",
+                    log=lines.append)
+    assert len(lines) == 1
+    assert str(tmp_path / "out" / "c.npy") in lines[0] and str(tmp_path / "out" / "c.png") in lines[0]

@@ -180,7 +180,7 @@ def test_layer_decay_scales_first_adam_step(vit_tree):
 
 
 def test_block_count_comes_from_the_tree(radblur_tiny_params):
-    from radblur_jax.models.radblur_presets import radblur_config
+    from radblur_jax.models.configs import radblur_config
     assert opt.num_vit_blocks(radblur_tiny_params) == radblur_config("tiny").encoder.depth
     bare = {"pretrained": {f"blocks_{i}": {"w": 0} for i in range(7)}, "depth_head": {"w": 0}}
     assert opt.num_vit_blocks(bare) == 7  # a DepthAnything tree (stage A) without depth/

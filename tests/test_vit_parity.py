@@ -142,8 +142,8 @@ def test_hf_hub_naming_matches():
 @pytest.mark.parametrize("name,registers", [("vits", 0), ("vitb", 4), ("vitl", 0), ("vitg", 4)])
 def test_real_checkpoint_shapes(name, registers):
     """Key sets and shapes of the released checkpoints validate against the Flax model."""
-    from radblur_jax.models import presets
-    want = presets.encoder_config(name)
+    from radblur_jax.models import configs
+    want = configs.encoder_config(name)
     hidden = swiglu_hidden(want.embed_dim, 4.0) if want.ffn == "swiglu" else 0
     sd = tr.original_state_shapes(want.embed_dim, want.depth, registers=registers,
                                   swiglu_hidden=hidden)

@@ -2,6 +2,8 @@
 """Convert a DINOv2 / Depth Anything V2 PyTorch checkpoint into a radblur_jax checkpoint directory.
 
     python tools/convert_weights.py --input depth_anything_v2_vits.pth --output ckpt/da_vits
+    python tools/convert_weights.py --input depth_anything_v2_metric_hypersim_vits.pth \
+        --output ckpt/da_metric_vits --head metric --max-depth 20
 
 Inputs: .pth/.pt/.bin (torch.load weights_only), .safetensors, or a transformers model directory.
 See docs/conversion.md.
@@ -17,6 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from radblur_jax.convert import FORMATS, CheckpointError, convert_checkpoint  # noqa: E402
+from radblur_jax.models.configs import DPT_HEADS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory to create (written atomically)")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
                    help="source layout; 'auto' detects it from the keys (default)")
+    p.add_argument("--head", choices=DPT_HEADS,
+                   help="Depth Anything head type, which original .pth files do not record: "
+                        "'relative' (disparity, the default assumption) or 'metric' (depth in "
+                        "metres, needs --max-depth; DA V2 metric models: 20 indoor, 80 outdoor)")
+    p.add_argument("--max-depth", type=float, metavar="M",
+                   help="metric head only: the model's max_depth in metres")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output directory")
     p.add_argument("--verify", action="store_true",
@@ -62,11 +71,17 @@ def verify(output: str, source: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.head == "metric" and (args.max_depth is None or not args.max_depth > 0):
+        parser.error("--head metric needs --max-depth M (metres, > 0)")
+    if args.max_depth is not None and args.head != "metric":
+        parser.error("--max-depth applies only with --head metric")
     t0 = time.perf_counter()
     try:
         result = convert_checkpoint(args.input, args.output, format=args.format,
-                                    overwrite=args.overwrite)
+                                    overwrite=args.overwrite, head=args.head,
+                                    max_depth=args.max_depth)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ffn={enc.ffn} pos_grid={enc.pos_grid} taps={tuple(enc.taps)}")
     if det.dpt_cfg is not None:
         print(f"dpt:      features={det.dpt_cfg.features} "
-              f"out_channels={tuple(det.dpt_cfg.out_channels)} head={det.dpt_cfg.head}")
+              f"out_channels={tuple(det.dpt_cfg.out_channels)} {det.head_summary()}")
     if result.ignored_source_keys:
         print(f"ignored:  {len(result.ignored_source_keys)} source tensors never used by the "
               f"forward pass ({result.ignored_source_keys[0]}, ...)")

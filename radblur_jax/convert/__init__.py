@@ -8,7 +8,7 @@ from radblur_jax.convert.checkpoint import (ConversionResult, build_model, conve
                                             load_pretrained, read_config, save_converted)
 from radblur_jax.convert.detect import (FORMATS, Detection, UnknownFormatError, check_format,
                                         detect_format)
-from radblur_jax.convert.io import (CheckpointError, LoadedCheckpoint, load_checkpoint,
+from radblur_jax.convert.readers import (CheckpointError, LoadedCheckpoint, load_checkpoint,
                                     load_state_dict)
 
 __all__ = [

@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.convert import detect
-from radblur_jax.convert.io import CheckpointError, load_checkpoint
+from radblur_jax.convert.readers import CheckpointError, load_checkpoint
+from radblur_jax.models.configs import DPT_HEADS
 
 CHECKPOINT_VERSION = 1
 MODEL_KINDS = ("dinov2", "depth_anything")
@@ -52,7 +53,7 @@ def _jsonable(tree: Any) -> Any:
 
 
 def _to_config(tree: dict[str, Any] | None) -> ml_collections.ConfigDict | None:
-    """JSON dict -> ConfigDict with lists back to tuples (as the presets build them)."""
+    """JSON dict -> ConfigDict with lists back to tuples (as `models.configs` builds them)."""
     if tree is None:
         return None
     return ml_collections.ConfigDict(
@@ -172,7 +173,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _expected_shapes(module: Any, config: dict[str, Any]) -> Any:
-    side = 2 * int(config["encoder"].get("patch_size", 14))
+    side = 2 * int(config["encoder"]["patch_size"])
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
 
@@ -227,13 +228,30 @@ def hf_hints(hf_config: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
     return hints
 
 
+def _check_head(head: str | None, max_depth: float | None) -> None:
+    if head is not None and head not in DPT_HEADS:
+        raise CheckpointError(f"head {head!r}: expected one of {', '.join(DPT_HEADS)}")
+    if head == "metric" and (max_depth is None or not max_depth > 0):
+        raise CheckpointError("head 'metric' needs max_depth > 0 (metres; Depth Anything V2 "
+                              "metric models use 20 indoors, 80 outdoors)")
+    if head != "metric" and max_depth is not None:
+        raise CheckpointError("max_depth applies only to head 'metric'")
+
+
 def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
-                       format: str = "auto", overwrite: bool = False) -> ConversionResult:
-    """Read a PyTorch checkpoint, detect its format and size, convert and write it to `output`."""
+                       format: str = "auto", overwrite: bool = False, head: str | None = None,
+                       max_depth: float | None = None) -> ConversionResult:
+    """Read a PyTorch checkpoint, detect its format and size, convert and write it to `output`.
+
+    The depth head type (relative disparity or metric depth) is not in the weights: it comes
+    from `head`/`max_depth` when given, else from a transformers `config.json`, else it is
+    assumed relative (`detection.head_source` says which).
+    """
     from radblur_jax.convert import keymaps
 
     source = os.fspath(input)
     output = os.path.abspath(os.fspath(output))
+    _check_head(head, max_depth)
     _check_destination(output, overwrite)
     loaded = load_checkpoint(source)
     fmt = detect.check_format(format, loaded.state_dict, source)
@@ -243,18 +261,29 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
             fmt, loaded.state_dict, num_heads=hints.get("num_heads"), taps=hints.get("taps"))
     except keymaps.ConversionError as e:
         raise CheckpointError(f"{source}: cannot convert: {e}") from None
-    if dpt_cfg is not None and "head" in hints:
+    if dpt_cfg is None and head is not None:
+        raise CheckpointError(f"{source}: a {fmt} encoder has no depth head; --head applies to "
+                              "Depth Anything checkpoints only")
+    head_source = "assumed"
+    if head is not None:
+        dpt_cfg.head, head_source = head, "given"
+        if head == "metric":
+            dpt_cfg.max_depth = float(max_depth)
+    elif dpt_cfg is not None and "head" in hints:
         dpt_cfg.head, dpt_cfg.max_depth = hints["head"], hints["max_depth"]
-    detection = detect.describe(fmt, encoder_cfg, dpt_cfg)
+        head_source = "detected"
+    detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source)
     n_params = count_params(params)
     n_arrays = len(jax.tree.leaves(params))
-    unused = getattr(keymaps, "KNOWN_UNUSED", None)
     ignored = sorted(k for k in keymaps.to_original_keys(fmt, loaded.state_dict)
-                     if unused is not None and unused.match(k))
+                     if keymaps.KNOWN_UNUSED.match(k))
     info = {
         "source": os.path.abspath(source), "format": fmt, "model": detection.model_kind,
         "size": detection.size, "num_registers": detection.num_registers,
         "pos_embed_mode": detection.pos_embed_mode, "num_params": n_params,
+        "head": None if dpt_cfg is None else dpt_cfg.head,
+        "max_depth": None if dpt_cfg is None or dpt_cfg.head != "metric" else dpt_cfg.max_depth,
+        "head_source": detection.head_source,
         "num_source_keys": len(loaded.state_dict), "num_param_arrays": n_arrays,
         "ignored_source_keys": ignored,
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

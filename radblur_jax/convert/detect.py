@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from radblur_jax.convert.io import CheckpointError
-from radblur_jax.models import presets
+from radblur_jax.convert.readers import CheckpointError
+from radblur_jax.models import configs
 
 FORMATS = ("dinov2", "dinov2_hf", "depth_anything", "depth_anything_hf")
 MODEL_KIND = {"dinov2": "dinov2", "dinov2_hf": "dinov2",
               "depth_anything": "depth_anything", "depth_anything_hf": "depth_anything"}
-SIZE_NAMES = ("tiny", "vits", "vitb", "vitl", "vitg")
+SIZE_NAMES = configs.dinov2_names()
 
 # format -> (a key that must be present, prefixes of which at least one key must start with)
 _SIGNATURES = {
@@ -46,11 +46,24 @@ class Detection:
     pos_embed_mode: str
     encoder_cfg: Any
     dpt_cfg: Any | None
+    head_source: str | None = None  # "detected" | "given" | "assumed"; None without a DPT
 
     def summary(self) -> str:
         regs = f"{self.num_registers} registers" if self.num_registers else "no registers"
         return (f"format={self.format} model={self.model_kind} size={self.size} ({regs}, "
                 f"pos-embed mode {self.pos_embed_mode!r})")
+
+    def head_summary(self) -> str | None:
+        """How the depth head type was decided, for printing; None for an encoder."""
+        if self.dpt_cfg is None:
+            return None
+        head = self.dpt_cfg.head + (f" (max_depth={self.dpt_cfg.max_depth:g} m)"
+                                    if self.dpt_cfg.head == "metric" else "")
+        why = {"detected": "detected from the transformers config.json",
+               "given": "given by --head",
+               "assumed": "ASSUMED: the weights do not say; for a metric Depth Anything V2 "
+                          "model pass --head metric --max-depth M"}[self.head_source]
+        return f"head={head}, {why}"
 
 
 def _matches(fmt: str, keys: set[str]) -> bool:
@@ -98,10 +111,10 @@ def check_format(fmt: str, state_dict: Mapping[str, Any], source: str = "<state 
 
 
 def size_name(encoder_cfg: Any) -> str:
-    """Preset name whose ViT shape equals `encoder_cfg` (e.g. "vitb"), else "custom"."""
+    """DINOv2 size name whose ViT shape equals `encoder_cfg` (e.g. "vitb"), else "custom"."""
     fields = ("embed_dim", "depth", "num_heads", "ffn")
     for name in SIZE_NAMES:
-        ref = presets.encoder_config(name)
+        ref = configs.encoder_config(name)
         if all(encoder_cfg.get(f) == ref[f] for f in fields):
             return name
     return (f"custom(D={encoder_cfg.get('embed_dim')}, depth={encoder_cfg.get('depth')}, "
@@ -115,10 +128,11 @@ def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
     return "antialias" if num_registers else "offset"
 
 
-def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None) -> Detection:
+def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None,
+             head_source: str = "assumed") -> Detection:
     """Summarise an inferred configuration for printing and `conversion.json`."""
     regs = int(encoder_cfg.get("num_registers", 0) or 0)
     mode = encoder_cfg.get("pos_embed_mode") or default_pos_embed_mode(fmt, regs)
     return Detection(format=fmt, model_kind=MODEL_KIND[fmt], size=size_name(encoder_cfg),
                      num_registers=regs, pos_embed_mode=mode, encoder_cfg=encoder_cfg,
-                     dpt_cfg=dpt_cfg)
+                     dpt_cfg=dpt_cfg, head_source=None if dpt_cfg is None else head_source)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from radblur_jax.models import presets
+from radblur_jax.models import configs
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ FORMATS = ("dinov2", "dinov2_hf", "depth_anything", "depth_anything_hf")
 # Stored in Depth Anything V2 checkpoints but never used by the forward pass.
 KNOWN_UNUSED = re.compile(r"^depth_head\.scratch\.refinenet4\.resConfUnit1\.")
 _CONV_TRANSPOSE = re.compile(r"^depth_head\.resize_layers\.[01]\.weight$")
-# embed_dim -> heads for the presets; other widths use head_dim 64.
-_HEADS = {64: 4, 384: 6, 768: 12, 1024: 16, 1536: 24}
-_TAPS = {12: (2, 5, 8, 11), 24: (4, 11, 17, 23), 40: (9, 19, 29, 39)}
 
 
 class ConversionError(ValueError):
@@ -172,8 +169,8 @@ def _require(sd: Mapping, keys) -> None:
 
 
 def default_taps(depth: int) -> tuple[int, ...]:
-    """Depth Anything V2 tap blocks (0-based) for a ViT of `depth` blocks."""
-    return _TAPS.get(depth, tuple(depth // 4 * (i + 1) - 1 for i in range(4)))
+    """Depth Anything V2 tap blocks (0-based) for a ViT of `depth` blocks (`configs` table)."""
+    return configs.taps_for_depth(depth)
 
 
 def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: int | None,
@@ -200,9 +197,9 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
         ratio = sd[pre + "blocks.0.mlp.fc1.weight"].shape[0] / dim
     hf = fmt.endswith("_hf")
     mode = "antialias" if regs else ("size" if hf else "offset")
-    enc = presets.encoder_config("vits", num_registers=regs, pos_grid=grid, pos_embed_mode=mode)
+    enc = configs.encoder_config("vits", num_registers=regs, pos_grid=grid, pos_embed_mode=mode)
     enc.embed_dim, enc.depth, enc.patch_size = dim, depth, patch
-    enc.num_heads = int(num_heads or _HEADS.get(dim, max(dim // 64, 1)))
+    enc.num_heads = int(num_heads or configs.heads_for_width(dim))
     enc.mlp_ratio, enc.ffn = float(ratio), "swiglu" if swiglu else "mlp"
     enc.taps = tuple(taps) if taps is not None else default_taps(depth)
     if not fmt.startswith("depth_anything"):
@@ -210,7 +207,7 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
     head = ["depth_head.scratch.layer1_rn.weight"] + [
         f"depth_head.projects.{i}.weight" for i in range(4)]
     _require(sd, head)
-    dpt = presets.dpt_config("vits")
+    dpt = configs.dpt_config("vits")
     dpt.features = int(sd[head[0]].shape[0])
     dpt.out_channels = tuple(int(sd[k].shape[0]) for k in head[1:])
     return enc, dpt
@@ -220,8 +217,8 @@ def infer_config(fmt: str, state_dict: Mapping[str, np.ndarray], *, num_heads: i
                  taps=None) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict | None]:
     """(encoder_cfg, dpt_cfg or None) from key names and shapes.
 
-    Heads are not stored: the preset count for known widths (64, 384, 768, 1024, 1536), else
-    head_dim 64, unless `num_heads` is given. Taps default to Depth Anything V2's blocks
+    Heads are not stored: the `configs` table's count for its widths, else head_dim 64, unless
+    `num_heads` is given. Taps default to Depth Anything V2's blocks
     (`default_taps`). `pos_embed_mode`: original non-reg "offset", any reg model "antialias"
     (original `_reg` and HF Dinov2WithRegisters both antialias), HF non-reg "size". The DPT
     head type is not stored: `dpt.head` is "relative"; set "metric"/`max_depth` yourself.

@@ -19,23 +19,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DepthOutput(NamedTuple):
     """disparity `(B, H, W)` float32 (relative: >= 0; metric: depth in [0, max_depth]);
     features `(path_4, path_3, path_2, path_1)`, `(B, h * 2**i, w * 2**i, F)`, or None;
-    tokens `(B, h, w, D)`: the last tap's normed patch tokens; `h, w = H / 14, W / 14`."""
+    tokens `(B, h, w, D)`: the last tap's normed patch tokens; `h, w = H / p, W / p` (patch p)."""
     disparity: jax.Array
     features: tuple | None
     tokens: jax.Array
 
 
 class DepthAnything(nn.Module):
-    """`DepthAnything(encoder_cfg, dpt_cfg)`; configs from `presets` (docs/conventions.md)."""
+    """`DepthAnything(encoder_cfg, dpt_cfg)`; configs from `configs` (docs/conventions.md)."""
     encoder_cfg: ml_collections.ConfigDict
     dpt_cfg: ml_collections.ConfigDict
 
     @nn.compact
     def __call__(self, images: jax.Array, return_features: bool = True) -> DepthOutput:
-        """`images (B, H, W, 3)` ImageNet-normalised, `H, W` multiples of 14."""
+        """`images (B, H, W, 3)` ImageNet-normalised, `H, W` multiples of the patch size."""
         if len(self.encoder_cfg.taps) != 4:
             raise ValueError(f"Depth Anything needs 4 encoder taps, got {self.encoder_cfg.taps}")
         enc = DinoViT(self.encoder_cfg, name="pretrained")(images)
-        head = DPTHead(self.dpt_cfg, jnp.dtype(self.encoder_cfg.dtype), name="depth_head")
+        head = DPTHead(self.dpt_cfg, jnp.dtype(self.encoder_cfg.dtype),
+                       int(self.encoder_cfg.patch_size), name="depth_head")
         depth, feats = head(enc.taps)
         return DepthOutput(depth, feats if return_features else None, enc.taps[-1])

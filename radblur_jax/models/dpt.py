@@ -1,6 +1,7 @@
 """Depth Anything V2 DPT neck and head (Linen), NHWC, parameter paths as the original keys.
 
-`DPTHead(cfg)` maps four ViT taps `(B, h, w, D)` to a depth map `(B, 14h, 14w)` and the fusion
+`DPTHead(cfg, patch_size=p)` maps four ViT taps `(B, h, w, D)` to a depth map `(B, p*h, p*w)`
+and the fusion
 features `(path_4, path_3, path_2, path_1)`, coarse to fine, `(B, h * 2**i, w * 2**i, features)`.
 The cls token is not used (Depth Anything V2 runs with `use_clstoken=False`).
 """
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from radblur_jax.models import layers
+from radblur_jax.models.configs import PATCH_SIZE
 
-PATCH = 14
 HEAD_HIDDEN = 32
 
 
@@ -83,10 +84,12 @@ class DPTHead(nn.Module):
     """DPT neck + head; `cfg` is a dpt ConfigDict (features, out_channels, head, max_depth)."""
     cfg: ml_collections.ConfigDict
     dtype: jnp.dtype = jnp.float32
+    patch_size: int = PATCH_SIZE
 
     @nn.compact
     def __call__(self, taps: Sequence[jax.Array]) -> tuple[jax.Array, tuple]:
-        """`taps`: 4 x `(B, h, w, D)` -> (`depth (B, 14h, 14w)` float32, 4 fusion maps)."""
+        """`taps`: 4 x `(B, h, w, D)` -> (`depth (B, p*h, p*w)` float32, 4 fusion maps),
+        `p = patch_size` (the encoder's)."""
         if len(taps) != 4:
             raise ValueError(f"DPTHead needs 4 taps, got {len(taps)}")
         oc, dt = tuple(self.cfg.out_channels), self.dtype
@@ -103,4 +106,4 @@ class DPTHead(nn.Module):
             feats.append(x)
         scratch = Scratch(self.cfg.features, self.cfg.head, float(self.cfg.max_depth), dt,
                           name="scratch")
-        return scratch(feats, (h * PATCH, w * PATCH))
+        return scratch(feats, (h * self.patch_size, w * self.patch_size))

@@ -8,6 +8,8 @@ trace time (float64, cast to the input dtype) and applied with `einsum`. They re
   - `mode="bicubic", antialias=True` (support widened by the scale when downsampling,
     A = -0.5, weights renormalised at the borders),
   - `mode="bilinear"` with `align_corners=True` or `False`.
+`region_bilinear_matrix` resamples between grids of different pixel sizes anchored at the same
+image origin (depth features onto the decoder levels); `reflect_pad_to` pads to a size.
 """
 from __future__ import annotations
 
@@ -82,6 +84,24 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = True) -> 
     return mat
 
 
+def region_bilinear_matrix(in_size: int, out_size: int, in_pixel: float,
+                           out_pixel: float) -> np.ndarray:
+    """(out, in) bilinear matrix between grids anchored at the same image origin.
+
+    Input pixels are `in_pixel` image pixels wide, output pixels `out_pixel`; output pixel j's
+    centre `(j + 0.5) * out_pixel` is sampled at input coordinate `centre / in_pixel - 0.5`
+    (clamped to the input's edge pixels).
+    """
+    src = np.clip((np.arange(out_size) + 0.5) * out_pixel / in_pixel - 0.5, 0, in_size - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam = src - i0
+    mat = np.zeros((out_size, in_size))
+    np.add.at(mat, (np.arange(out_size), i0), 1.0 - lam)
+    np.add.at(mat, (np.arange(out_size), i1), lam)
+    return mat
+
+
 def apply_separable(x: jax.Array, mat_h: np.ndarray, mat_w: np.ndarray) -> jax.Array:
     """Applies `(oh, H)` and `(ow, W)` matrices to `x (B, H, W, C)` -> `(B, oh, ow, C)`."""
     mh = jnp.asarray(mat_h, dtype=x.dtype)
@@ -122,6 +142,20 @@ def bilinear_resize(x: jax.Array, size: Sequence[int], align_corners: bool = Tru
     oh, ow = _pair(size)
     return apply_separable(x, bilinear_matrix(h, oh, align_corners),
                            bilinear_matrix(w, ow, align_corners))
+
+
+# ------------------------------------------------------------------ padding
+
+
+def ceil_to(x: int, multiple: int) -> int:
+    """Smallest multiple of `multiple` that is >= x."""
+    return -(-int(x) // multiple) * multiple
+
+
+def reflect_pad_to(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Reflect-pads `(B, h, w, C)` at the bottom/right to `(B, height, width, C)`."""
+    _, h, w, _ = x.shape
+    return jnp.pad(x, ((0, 0), (0, height - h), (0, width - w), (0, 0)), mode="reflect")
 
 
 # ------------------------------------------------------------------ convolutions

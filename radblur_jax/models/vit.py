@@ -1,6 +1,6 @@
 """DINOv2 vision transformer (Linen), parameter paths as the original state-dict keys.
 
-`DinoViT(cfg)` takes the encoder `ConfigDict` of `presets.encoder_config` (see
+`DinoViT(cfg)` takes the encoder `ConfigDict` of `configs.encoder_config` (see
 docs/conventions.md) and maps ImageNet-normalised images `(B, H, W, 3)`, sides multiples of the
 patch size, to a `ViTOutput`.
 """

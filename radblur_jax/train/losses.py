@@ -1,6 +1,7 @@
 """Stage-B losses: deblurring (pixel + FFT, deep supervision over K outputs) and the exit head.
 
-Pure functions of arrays; images are `(B, H, W, 3)` float32 in [0, 1].
+Pure functions of arrays; images are `(B, H, W, 3)` in [0, 1]; every loss computes in float32
+(inputs of another dtype are cast). The exit classes' PSNR edges come from `models.configs`.
 """
 from __future__ import annotations
 
@@ -10,23 +11,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-PSNR_EDGES = (20.0, 25.0, 30.0, 35.0, 40.0)
+from radblur_jax.models.configs import EXIT_PSNR_EDGES, PIXEL_LOSSES, check_choice
+
+PSNR_EDGES = EXIT_PSNR_EDGES
+
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
 
 
 def psnr(pred: jax.Array, target: jax.Array, eps: float = 1e-10) -> jax.Array:
     """Per-image PSNR in dB (peak 1) over all pixels and channels: `(B,)`."""
+    pred, target = _f32(pred), _f32(target)
     mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
     return -10.0 * jnp.log10(mse + eps)
 
 
 def fft_l1(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean |.| of the real and imaginary parts of `rfft2(pred - target)` over H, W."""
-    spec = jnp.fft.rfft2(pred - target, axes=(-3, -2))
+    spec = jnp.fft.rfft2(_f32(pred) - _f32(target), axes=(-3, -2))
     return 0.5 * (jnp.mean(jnp.abs(spec.real)) + jnp.mean(jnp.abs(spec.imag)))
 
 
 def psnr_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     """NAFNet's PSNR loss: mean over images of `10 log10(MSE + 1e-8)` (lower is better)."""
+    pred, target = _f32(pred), _f32(target)
     mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
     return jnp.mean(10.0 * jnp.log10(mse + 1e-8))
 
@@ -38,8 +48,8 @@ def deblur_loss(restored: jax.Array, sharp: jax.Array, *, pixel: str = "l1",
     restored `(K, B, H, W, 3)`, sharp `(B, H, W, 3)`; per output `pixel(r, s) + fft_weight *
     fft_l1(r, s)` with `pixel` "l1" (mean absolute error) or "psnr" (`psnr_loss`).
     """
-    if pixel not in ("l1", "psnr"):
-        raise ValueError(f"unknown pixel loss {pixel!r}; expected l1 or psnr")
+    check_choice("pixel loss", pixel, PIXEL_LOSSES)
+    restored, sharp = _f32(restored), _f32(sharp)
 
     def one(r: jax.Array) -> jax.Array:
         term = jnp.mean(jnp.abs(r - sharp)) if pixel == "l1" else psnr_loss(r, sharp)
@@ -61,4 +71,4 @@ def exit_labels(blurry: jax.Array, sharp: jax.Array,
 
 def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of exit logits `(B, classes)` against int labels `(B,)`."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(_f32(logits), labels))

@@ -12,23 +12,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DEPTH_FUSIONS = ("attention", "none")
-
-
-def check_depth_fusion(mode: str) -> str:
-    """Returns `mode` if it is a known depth fusion, else raises."""
-    if mode not in DEPTH_FUSIONS:
-        raise ValueError(f"unknown depth_fusion {mode!r}; expected one of {DEPTH_FUSIONS}")
-    return mode
-
 
 class AdaptiveDepthAttention(nn.Module):
     """`z + scale * sigmoid(W_g [LN(z), d]) * W_v d`, per pixel and channel.
 
     Args of `__call__`: `z (B, h, w, C)` blur-stream features, `depth (B, h, w, C)` depth
-    features already projected to `C` channels. Returns `(B, h, w, C)`.
-    Params: `norm`, `gate` (1x1 conv, 2C -> C), `value` (1x1 conv, C -> C), `scale (C,)` zeros.
+    features already projected to `C` channels. Returns `(B, h, w, C)` in `dtype`.
+    Params (float32): `norm`, `gate` (1x1 conv, 2C -> C), `value` (1x1 conv, C -> C),
+    `scale (C,)` zeros. The norm and the sigmoid run in float32, the convs in `dtype`.
     """
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: jax.Array, depth: jax.Array) -> jax.Array:
@@ -36,8 +29,11 @@ class AdaptiveDepthAttention(nn.Module):
         if depth.shape != z.shape:
             raise ValueError(f"ADA: depth features {depth.shape} must match blur features "
                              f"{z.shape}")
-        zn = nn.LayerNorm(epsilon=1e-6, name="norm")(z)
-        gate = nn.sigmoid(nn.Conv(channels, (1, 1), name="gate")(jnp.concatenate([zn, depth], -1)))
-        value = nn.Conv(channels, (1, 1), name="value")(depth)
+        zn = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, name="norm")(z).astype(self.dtype)
+        depth = depth.astype(self.dtype)
+        gate = nn.Conv(channels, (1, 1), dtype=self.dtype, name="gate")(
+            jnp.concatenate([zn, depth], -1))
+        gate = nn.sigmoid(gate.astype(jnp.float32)).astype(self.dtype)
+        value = nn.Conv(channels, (1, 1), dtype=self.dtype, name="value")(depth)
         scale = self.param("scale", nn.initializers.zeros, (channels,), jnp.float32)
-        return z + scale * gate * value
+        return z.astype(self.dtype) + scale.astype(self.dtype) * gate * value

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 st = pytest.importorskip("safetensors.torch")
 
 from radblur_jax.convert import detect  # noqa: E402
-from radblur_jax.convert.io import CheckpointError, load_checkpoint, load_state_dict  # noqa: E402
+from radblur_jax.convert.readers import CheckpointError, load_checkpoint, load_state_dict  # noqa: E402
 
 
 @pytest.fixture()
@@ -176,10 +176,10 @@ def test_forced_format_must_match():
 
 
 def test_size_names():
-    from radblur_jax.models import presets
+    from radblur_jax.models import configs
     for name in detect.SIZE_NAMES:
-        assert detect.size_name(presets.encoder_config(name)) == name
-    cfg = presets.encoder_config("vits")
+        assert detect.size_name(configs.encoder_config(name)) == name
+    cfg = configs.encoder_config("vits")
     cfg.embed_dim = 96
     assert detect.size_name(cfg).startswith("custom(D=96")
 
