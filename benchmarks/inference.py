@@ -7,8 +7,8 @@ first call (compile + run) and the best of `--repeats` later calls.
   python benchmarks/inference.py [--presets tiny,s] [--modes full,tiles] [--tile 384]
       [--overlap 32] [--batch 1] [--repeats 2] [--dtype float32|bfloat16] [--json out.json]
 
-`--dtype bfloat16` sets every `dtype` field of the model config (the compute dtype; params stay
-float32); judge bf16 on an accelerator only (XLA CPU widens bf16 convolutions).
+`--dtype bfloat16` sets the model config's compute dtype (params stay float32); judge bf16 on
+an accelerator only (XLA CPU widens bf16 convolutions).
 """
 from __future__ import annotations
 
@@ -24,31 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.eval.inference import InferenceOptions, Restorer  # noqa: E402
-from radblur_jax.eval.loading import random_params  # noqa: E402
+from radblur_jax.eval.loading import random_params, with_dtype  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
-from radblur_jax.models.radblur_presets import radblur_config  # noqa: E402
-
-
-def _set_dtype(cfg, dtype: str) -> list[str]:
-    """Sets every `dtype` field in the config tree; returns their paths."""
-    changed = []
-
-    def walk(node, prefix):
-        for key in list(node.keys()):
-            value = node[key]
-            if hasattr(value, "keys"):
-                walk(value, f"{prefix}{key}.")
-            elif key == "dtype":
-                node[key] = dtype
-                changed.append(prefix + key)
-    walk(cfg, "")
-    return changed
 
 
 def bench(preset: str, mode: str, args: argparse.Namespace) -> dict:
-    cfg = radblur_config(preset)
-    dtype_fields = _set_dtype(cfg, args.dtype)
-    model = build_radblur(cfg)
+    model = build_radblur(with_dtype(preset, args.dtype))
     params = random_params(model, 0)
     tile = args.tile if mode == "tiles" else 0
     options = InferenceOptions(tile=tile, overlap=args.overlap, tile_batch=args.tile_batch)
@@ -67,7 +48,7 @@ def bench(preset: str, mode: str, args: argparse.Namespace) -> dict:
     mpix = args.batch * args.height * args.width / 1e6
     return {"preset": preset, "mode": mode, "tile": tile, "overlap": args.overlap if tile else 0,
             "batch": args.batch, "height": args.height, "width": args.width,
-            "dtype": args.dtype, "dtype_fields": dtype_fields, "first_call_s": first,
+            "dtype": args.dtype, "first_call_s": first,
             "seconds": best, "all_seconds": times, "megapixels_per_s": mpix / best}
 
 

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.use_ema = True
     c.random_init = False          # smoke runs only: random weights for `model`
     c.seed = 0
+    c.compute_dtype = ""           # "" = as saved with the checkpoint; float32 | bfloat16 | float16
     # Dataset spec as radblur_jax.data.sources.make_source takes it; empty root of the
     # synthetic set = the built-in set (generated on first use).
     c.data = ml_collections.ConfigDict(dict(name="synthetic", root="", split="test"))

@@ -212,7 +212,7 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from radblur_jax.models.radblur_presets import radblur_names
+    from radblur_jax.models.configs import radblur_names
 
     p = argparse.ArgumentParser(prog="python -m radblur_jax.deblur",
                                 description="Deblur photos with a trained RADBlur.")
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (same size)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA "
                    "weights of a checkpoint")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="compute dtype (default: as saved with the checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -255,9 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.random_init:
             print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test of "
                   "the pipeline; the outputs are meaningless.", file=sys.stderr)
-            loaded = load_random(args.random_init, args.seed)
+            loaded = load_random(args.random_init, args.seed, dtype=args.dtype)
         else:
-            loaded = load_checkpoint(args.checkpoint, use_ema=not args.raw_weights)
+            loaded = load_checkpoint(args.checkpoint, use_ema=not args.raw_weights,
+                                     dtype=args.dtype)
     except (PhotoError, CheckpointLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import pytest
 
 from radblur_jax.eval import loading
 from radblur_jax.models.radblur import build_radblur
-from radblur_jax.models.radblur_presets import radblur_config
+from radblur_jax.models.configs import radblur_config
 from radblur_jax.train import checkpointing
 
 
@@ -48,8 +48,9 @@ def test_loads_ema_and_raw_with_the_saved_model_config(tmp_path):
     assert got.model.cfg.decoder.fft is False  # the checkpoint's model config, not the preset
     assert _same(got.params, ema) and "EMA" in got.description
     step_dir = os.path.join(str(tmp_path), "checkpoints", "7")
-    got_raw = loading.load_checkpoint(step_dir, use_ema=False)
+    got_raw = loading.load_checkpoint(step_dir, use_ema=False, dtype="bfloat16")
     assert _same(got_raw.params, raw)
+    assert got_raw.model.cfg.dtype == "bfloat16" and got_raw.model.cfg.decoder.fft is False
 
 
 def test_errors_name_the_path(tmp_path):
@@ -70,3 +71,12 @@ def test_random_params_match_init_shapes():
                                                   jax.tree.leaves(shapes)))
     alphas = [v for k, v in params["decoder"]["sub_decoders"].items() if k.startswith("alpha")]
     assert alphas and all(np.all(a == 0.5) for a in alphas)
+
+
+def test_with_dtype_copies():
+    cfg = radblur_config("tiny")
+    bf = loading.with_dtype(cfg, "bfloat16")
+    assert bf.dtype == bf.encoder.dtype == "bfloat16"
+    assert cfg.dtype == cfg.encoder.dtype == "float32"
+    assert loading.with_dtype(cfg, None).dtype == "float32"
+    assert build_radblur(bf).cfg.dtype == "bfloat16"

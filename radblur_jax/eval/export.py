@@ -83,7 +83,7 @@ def load_exported(export_dir: str) -> Callable[[np.ndarray], tuple[jax.Array, ja
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from radblur_jax.models.radblur_presets import radblur_names
+    from radblur_jax.models.configs import radblur_names
 
     p = argparse.ArgumentParser(prog="python -m radblur_jax.eval.export",
                                 description="Serialise RADBlur inference with jax.export.")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radblur_jax.models.configs import radblur_config
 from radblur_jax.models.radblur import RADBlur, build_radblur
 
 
@@ -51,17 +52,29 @@ def random_params(model: RADBlur, seed: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def load_random(preset: str, seed: int = 0) -> LoadedModel:
+def with_dtype(cfg: Any, dtype: Optional[str]) -> Any:
+    """A copy of a RADBlur config with compute dtype `dtype` (None/empty: unchanged)."""
+    cfg = radblur_config(cfg) if isinstance(cfg, str) else cfg
+    cfg = cfg.copy_and_resolve_references()  # plain values: the original is left unchanged
+    if dtype:
+        cfg.dtype = dtype
+        cfg.encoder.dtype = dtype
+    return cfg
+
+
+def load_random(preset: str, seed: int = 0, *, dtype: Optional[str] = None) -> LoadedModel:
     """Preset with random weights (`random_params`): for smoke runs only."""
-    model = build_radblur(preset)
+    model = build_radblur(with_dtype(preset, dtype))
     return LoadedModel(model, random_params(model, seed), f"RADBlur-{preset} (RANDOM weights)")
 
 
-def load_checkpoint(path: str, *, use_ema: bool = True) -> LoadedModel:
+def load_checkpoint(path: str, *, use_ema: bool = True,
+                    dtype: Optional[str] = None) -> LoadedModel:
     """Model + params from a training workdir (latest checkpoint) or a checkpoint step dir.
 
     Uses the training package's `load_params_for_inference`; the network is rebuilt from the
-    model config saved with the checkpoint. Raises CheckpointLoadError naming `path`.
+    model config saved with the checkpoint (compute dtype replaced by `dtype` if given).
+    Raises CheckpointLoadError naming `path`.
     """
     try:
         from radblur_jax.train.checkpointing import load_params_for_inference
@@ -76,6 +89,7 @@ def load_checkpoint(path: str, *, use_ema: bool = True) -> LoadedModel:
         raise CheckpointLoadError(f"{path}: a stage-{stage!r} checkpoint; deblurring needs a "
                                   "stage 'deblur' (RADBlur) checkpoint")
     model_cfg = config.get("model_config", None)
-    model = build_radblur(model_cfg if model_cfg is not None else config.model)
+    model = build_radblur(with_dtype(model_cfg if model_cfg is not None else config.model,
+                                     dtype))
     weights = "EMA" if use_ema else "raw"
     return LoadedModel(model, params, f"RADBlur-{model.cfg.get('name', '?')} ({path}, {weights})")

@@ -46,10 +46,11 @@ def resolve_data_spec(spec: Any) -> dict:
 
 def load_model(config: Any, workdir: str) -> LoadedModel:
     """Random weights (`random_init`) or the checkpoint (default: the workdir's latest)."""
+    dtype = config.get("compute_dtype", "") or None
     if config.get("random_init", False):
-        return load_random(config.model, config.get("seed", 0))
+        return load_random(config.model, config.get("seed", 0), dtype=dtype)
     return load_checkpoint(config.get("checkpoint") or workdir,
-                           use_ema=config.get("use_ema", True))
+                           use_ema=config.get("use_ema", True), dtype=dtype)
 
 
 def inference_options(config: Any) -> InferenceOptions:
