@@ -214,10 +214,10 @@ def run_evaluation(config: Any, workdir: str,
     except ValueError as e:
         if isinstance(e, DataError):
             raise
-        raise ConfigError(f"config: {e}") from None
+        raise ConfigError(str(e)) from None
     batch_size = int(config.get("batch_size", 1))
     if batch_size < 1:
-        raise ConfigError(f"config.batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     loaded = load_model(config, workdir)
     restorer = Restorer(loaded.model, loaded.params, options)
     if batch_size % restorer.num_devices:
@@ -270,5 +270,7 @@ def evaluate(config: Any, workdir: str) -> None:
 
     try:
         run_evaluation(config, workdir)
-    except (ConfigError, DataError, CheckpointLoadError) as e:
+    except ConfigError as e:
+        raise app.UsageError(f"--config: {e}", exitcode=2) from None
+    except (DataError, CheckpointLoadError) as e:
         raise app.UsageError(str(e), exitcode=2) from None
