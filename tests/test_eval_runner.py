@@ -67,3 +67,21 @@ def test_synthetic_split_end_to_end(tmp_path):
     assert "identity (blurry input)" in table
     grid = cv2.imread(str(out / "comparison_best.png"))
     assert grid.shape[1] > 4 * 384 and grid.shape[0] > 384
+
+
+@pytest.mark.slow
+def test_main_cli_dispatches_eval(tmp_path):
+    """`python -m radblur_jax.main --config configs/eval.py:tiny ...` runs the evaluation."""
+    import subprocess
+    root = tmp_path / "syn"
+    write_dataset(root, 0, 1, SyntheticParams(height=32, width=48), seed=4, frames_per_scene=1)
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    cmd = [sys.executable, "-m", "radblur_jax.main", "--config",
+           os.path.join(repo, "configs", "eval.py") + ":tiny", "--workdir", str(tmp_path / "w"),
+           "--config.random_init=True", f"--config.data.root={root}", "--config.grids=False"]
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(repo)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "w" / "eval" / "synthetic_test" / "summary.json")
+                         .read_text())
+    assert summary["restored"]["count"] == 1 and "RANDOM" in summary["model"]
