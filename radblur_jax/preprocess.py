@@ -2,7 +2,8 @@
 
 `preprocess_da_v2` reproduces Depth Anything V2's `image2tensor`: RGB / 255, resize with
 `keep_aspect_ratio=True, ensure_multiple_of=<patch size, 14>, resize_method="lower_bound"`
-(cv2.INTER_CUBIC, in float64), ImageNet mean/std, float32. Outputs are NHWC-ready `(H', W', 3)` arrays.
+(cv2.INTER_CUBIC, in float64), ImageNet mean/std, float32. Outputs are NHWC-ready `(H', W', 3)`
+arrays.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def da_v2_size(height: int, width: int, target: int = 518, multiple: int = PATCH
                ) -> tuple[int, int]:
     """Depth Anything V2 input `(H', W')`: short side `target`, long side a multiple of `multiple`.
 
-    `target` must be a positive multiple of `multiple` (ValueError otherwise). The scale `max(target/H, target/W)` is applied to both sides, then each side is rounded to
+    `target` must be a positive multiple of `multiple` (ValueError otherwise). The scale
+    `max(target/H, target/W)` is applied to both sides, then each side is rounded to
     the nearest multiple (NumPy rounding, half to even), never below `target`.
     """
     if target < 1 or target % multiple:

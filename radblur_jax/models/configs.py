@@ -113,7 +113,8 @@ def taps_for_depth(depth: int) -> tuple[int, ...]:
 def check_choice(field: str, value: Any, choices: Sequence[Any]) -> Any:
     """Returns `value` if it is one of `choices`, else a ValueError naming `field`."""
     if value not in choices:
-        raise ValueError(f"config {field}={value!r}: expected one of {', '.join(map(str, choices))}")
+        raise ValueError(f"config {field}={value!r}: expected one of "
+                         f"{', '.join(map(str, choices))}")
     return value
 
 
@@ -202,6 +203,6 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def uses_depth_attention(cfg: ml_collections.ConfigDict) -> bool:
-    """Whether the decoder fuses depth features (ADA); False is the `depth_fusion="none"` ablation."""
+    """Whether the decoder fuses depth features (ADA); False: the `depth_fusion="none"` ablation."""
     return check_choice("decoder.depth_fusion", cfg.decoder.depth_fusion,
                         DEPTH_FUSIONS) == "attention"

@@ -1,0 +1,78 @@
+"""Scores by benchmark protocol: `score_batch(pred, gt, protocol)` -> one dict per image.
+
+Every protocol scores the 8-bit image a method saves: predictions are clipped to [0, 1] and
+rounded to uint8 levels (`quantize_uint8`) first.
+- "gopro" (also HIDE, REDS, the synthetic set): RGB PSNR over the whole image; SSIM in the
+  3-D form of the papers' tables (`ssim_mode="3d"`) or per channel (`"per_channel"`).
+- "realblur": intensity matching, ECC homography alignment, masked PSNR/SSIM (eval.align).
+- "rsblur": as realblur on the clipped output; reports add saturated / non-saturated means.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from radblur_jax.eval import align, metrics
+
+PROTOCOLS = ("gopro", "realblur", "rsblur")
+SSIM_MODES = ("3d", "per_channel")
+
+
+def check_protocol(protocol: str, ssim_mode: str = "3d") -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if ssim_mode not in SSIM_MODES:
+        raise ValueError(f"unknown ssim_mode {ssim_mode!r}; expected one of {SSIM_MODES}")
+
+
+@functools.partial(jax.jit, static_argnames=("ssim_mode",))
+def _gopro_scores(pred: jax.Array, gt: jax.Array, ssim_mode: str) -> tuple[jax.Array, jax.Array]:
+    p, g = metrics.quantize_uint8(pred), metrics.quantize_uint8(gt)
+    return metrics.psnr(p, g), metrics.ssim(p, g, mode=ssim_mode)
+
+
+def score_batch(pred: np.ndarray, gt: np.ndarray, protocol: str, *,
+                ssim_mode: str = "3d") -> list[dict]:
+    """`pred`, `gt` `(B, H, W, 3)` float in [0, 1] -> B dicts with "psnr", "ssim"
+    (+ "ecc_ok" for realblur/rsblur). `ssim_mode` applies to "gopro" only."""
+    check_protocol(protocol, ssim_mode)
+    pred = np.asarray(pred, np.float32)
+    gt = np.asarray(gt, np.float32)
+    if pred.shape != gt.shape:
+        raise ValueError(f"score_batch: prediction {pred.shape} and ground truth {gt.shape} "
+                         "differ in shape")
+    if protocol == "gopro":
+        psnr, ssim = _gopro_scores(pred, gt, ssim_mode)
+        return [{"psnr": float(p), "ssim": float(s)} for p, s in zip(np.asarray(psnr),
+                                                                     np.asarray(ssim))]
+    # In numpy: exactly `uint8 / 255.0` in float32, as the official script reads its PNGs
+    # (ECC is sensitive to 1-ulp differences that XLA's constant folding may introduce).
+    q, gq = quantize_uint8_np(pred), quantize_uint8_np(gt)
+    return [align.realblur_scores(p, g) for p, g in zip(q, gq)]
+
+
+def quantize_uint8_np(images: np.ndarray) -> np.ndarray:
+    """numpy twin of `metrics.quantize_uint8`: float32 `round(clip(x) * 255) / 255`."""
+    levels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * np.float32(255.0))
+    return levels.astype(np.float32) / np.float32(255.0)
+
+
+def ssim_label(protocol: str, ssim_mode: str) -> str:
+    """How the SSIM column of a table was computed (printed under every table)."""
+    if protocol == "gopro":
+        return ("3-D Gaussian SSIM (11x11x11, as MATLAB ssim / the papers' tables)"
+                if ssim_mode == "3d" else "per-channel Gaussian SSIM (scikit-image form)")
+    return "masked per-channel Gaussian SSIM after ECC alignment (official RealBlur script)"
+
+
+def mean_scores(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    """Means over rows of each key present (NaN-free rows only); `count` = number of rows."""
+    out: dict = {"count": len(rows)}
+    for k in keys:
+        vals = [r[k] for r in rows if k in r and r[k] is not None and np.isfinite(r[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out

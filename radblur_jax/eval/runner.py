@@ -1,0 +1,276 @@
+"""`evaluate(config, workdir)`: restore a dataset split, score it by protocol, write reports.
+
+Called by `python -m radblur_jax.main --config configs/eval.py --workdir DIR` (config fields in
+configs/eval.py). Writes under `config.output_dir` (default `WORKDIR/eval/<dataset>_<split>`):
+
+    per_image.csv / per_image.json   one row per image: restored and identity (blurry input)
+                                     PSNR/SSIM, depth AbsRel/delta1 where the set has depth
+    summary.json, summary.md         means, in the table layout of notes/benchmarks.md
+    restored/<name>.png              8-bit restored images (the files that were scored)
+    comparison_{best,median,worst}.png   blurry | restored | sharp | depth, with zoomed crops
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from radblur_jax.data.image_io import DataError
+from radblur_jax.eval import protocols, reports
+from radblur_jax.eval.inference import InferenceOptions, Restorer
+from radblur_jax.eval.loading import (CheckpointLoadError, LoadedModel, load_checkpoint,
+                                      load_random)
+from radblur_jax.eval.metrics import depth_metrics
+
+_SYNTHETIC = ("synthetic", "synthetic_depth")
+
+
+class ConfigError(ValueError):
+    """An eval config field is invalid; the message names the field."""
+
+
+def resolve_data_spec(spec: Any) -> dict:
+    """The dataset spec as a dict; an empty `root` of the synthetic set means the built-in one
+    (generated on first use)."""
+    out = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    if out.get("name") in _SYNTHETIC and not out.get("root") and out.get("format") != "tfds":
+        from radblur_jax.data.synthetic import ensure_default_synthetic
+        out["root"] = str(ensure_default_synthetic())
+    return out
+
+
+def load_model(config: Any, workdir: str) -> LoadedModel:
+    """Random weights (`random_init`) or the checkpoint (default: the workdir's latest)."""
+    dtype = config.get("compute_dtype", "") or None
+    if config.get("random_init", False):
+        return load_random(config.model, config.get("seed", 0), dtype=dtype)
+    return load_checkpoint(config.get("checkpoint") or workdir,
+                           use_ema=config.get("use_ema", True), dtype=dtype)
+
+
+def inference_options(config: Any) -> InferenceOptions:
+    n = config.get("num_active", 0)
+    return InferenceOptions(tile=config.get("tile", 0), overlap=config.get("overlap", 32),
+                            tile_batch=config.get("tile_batch", 4),
+                            self_ensemble=config.get("self_ensemble", False),
+                            num_active=n if n and n > 0 else None)
+
+
+@jax.jit
+def _depth_scores(disparity: jax.Array, depth: jax.Array) -> dict:
+    return depth_metrics(disparity, depth, depth > 0)
+
+
+def _saturated_names(spec: dict) -> set[str] | None:
+    """RSBlur: names in the official saturation test list (None when not available)."""
+    if spec.get("name") != "rsblur" or spec.get("subset", "all") != "all":
+        return None
+    from radblur_jax.data.sources import make_source
+    try:
+        sat = make_source({**spec, "subset": "saturation"})
+    except (DataError, ValueError):
+        return None
+    return {r.name for r in sat.records}
+
+
+def _restored_path(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, "restored", os.path.splitext(name)[0] + ".png")
+
+
+def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
+             protocol: str, ssim_mode: str, out_dir: str, save_images: bool,
+             saturated: set[str] | None) -> list[dict]:
+    """Restores and scores one same-size batch; returns its rows."""
+    blur = np.stack([item["blur"] for _, item in batch])
+    sharp = np.stack([item["sharp"] for _, item in batch])
+    x = blur
+    if len(batch) < batch_size:  # fixed batch: one compilation per image size
+        x = np.concatenate([blur, np.repeat(blur[-1:], batch_size - len(batch), axis=0)])
+    t0 = time.perf_counter()
+    restored, disparity = restorer(x)
+    seconds = (time.perf_counter() - t0) / len(batch)
+    restored, disparity = restored[:len(batch)], disparity[:len(batch)]
+    scores = protocols.score_batch(restored, sharp, protocol, ssim_mode=ssim_mode)
+    baseline = protocols.score_batch(blur, sharp, protocol, ssim_mode=ssim_mode)
+    depth = None
+    if all("depth" in item for _, item in batch):
+        gt_depth = np.stack([item["depth"][..., 0] for _, item in batch])
+        depth = {k: np.asarray(v) for k, v in _depth_scores(disparity, gt_depth).items()}
+    rows = []
+    for j, (index, item) in enumerate(batch):
+        row = {"index": index, "name": item["name"], "height": blur.shape[1],
+               "width": blur.shape[2], "psnr": scores[j]["psnr"], "ssim": scores[j]["ssim"],
+               "identity_psnr": baseline[j]["psnr"], "identity_ssim": baseline[j]["ssim"],
+               "seconds": seconds}
+        if "ecc_ok" in scores[j]:
+            row["ecc_ok"] = scores[j]["ecc_ok"]
+            row["identity_ecc_ok"] = baseline[j]["ecc_ok"]
+        if depth is not None:
+            row["abs_rel"] = float(depth["abs_rel"][j])
+            row["delta1"] = float(depth["delta1"][j])
+        if saturated is not None:
+            row["saturated"] = item["name"] in saturated
+        if save_images:
+            reports.save_png(_restored_path(out_dir, item["name"]), reports.to_uint(restored[j]))
+        rows.append(row)
+    return rows
+
+
+def _grids(rows: list[dict], source: Any, restorer: Restorer, batch_size: int,
+           out_dir: str) -> list[str]:
+    written = []
+    for rank, pos in reports.pick_best_median_worst(rows).items():
+        row = rows[pos]
+        item = source[row["index"]]
+        x = np.repeat(item["blur"][None], batch_size, axis=0)
+        restored, disparity = restorer(x)
+        grid = reports.comparison_grid(
+            item["blur"], restored[0], item["sharp"], disparity[0],
+            captions=[f"{row['identity_psnr']:.2f} dB", f"{row['psnr']:.2f} dB", "", ""])
+        path = os.path.join(out_dir, f"comparison_{rank}.png")
+        reports.save_png(path, grid)
+        written.append(path)
+    return written
+
+
+def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
+             seconds: float) -> dict:
+    protocol, ssim_mode = config.protocol, config.get("ssim_mode", "3d")
+    keys = ("psnr", "ssim", "abs_rel", "delta1")
+    ident = [{"psnr": r["identity_psnr"], "ssim": r["identity_ssim"]} for r in rows]
+    summary = {
+        "model": loaded.description, "dataset": spec.get("name"), "split": spec.get("split"),
+        "root": spec.get("root"), "protocol": protocol,
+        "ssim": protocols.ssim_label(protocol, ssim_mode),
+        "psnr": "RGB PSNR on outputs clipped and rounded to 8 bits" + (
+            "" if protocol == "gopro" else ", masked after ECC alignment"),
+        "tile": config.get("tile", 0), "overlap": config.get("overlap", 32),
+        "self_ensemble": config.get("self_ensemble", False),
+        "restored": protocols.mean_scores(rows, keys),
+        "identity": protocols.mean_scores(ident, ("psnr", "ssim")),
+        "seconds_total": seconds, "devices": jax.device_count(),
+    }
+    if rows and "ecc_ok" in rows[0]:
+        summary["ecc_failures"] = sum(not r["ecc_ok"] for r in rows)
+        summary["identity_ecc_failures"] = sum(not r["identity_ecc_ok"] for r in rows)
+    if rows and "saturated" in rows[0]:
+        for label, flag in (("saturated", True), ("non_saturated", False)):
+            sub = [r for r in rows if r["saturated"] == flag]
+            summary[f"restored_{label}"] = protocols.mean_scores(sub, ("psnr", "ssim"))
+            summary[f"identity_{label}"] = protocols.mean_scores(
+                [{"psnr": r["identity_psnr"], "ssim": r["identity_ssim"]} for r in sub],
+                ("psnr", "ssim"))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """The summary as a markdown table (notes/benchmarks.md layout) with its notes."""
+    col = f"{summary['dataset']} ({summary['split']})"
+    columns, cells_r, cells_i = [col], [reports.psnr_ssim_cell(summary["restored"])], \
+        [reports.psnr_ssim_cell(summary["identity"])]
+    if "restored_saturated" in summary:
+        for label in ("saturated", "non_saturated"):
+            columns.append(label.replace("_", "-"))
+            cells_r.append(reports.psnr_ssim_cell(summary[f"restored_{label}"]))
+            cells_i.append(reports.psnr_ssim_cell(summary[f"identity_{label}"]))
+    notes = [f"PSNR / SSIM over {summary['restored']['count']} images; protocol "
+             f"{summary['protocol']}: {summary['psnr']}; SSIM: {summary['ssim']}.",
+             "identity = the blurry input scored as if it were the output (the floor)."]
+    if summary.get("ecc_failures") or summary.get("identity_ecc_failures"):
+        notes.append(f"ECC alignment failed on {summary['ecc_failures']} restored and "
+                     f"{summary['identity_ecc_failures']} blurry images; those were scored "
+                     "without alignment (per_image.csv: ecc_ok).")
+    if "abs_rel" in summary["restored"]:
+        notes.append(f"depth (disparity aligned by scale and shift): AbsRel "
+                     f"{summary['restored']['abs_rel']:.4f}, delta1 "
+                     f"{summary['restored']['delta1']:.4f}.")
+    extra = []
+    if summary.get("tile"):
+        extra.append(f"sliding windows {summary['tile']} px, overlap {summary['overlap']}")
+    if summary.get("self_ensemble"):
+        extra.append("x8 self-ensemble")
+    notes.append("inference: " + (", ".join(extra) if extra else "full image") +
+                 f"; {summary['seconds_total']:.1f} s on {summary['devices']} device(s).")
+    return reports.summary_table(
+        "Evaluation", columns, [(summary["model"], cells_r), ("identity (blurry input)",
+                                                              cells_i)], notes)
+
+
+def run_evaluation(config: Any, workdir: str,
+                   log: Callable[[str], None] = logging.info) -> dict:
+    """Evaluates and writes the reports; returns the summary dict (also in summary.json)."""
+    from radblur_jax.data.sources import make_source
+
+    try:
+        protocols.check_protocol(config.protocol, config.get("ssim_mode", "3d"))
+        options = inference_options(config)
+        spec = resolve_data_spec(config.data)
+        source = make_source(spec)
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise ConfigError(str(e)) from None
+    batch_size = int(config.get("batch_size", 1))
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    loaded = load_model(config, workdir)
+    restorer = Restorer(loaded.model, loaded.params, options)
+    if batch_size % restorer.num_devices:
+        log(f"batch_size {batch_size} is not a multiple of the {restorer.num_devices} devices; "
+            "batches are padded")
+    label = f"{spec.get('name')}_{spec.get('split', 'default')}"
+    out_dir = config.get("output_dir") or os.path.join(workdir, "eval", label)
+    os.makedirs(out_dir, exist_ok=True)
+    saturated = _saturated_names(spec)
+    n = len(source) if not config.get("max_images") else min(len(source), config.max_images)
+    log(f"eval: {loaded.description} on {label} ({n} images), protocol {config.protocol}, "
+        f"-> {out_dir}")
+    rows: list[dict] = []
+    pending: dict[tuple, list] = defaultdict(list)
+    args = (restorer, batch_size, config.protocol, config.get("ssim_mode", "3d"), out_dir,
+            config.get("save_images", True), saturated)
+    t0 = time.perf_counter()
+    for i in range(n):
+        item = source[i]
+        key = item["blur"].shape
+        pending[key].append((i, item))
+        if len(pending[key]) == batch_size:
+            rows += _process(pending.pop(key), *args)
+            log(f"eval: {len(rows)}/{n} images, mean PSNR {np.mean([r['psnr'] for r in rows]):.3f}")
+    for key in list(pending):
+        rows += _process(pending.pop(key), *args)
+    rows.sort(key=lambda r: r["index"])
+    seconds = time.perf_counter() - t0
+    fields = ["index", "name", "height", "width", "psnr", "ssim", "identity_psnr",
+              "identity_ssim"] + [k for k in ("ecc_ok", "identity_ecc_ok", "saturated",
+                                              "abs_rel", "delta1") if rows and k in rows[0]]
+    reports.write_rows(out_dir, "per_image", rows, fields + ["seconds"])
+    summary = _summary(rows, config, loaded, spec, seconds)
+    if config.get("grids", True) and rows:
+        summary["grids"] = _grids(rows, source, restorer, batch_size, out_dir)
+    reports.write_json(os.path.join(out_dir, "summary.json"), summary)
+    table = summary_markdown(summary)
+    reports.write_text(os.path.join(out_dir, "summary.md"), table)
+    log("\n" + table)
+    return summary
+
+
+def evaluate(config: Any, workdir: str) -> None:
+    """Entry point for `main.py` (stage "eval"): `run_evaluation`, reports under the workdir.
+
+    A bad config field, dataset or checkpoint ends in one error line (absl UsageError, exit
+    status 2). Returns None (absl's `app.run` would turn a return value into the exit status).
+    """
+    from absl import app
+
+    try:
+        run_evaluation(config, workdir)
+    except ConfigError as e:
+        raise app.UsageError(f"--config: {e}", exitcode=2) from None
+    except (DataError, CheckpointLoadError) as e:
+        raise app.UsageError(str(e), exitcode=2) from None

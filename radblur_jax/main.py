@@ -1,0 +1,74 @@
+"""Training entry point.
+
+    python -m radblur_jax.main --config configs/deblur.py:tiny --workdir /tmp/radblur_tiny
+    python -m radblur_jax.main --config configs/depth_pretrain.py:s --workdir DIR \
+        --config.optimizer.lr=1e-5 --config.train.batch_size=32
+
+`config.stage` picks the job: "depth" (stage A), "deblur" (stage B), "eval" (evaluation of a
+trained workdir). Any config field can be overridden with `--config.<path>=<value>`.
+Running the same command again resumes from the workdir's latest checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                    "(else found from the TPU/SLURM environment).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/deblur.py:tiny.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with one-line errors (exit 2) for bad config files and overrides."""
+    try:
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:
+            FLAGS.config.get("stage")  # config_flags defers a file that failed to load
+        return rest
+    except OSError as e:
+        msg = f"--config: {str(e).strip().splitlines()[-1].strip()}"
+    except flags.Error as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        head = lines[0].split(": Error whilst parsing")[0] if lines else ""
+        msg = f"{head}: {lines[-1]}" if len(lines) > 1 else (lines[0] if lines else repr(e))
+    except (AttributeError, KeyError) as e:  # an override naming no config field
+        msg = f"--config override: no such field {e}"
+    print(f"FATAL Flags parsing error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from radblur_jax.train.distributed import maybe_initialize
+    maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    config = FLAGS.config
+    stage = config.get("stage")
+    if stage == "eval":
+        from radblur_jax.eval.runner import evaluate
+        return evaluate(config, FLAGS.workdir)
+    from radblur_jax.data.image_io import DataError
+    from radblur_jax.data.sources import make_source
+    from radblur_jax.train import input as input_lib, loop
+    try:
+        loop.check_config(config)
+        for key in ("data", "eval_data"):
+            make_source(input_lib.resolve_spec(config[key]))
+    except (ValueError, KeyError, TypeError, DataError, FileNotFoundError) as e:
+        raise app.UsageError(f"--config: {e}", exitcode=2) from None
+    logging.info("stage %s, model %s, workdir %s", stage, config.model, FLAGS.workdir)
+    loop.train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

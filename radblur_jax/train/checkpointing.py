@@ -1,0 +1,206 @@
+"""Checkpoints: an orbax CheckpointManager holding the train state and the grain iterator.
+
+Layout of a training workdir:
+
+    WORKDIR/config.json                 the training config + the resolved model config
+    WORKDIR/checkpoints/<step>/state    TrainState (params, optimiser, EMA, step, rng)
+    WORKDIR/checkpoints/<step>/data     grain iterator state, one JSON file per process
+    WORKDIR/best/<step>/state           params + EMA params of the best validation PSNR (deblur)
+    WORKDIR/corrupt_checkpoints/<step>  checkpoints that failed to restore (moved aside)
+
+Saves are asynchronous (`wait()` before exiting). Restoring takes an abstract state whose leaves
+carry the shardings of the current mesh, so a run resumes on a different mesh shape.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from radblur_jax.atomic_io import write_json_atomic
+
+CONFIG_FILE = "config.json"
+
+
+class _IteratorSnapshot:
+    """The iterator's state at save time (grain's handler may write it after we move on)."""
+
+    def __init__(self, iterator: Any):
+        self._state = json.dumps(iterator.get_state()).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict,
+                model_cfg: ml_collections.ConfigDict) -> None:
+    """Writes WORKDIR/config.json (process 0; atomic)."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                          {"config": json.loads(config.to_json_best_effort()),
+                           "model_config": json.loads(model_cfg.to_json_best_effort())})
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The training config saved in `workdir`, with the resolved model config as
+    `config.model_config`."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            blob = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; expected a training workdir") from None
+    config = ml_collections.ConfigDict(blob["config"])
+    config.model_config = ml_collections.ConfigDict(blob["model_config"])
+    return config
+
+
+class Checkpoints:
+    """Periodic (keep N) and best-by-metric checkpoint managers of one workdir."""
+
+    def __init__(self, workdir: str, keep: int, keep_best: bool, async_save: bool,
+                 best_metric: str | None):
+        self.workdir = workdir
+        self.best_metric = best_metric if keep_best else None
+        self._async = async_save
+        self._keep = keep
+        self.manager = self._manager("checkpoints", keep, None)
+        self.best = (self._manager("best", 1, best_metric) if self.best_metric else None)
+
+    def _manager(self, sub: str, keep: int, metric: str | None) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=self._async,
+            best_fn=(lambda m: m[metric]) if metric else None, best_mode="max")
+        return ocp.CheckpointManager(
+            os.path.join(os.path.abspath(self.workdir), sub), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def save(self, step: int, state: Any, iterator: Any) -> None:
+        """Starts an (async) save of `state` and the iterator position at `step`."""
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))), force=True)
+
+    def save_best(self, step: int, weights: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Keeps `weights` (`{"params", "ema_params"}`: what inference needs) if
+        `metrics[best_metric]` is the best so far."""
+        if self.best is None or step in self.best.all_steps():
+            return
+        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)),
+                       metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+        if self.best is not None:
+            self.best.close()
+
+    def restore_latest(self, abstract_state: Any, iterator: Any) -> tuple[Any, int] | None:
+        """Restores the newest checkpoint that restores cleanly onto `abstract_state`
+        (`ShapeDtypeStruct`s with the target shardings) and `iterator`.
+
+        Newer checkpoints that fail are moved to WORKDIR/corrupt_checkpoints/ with a warning;
+        if none restores, the newest one's error is raised and nothing is moved.
+        Returns `(state, step)`, or None when there is no checkpoint.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed: list[tuple[int, Exception]] = []
+        for step in steps:
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(iterator)))
+            except Exception as e:  # pylint: disable=broad-except
+                failed.append((step, e))
+                continue
+            if failed:
+                self._set_aside([s for s, _ in failed], step, failed[0][1])
+            return restored["state"], step
+        if failed:
+            raise failed[0][1]
+        return None
+
+    def _set_aside(self, bad_steps: list[int], good: int, error: Exception) -> None:
+        self.wait()
+        dest = os.path.join(self.workdir, "corrupt_checkpoints")
+        if jax.process_index() == 0:
+            os.makedirs(dest, exist_ok=True)
+            for s in bad_steps:
+                src = os.path.join(self.workdir, "checkpoints", str(s))
+                target = os.path.join(dest, str(s))
+                if os.path.exists(target):
+                    shutil.rmtree(target)
+                shutil.move(src, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("radblur_checkpoint_set_aside")
+        msg = (f"checkpoint(s) {bad_steps} in {self.workdir}/checkpoints could not be restored "
+               f"({type(error).__name__}: {str(error)[:300]}); moved to {dest}; resuming from "
+               f"step {good}")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        logging.warning(msg)
+        self.manager.close()
+        self.manager = self._manager("checkpoints", self._keep, None)
+
+
+def _step_dir(path: str) -> tuple[str, str]:
+    """(workdir, checkpoint step directory) for a workdir or a step directory."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(os.path.join(path, "state")):
+        return os.path.dirname(os.path.dirname(path)), path
+    ckpt_root = os.path.join(path, "checkpoints")
+    if not os.path.isdir(ckpt_root):
+        raise FileNotFoundError(f"{path}: neither a training workdir (no checkpoints/) nor a "
+                                "checkpoint step directory (no state/)")
+    steps = sorted(int(s) for s in os.listdir(ckpt_root)
+                   if s.isdigit() and os.path.isdir(os.path.join(ckpt_root, s, "state")))
+    if not steps:
+        raise FileNotFoundError(f"{ckpt_root}: no finished checkpoint")
+    return path, os.path.join(ckpt_root, str(steps[-1]))
+
+
+def load_params_for_inference(path: str, *, use_ema: bool = True
+                              ) -> tuple[ml_collections.ConfigDict, Any]:
+    """`(config, params)` from a training workdir (its latest checkpoint) or one checkpoint
+    step directory (`WORKDIR/checkpoints/<step>` or `WORKDIR/best/<step>`).
+
+    `config` is the training config (`stage`, `model`, ...) with the resolved model config in
+    `config.model_config` (build the network with `build_radblur(config.model_config)`; for
+    stage "depth" params are the Depth Anything tree, `DepthAnything(cfg.encoder, cfg.dpt)`).
+    `params` are host numpy float32 arrays: the EMA weights if `use_ema`, else the raw ones.
+    """
+    workdir, step_dir = _step_dir(path)
+    config = read_config(workdir)
+    key = "ema_params" if use_ema else "params"
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        meta = ckptr.metadata(os.path.join(step_dir, "state"))
+        tree = getattr(meta, "item_metadata", None) or meta
+        tree = getattr(tree, "tree", tree)
+        sub = tree[key]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+        restored = ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item={key: sub}, restore_args={key: restore_args}, partial_restore=True))
+    finally:
+        ckptr.close()
+    return config, restored[key]

@@ -1,0 +1,139 @@
+"""Training output: TensorBoard (clu) + WORKDIR/metrics.jsonl, the console progress line, and
+validation image grids (blurry | restored | sharp | depth) as summaries and PNGs."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import cv2
+import jax
+import numpy as np
+
+from radblur_jax.atomic_io import write_atomic, write_bytes_atomic
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Scalars to TensorBoard (WORKDIR/tensorboard) and as one JSON object per logged step
+    (with `step`) appended to WORKDIR/metrics.jsonl. Only process 0 writes."""
+
+    def __init__(self, workdir: str):
+        from clu import metric_writers  # imports tensorflow: keep it out of module import
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.writer = metric_writers.create_default_writer(
+            os.path.join(workdir, "tensorboard"), just_logging=not self.active)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records of steps > `step` (written by a run that died after its last
+        checkpoint), so the file continues exactly where the restored state is."""
+        if not self.active or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [ln for ln in f if ln.strip()]
+        keep = []
+        for ln in lines:
+            try:
+                if json.loads(ln)["step"] <= step:
+                    keep.append(ln)
+            except (ValueError, KeyError):
+                continue  # a half-written last line from a killed run
+        if len(keep) != len(lines):
+            write_bytes_atomic(self.path, "".join(keep).encode())
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self.writer.write_scalars(step, scalars)
+        if self.active:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+                f.flush()
+
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """`images`: name -> `(H, W, 3) uint8`."""
+        self.writer.write_images(step, {k: v[None] for k, v in images.items()})
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Rates over the last logging window and the console line `step/total ... ETA`."""
+
+    def __init__(self, total_steps: int, start_step: int, batch_size: int):
+        self.total, self.batch = total_steps, batch_size
+        self._t, self._step = time.monotonic(), start_step
+
+    def restart(self, step: int) -> None:
+        self._t, self._step = time.monotonic(), step
+
+    def rates(self, step: int) -> dict[str, float]:
+        now = time.monotonic()
+        dt, n = max(now - self._t, 1e-9), step - self._step
+        self._t, self._step = now, step
+        return {"steps_per_sec": n / dt, "images_per_sec": n * self.batch / dt}
+
+    def line(self, step: int, scalars: dict[str, float]) -> str:
+        sps = scalars.get("steps_per_sec", 0.0)
+        eta = (self.total - step) / sps if sps > 0 else float("nan")
+        shown = " ".join(f"{k} {scalars[k]:.4g}" for k in ("loss", "psnr", "grad_norm", "lr")
+                         if k in scalars)
+        return (f"step {step}/{self.total} {shown} {sps:.3g} steps/s "
+                f"ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}")
+
+
+def colorize_disparity(d: np.ndarray) -> np.ndarray:
+    """`(H, W)` disparity -> `(H, W, 3)` uint8 RGB (inferno, min-max per image)."""
+    d = np.asarray(d, np.float32)
+    lo, hi = np.nanmin(d), np.nanmax(d)
+    u8 = np.uint8(np.clip((d - lo) / max(hi - lo, 1e-8), 0, 1) * 255)
+    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.uint8(np.clip(np.asarray(x, np.float32), 0, 1) * 255 + 0.5)
+
+
+def image_grid(columns: list[np.ndarray]) -> np.ndarray:
+    """One row per image: `columns` are `(N, H, W, 3)` float in [0, 1] or `(N, H, W)` disparity
+    maps; returns `(N * H, len(columns) * W, 3)` uint8."""
+    rows = []
+    for i in range(len(columns[0])):
+        rows.append(np.concatenate([colorize_disparity(c[i]) if c.ndim == 3 else _u8(c[i])
+                                    for c in columns], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def save_png(path: str, rgb: np.ndarray) -> None:
+    """Writes an `(H, W, 3)` uint8 RGB image atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write(tmp: str) -> None:
+        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: could not write PNG")
+    write_atomic(path, write)
+
+
+def log_line(msg: str) -> None:
+    if jax.process_index() == 0:
+        logging.info(msg)
+        print(msg, flush=True)
+
+
+def to_host(tree: Any) -> Any:
+    """Fully replicated / addressable global arrays -> numpy."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -1,0 +1,139 @@
+"""Pure step functions `(state, batch) -> (state, metrics)` and evaluation steps.
+
+Batches: stage "deblur" `{blur, sharp}` `(B, H, W, 3)` float32 in [0, 1]; stage "depth"
+`{image (B, H, W, 3), depth (B, H, W, 1), valid (B, H, W, 1)}` with H, W multiples of the patch
+size. Metrics are scalars (means over the batch). Bind the static arguments with
+`functools.partial`, then `jax.jit` (the loop adds shardings and donation).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from radblur_jax.eval import metrics as eval_metrics
+from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
+from radblur_jax.models.radblur import RADBlur
+from radblur_jax.train import losses
+from radblur_jax.train.depth_losses import depth_loss
+from radblur_jax.train.optimizer import ema_update
+from radblur_jax.train.state import Optimizers, TrainState
+
+
+def _apply_main(state: TrainState, grads: Any, optimizers: Optimizers, ema_decay: float,
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+    updates, opt_state = optimizers.main.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                        ema_params=ema_update(state.ema_params, params, ema_decay))
+    return new, {"grad_norm": optax.global_norm(grads), "lr": optimizers.lr(state.step)}
+
+
+def _depth_on_sharp(module: RADBlur, sharp: jax.Array) -> jax.Array:
+    return module.encode(sharp)[1].disparity
+
+
+def normalized_disparity(d: jax.Array) -> jax.Array:
+    """Per-image scale-and-shift normalisation `(d - median) / mean|d - median|`, `(B, H, W)`."""
+    med = jnp.median(d, axis=(1, 2), keepdims=True)
+    return (d - med) / (jnp.mean(jnp.abs(d - med), axis=(1, 2), keepdims=True) + 1e-6)
+
+
+def deblur_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
+                      optimizers: Optimizers, config: ml_collections.ConfigDict
+                      ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Deep-supervision L1 (or PSNR) + FFT loss over the K outputs, plus optional depth
+    self-distillation: L1 between the normalised disparities the depth branch predicts on the
+    sharp image now and with the frozen initial depth params (`state.teacher`)."""
+    blur, sharp = batch["blur"], batch["sharp"]
+    distill_w = float(config.loss.distill_weight)
+
+    def loss_fn(params):
+        out = model.apply({"params": params}, blur)
+        pixel = losses.deblur_loss(out.restored, sharp, pixel=config.loss.pixel,
+                                   fft_weight=float(config.loss.fft_weight))
+        aux = {"pixel_loss": pixel, "psnr": jnp.mean(losses.psnr(out.restored[-1], sharp))}
+        total = pixel
+        if distill_w > 0:
+            student = model.apply({"params": params}, sharp, method=_depth_on_sharp)
+            teacher = jax.lax.stop_gradient(model.apply(
+                {"params": {**params, "depth": state.teacher}}, sharp, method=_depth_on_sharp))
+            distill = jnp.mean(jnp.abs(normalized_disparity(student)
+                                       - normalized_disparity(teacher)))
+            aux["distill_loss"] = distill
+            total = total + distill_w * distill
+        return total, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new, extra = _apply_main(state, grads, optimizers, float(config.train.ema_decay))
+    return new, {"loss": loss, **aux, **extra}
+
+
+def exit_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
+                    optimizers: Optimizers) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Exit-head phase: cross-entropy of the blur-degree classes (from the blurry/sharp PSNR);
+    only `params["exit_head"]` changes (and is copied to the EMA params as is)."""
+    labels = losses.exit_labels(batch["blur"], batch["sharp"], model.cfg.exit.psnr_edges)
+
+    def loss_fn(head):
+        logits = model.apply({"params": {**state.params, "exit_head": head}}, batch["blur"],
+                             method=RADBlur.exit_logits)
+        return losses.exit_cross_entropy(logits, labels), logits
+
+    head = state.params["exit_head"]
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(head)
+    updates, exit_state = optimizers.exit.update(grads, state.exit_opt_state, head)
+    head = optax.apply_updates(head, updates)
+    new = state.replace(step=state.step + 1, params={**state.params, "exit_head": head},
+                        ema_params={**state.ema_params, "exit_head": head},
+                        exit_opt_state=exit_state)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    return new, {"loss": loss, "exit_accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+
+
+def vit_normalize(image: jax.Array) -> jax.Array:
+    """`(B, H, W, 3)` in [0, 1] -> ImageNet-normalised ViT input."""
+    return (image - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+                     optimizers: Optimizers, config: ml_collections.ConfigDict
+                     ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Stage A: scale-and-shift-invariant disparity + multi-scale gradient matching."""
+    x = vit_normalize(batch["image"])
+
+    def loss_fn(params):
+        disparity = model.apply({"params": params}, x, return_features=False).disparity
+        return depth_loss(disparity, batch["depth"][..., 0], batch["valid"][..., 0],
+                          grad_weight=float(config.loss.grad_weight),
+                          scales=int(config.loss.scales))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    new, extra = _apply_main(state, grads, optimizers, float(config.train.ema_decay))
+    return new, {"loss": loss, **extra}
+
+
+def deblur_eval_step(params: Any, batch: dict[str, jax.Array], *, model: RADBlur
+                     ) -> dict[str, jax.Array]:
+    """Per image `(B,)`: psnr, ssim (3-D), blurry_psnr; images restored `(B, H, W, 3)`
+    (the last sub-decoder, clipped to [0, 1]) and disparity `(B, H, W)`."""
+    out = model.apply({"params": params}, batch["blur"])
+    restored = jnp.clip(out.restored[-1], 0.0, 1.0)
+    sharp = batch["sharp"]
+    return {"psnr": eval_metrics.psnr(restored, sharp),
+            "ssim": eval_metrics.ssim(restored, sharp, mode="3d"),
+            "blurry_psnr": eval_metrics.psnr(batch["blur"], sharp),
+            "restored": restored, "disparity": out.disparity}
+
+
+def depth_eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module
+                    ) -> dict[str, jax.Array]:
+    """Per image `(B,)`: abs_rel, delta1; disparity `(B, H, W)`."""
+    disparity = model.apply({"params": params}, vit_normalize(batch["image"]),
+                            return_features=False).disparity
+    m = eval_metrics.depth_metrics(disparity, batch["depth"], batch["valid"])
+    return {**m, "disparity": disparity}

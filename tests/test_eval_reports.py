@@ -1,0 +1,121 @@
+"""eval.reports and the runner's report logic, with a stand-in model (fast).
+
+The stand-in returns its input, so the restored scores must equal the identity baseline's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import cv2
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import test_data_fakes as fakes
+
+from radblur_jax.eval import reports, runner
+from radblur_jax.eval.loading import LoadedModel
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import eval as eval_config  # noqa: E402  (configs/eval.py)
+
+
+class IdentityModel:
+    """RADBlur's apply interface; restored = input, disparity = channel mean."""
+
+    def apply(self, variables, x, num_active=None, method=None):
+        from test_eval_inference import _Out
+        return _Out(x[None], jnp.mean(x, -1))
+
+
+def _stand_in(monkeypatch):
+    loaded = LoadedModel(IdentityModel(), {"w": jnp.float32(1)}, "identity stand-in")
+    monkeypatch.setattr(runner, "load_model", lambda config, workdir: loaded)
+
+
+def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
+    _stand_in(monkeypatch)
+    fakes.make_rsblur(str(tmp_path / "data"))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "rsblur", "root": str(tmp_path / "data" / "RSBlur"), "split": "test"}
+    cfg.protocol = "rsblur"
+    cfg.batch_size = 2
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=lambda m: None)
+    out = tmp_path / "w" / "eval" / "rsblur_test"
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["saturated"] for r in rows] == ["True", "False"]
+    for r in rows:
+        assert r["psnr"] == r["identity_psnr"] and r["ssim"] == r["identity_ssim"]
+        assert r["ecc_ok"] in ("True", "False")
+    assert summary["restored_saturated"]["count"] == 1
+    assert summary["restored_saturated"]["psnr"] == pytest.approx(float(rows[0]["psnr"]))
+    assert summary["restored_non_saturated"]["psnr"] == pytest.approx(float(rows[1]["psnr"]))
+    table = (out / "summary.md").read_text()
+    assert "| method | rsblur (test) | saturated | non-saturated |" in table
+    assert "official RealBlur script" in table
+    restored = cv2.imread(str(out / "restored" / (os.path.splitext(rows[0]["name"])[0] + ".png")))
+    assert restored.shape == (fakes.H, fakes.W, 3)
+
+
+def test_gopro_run_per_channel_and_no_images_saved(tmp_path, monkeypatch):
+    _stand_in(monkeypatch)
+    fakes.make_gopro(str(tmp_path / "g"), kind="photo")
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "gopro", "root": str(tmp_path / "g"), "split": "test"}
+    cfg.ssim_mode = "per_channel"
+    cfg.save_images = False
+    cfg.grids = False
+    cfg.output_dir = str(tmp_path / "report")
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=lambda m: None)
+    assert summary["restored"]["psnr"] == summary["identity"]["psnr"]
+    assert "per-channel" in summary["ssim"]
+    assert sorted(os.listdir(tmp_path / "report")) == ["per_image.csv", "per_image.json",
+                                                      "summary.json", "summary.md"]
+
+
+def test_bad_config_is_one_usage_error(tmp_path):
+    from absl import app
+    cfg = eval_config.get_config("tiny")
+    cfg.protocol = "kitti"
+    with pytest.raises(app.UsageError, match="unknown protocol 'kitti'") as e:
+        runner.evaluate(cfg, str(tmp_path))
+    assert e.value.exitcode == 2
+    cfg = eval_config.get_config("tiny")
+    cfg.tile, cfg.overlap = 32, 40
+    with pytest.raises(app.UsageError, match="overlap"):
+        runner.evaluate(cfg, str(tmp_path))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "gopro", "root": str(tmp_path / "missing"), "split": "test"}
+    with pytest.raises(app.UsageError, match="missing"):
+        runner.evaluate(cfg, str(tmp_path))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "synthetic", "root": fakes.make_synthetic(str(tmp_path / "syn")),
+                "split": "test"}
+    cfg.checkpoint = str(tmp_path / "nockpt")
+    with pytest.raises(app.UsageError, match=str(tmp_path / "nockpt")):
+        runner.evaluate(cfg, str(tmp_path))
+
+
+def test_write_rows_keeps_full_precision(tmp_path):
+    rows = [{"name": "a", "psnr": 1 / 3, "ssim": 0.1 + 0.2}, {"name": "b", "psnr": float("inf"),
+                                                               "ssim": 1.0}]
+    csv_path, json_path = reports.write_rows(str(tmp_path), "rows", rows, ["name", "psnr", "ssim"])
+    with open(csv_path) as f:
+        back = list(csv.DictReader(f))
+    assert float(back[0]["psnr"]) == 1 / 3 and float(back[0]["ssim"]) == 0.1 + 0.2
+    assert json.loads(open(json_path).read())[1]["psnr"] == float("inf")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp files left
+
+
+def test_comparison_grid_and_ranking():
+    rng = np.random.default_rng(0)
+    sharp = rng.random((60, 90, 3)).astype(np.float32)
+    blurry = cv2.GaussianBlur(sharp, (0, 0), 2.0)
+    grid = reports.comparison_grid(blurry, sharp, sharp, sharp.mean(-1), panel_width=120)
+    assert grid.dtype == np.uint8 and grid.shape[1] == 4 * 120 + 3 * 4
+    assert grid.shape[0] == 22 + 80 + 4 + 22 + 120
+    rows = [{"psnr": 30.0}, {"psnr": float("nan")}, {"psnr": 20.0}, {"psnr": 25.0}]
+    assert reports.pick_best_median_worst(rows) == {"best": 0, "median": 3, "worst": 2}

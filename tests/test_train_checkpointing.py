@@ -1,0 +1,137 @@
+"""Checkpoints (orbax + grain iterator) and the metrics log, on small stand-in states."""
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from radblur_jax.train import checkpointing, reporting
+
+
+def _iterator():
+    return iter(grain.MapDataset.range(100).shuffle(seed=1).batch(4).to_iter_dataset())
+
+
+def _state(scale: float) -> dict:
+    return {"params": {"w": jnp.full((3, 5), scale), "b": jnp.arange(5.0) * scale},
+            "step": jnp.asarray(int(scale), jnp.int32)}
+
+
+def _abstract(state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=x.sharding), state)
+
+
+def _corrupt(step_dir: str) -> None:
+    for dirpath, _, files in os.walk(os.path.join(step_dir, "state")):
+        for f in files:
+            if "ocdbt" in dirpath or os.path.basename(dirpath) == "d":
+                with open(os.path.join(dirpath, f), "wb") as fh:
+                    fh.write(b"garbage")
+
+
+def test_restore_state_and_data_position(tmp_path):
+    ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2, keep_best=False, async_save=True,
+                                      best_metric=None)
+    it = _iterator()
+    next(it), next(it)
+    ckpts.save(2, _state(2.0), it)
+    want = next(it)
+    ckpts.wait()
+    ckpts.close()
+    it2 = _iterator()
+    again = checkpointing.Checkpoints(str(tmp_path), 2, False, True, None)
+    state, step = again.restore_latest(_abstract(_state(0.0)), it2)
+    again.close()
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], np.full((3, 5), 2.0))
+    np.testing.assert_array_equal(next(it2), want)
+
+
+def test_corrupt_latest_falls_back_with_a_warning(tmp_path):
+    ckpts = checkpointing.Checkpoints(str(tmp_path), keep=3, keep_best=False, async_save=False,
+                                      best_metric=None)
+    it = _iterator()
+    for step in (1, 2, 3):
+        next(it)
+        ckpts.save(step, _state(float(step)), it)
+    ckpts.wait()
+    ckpts.close()
+    _corrupt(os.path.join(tmp_path, "checkpoints", "3"))
+    again = checkpointing.Checkpoints(str(tmp_path), 3, False, False, None)
+    with pytest.warns(RuntimeWarning, match=r"\[3\].*could not be restored.*resuming from step 2"):
+        state, step = again.restore_latest(_abstract(_state(0.0)), _iterator())
+    assert step == 2 and float(state["params"]["w"][0, 0]) == 2.0
+    assert os.listdir(os.path.join(tmp_path, "corrupt_checkpoints")) == ["3"]
+    assert again.manager.all_steps() == [1, 2]
+    again.save(3, _state(30.0), _iterator())  # the step can be saved again
+    again.wait()
+    again.close()
+
+
+def test_all_corrupt_raises_and_moves_nothing(tmp_path):
+    ckpts = checkpointing.Checkpoints(str(tmp_path), 3, False, False, None)
+    ckpts.save(1, _state(1.0), _iterator())
+    ckpts.wait()
+    ckpts.close()
+    _corrupt(os.path.join(tmp_path, "checkpoints", "1"))
+    again = checkpointing.Checkpoints(str(tmp_path), 3, False, False, None)
+    with pytest.raises(Exception):
+        again.restore_latest(_abstract(_state(0.0)), _iterator())
+    again.close()
+    assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "1"))
+
+
+def test_best_keeps_the_highest_metric_and_inference_loading(tmp_path):
+    config = ml_collections.ConfigDict(dict(stage="deblur", model="tiny"))
+    checkpointing.save_config(str(tmp_path), config, ml_collections.ConfigDict(dict(name="t")))
+    ckpts = checkpointing.Checkpoints(str(tmp_path), 3, True, False, "val_psnr")
+    for step, psnr in ((1, 20.0), (2, 25.0), (3, 22.0)):
+        state = {"params": {"w": jnp.full((2,), float(step))},
+                 "ema_params": {"w": jnp.full((2,), -float(step))}}
+        ckpts.save(step, state, _iterator())
+        ckpts.save_best(step, state, {"val_psnr": psnr})
+    ckpts.wait()
+    ckpts.close()
+    assert os.listdir(os.path.join(tmp_path, "best")) == ["2"]
+    cfg, params = checkpointing.load_params_for_inference(str(tmp_path))  # latest, EMA
+    assert cfg.stage == "deblur" and cfg.model_config.name == "t"
+    np.testing.assert_array_equal(params["w"], [-3.0, -3.0])
+    _, raw = checkpointing.load_params_for_inference(os.path.join(tmp_path, "best", "2"),
+                                                     use_ema=False)
+    assert isinstance(raw["w"], np.ndarray) and raw["w"].tolist() == [2.0, 2.0]
+    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+        checkpointing.load_params_for_inference(str(tmp_path / "best"))
+
+
+def test_metrics_log_truncates_after_resume(tmp_path):
+    log = reporting.MetricsLog(str(tmp_path))
+    for step in (1, 2, 3, 4):
+        log.write(step, {"loss": 1.0 / step})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a line cut by kill -9
+    log = reporting.MetricsLog(str(tmp_path))
+    log.truncate_after(2)
+    log.write(3, {"loss": 7.0})
+    log.close()
+    recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in recs] == [1, 2, 3] and recs[-1]["loss"] == 7.0
+
+
+def test_image_grid_and_progress_line():
+    rng = np.random.default_rng(0)
+    imgs = rng.random((2, 6, 5, 3)).astype(np.float32)
+    disp = rng.random((2, 6, 5)).astype(np.float32)
+    grid = reporting.image_grid([imgs, imgs, disp])
+    assert grid.shape == (12, 15, 3) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[:6, :5], np.uint8(imgs[0] * 255 + 0.5))
+    p = reporting.Progress(total_steps=100, start_step=0, batch_size=4)
+    line = p.line(50, {"loss": 0.5, "steps_per_sec": 2.0})
+    assert line.startswith("step 50/100 loss 0.5") and "ETA 0m25s" in line

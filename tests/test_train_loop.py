@@ -1,0 +1,246 @@
+"""End-to-end training runs of `python -m radblur_jax.main` on a tiny synthetic set (slow).
+
+One configuration (stage B, tiny model, 32x32 crops, global batch 8, 4 steps) is run:
+on 1 device (the reference), on 8 simulated devices (data=4, fsdp=2), as two processes, killed
+with SIGKILL after a checkpoint and restarted, with a corrupt latest checkpoint, and with an
+exploding learning rate. Runs share a persistent compilation cache, so repeats compile once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+COMMON = [
+    "--config", os.path.join(REPO, "configs", "deblur.py") + ":tiny",
+    "--config.input.crop_size=32", "--config.train.batch_size=8",
+    f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
+    "--config.train.checkpoint_every=2", "--config.train.eval_every=0",
+    "--config.exit.steps=0", "--config.optimizer.warmup_steps=1", "--config.input.read_threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment for the runs: a small synthetic set and a shared compilation cache."""
+    from radblur_jax.data.synthetic import SyntheticParams, write_dataset
+    root = tmp_path_factory.mktemp("data") / "syn"
+    write_dataset(root, 16, 2, SyntheticParams(height=48, width=48), seed=3, frames_per_scene=4)
+    e = dict(os.environ)
+    e.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return {"env": e, "data": [f"--config.data.root={root}", f"--config.eval_data.root={root}"]}
+
+
+def _cmd(env, workdir, *extra):
+    return [sys.executable, "-m", "radblur_jax.main", "--workdir", str(workdir), *COMMON,
+            *env["data"], *extra]
+
+
+def _run(env, workdir, *extra, devices=1, check=True):
+    e = dict(env["env"], XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    p = subprocess.run(_cmd(env, workdir, *extra), env=e, capture_output=True, text=True,
+                       timeout=3000)
+    if check:
+        assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+def _metrics(workdir) -> dict[int, dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        recs = [json.loads(ln) for ln in f if ln.strip()]
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), steps  # one record per logged step, in order
+    return {r["step"]: r for r in recs}
+
+
+def _params(workdir) -> np.ndarray:
+    from radblur_jax.train.checkpointing import load_params_for_inference
+    import jax
+    _, params = load_params_for_inference(str(workdir), use_ema=False)
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+
+
+def _losses(workdir) -> np.ndarray:
+    m = _metrics(workdir)
+    return np.array([m[s]["loss"] for s in range(1, STEPS + 1)])
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ref")
+    _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1")
+    return workdir
+
+
+def test_reference_run_outputs(reference):
+    m = _metrics(reference)
+    assert sorted(m) == list(range(1, STEPS + 1))
+    for rec in m.values():
+        for key in ("loss", "psnr", "grad_norm", "lr", "steps_per_sec", "images_per_sec"):
+            assert np.isfinite(rec[key]), (key, rec)
+    assert sorted(os.listdir(os.path.join(reference, "checkpoints"))) == ["2", "4"]
+    with open(os.path.join(reference, "config.json")) as f:
+        assert json.load(f)["model_config"]["name"] == "tiny"
+    assert os.listdir(os.path.join(reference, "tensorboard"))
+
+
+def test_eight_devices_match_one(env, reference, tmp_path):
+    workdir = tmp_path / "mesh8"
+    _run(env, workdir, "--config.mesh.data=4", "--config.mesh.fsdp=2", devices=8)
+    assert rel_err(_losses(workdir), _losses(reference)) <= 1e-5
+    assert rel_err(_params(workdir), _params(reference)) <= 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(env, reference, tmp_path):
+    workdir = tmp_path / "two_procs"
+    port = _free_port()
+    e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(
+        _cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"), env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=3000)
+        assert p.returncode == 0, err[-4000:]
+    assert rel_err(_losses(workdir), _losses(reference)) <= 1e-5
+    assert rel_err(_params(workdir), _params(reference)) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def resumed(env, reference, tmp_path_factory):
+    """A run killed with SIGKILL right after its step-2 checkpoint, then restarted."""
+    workdir = tmp_path_factory.mktemp("killed")
+    e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.Popen(_cmd(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1"),
+                         env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(workdir, "checkpoints", "2")
+    try:
+        while not os.path.isdir(ckpt) and p.poll() is None:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait()
+    assert not os.path.isdir(os.path.join(workdir, "checkpoints", "4")), "finished before kill"
+    run = _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1")
+    assert "resumed from" in run.stdout + run.stderr
+    return workdir
+
+
+def test_kill_and_resume_logs_the_same_losses(resumed, reference):
+    got, want = _metrics(resumed), _metrics(reference)
+    assert sorted(got) == sorted(want)
+    for step in range(3, STEPS + 1):  # the steps after the resume, exactly equal
+        for key in ("loss", "pixel_loss", "psnr", "grad_norm", "lr"):
+            assert got[step][key] == want[step][key], (step, key)
+    np.testing.assert_array_equal(_params(resumed), _params(reference))
+
+
+def test_corrupt_latest_checkpoint_falls_back(env, resumed, reference):
+    state_dir = os.path.join(resumed, "checkpoints", str(STEPS), "state")
+    for name in os.listdir(state_dir):  # damage every array file of the latest checkpoint
+        path = os.path.join(state_dir, name)
+        if name.startswith("ocdbt") or name == "d":
+            for dirpath, _, files in os.walk(path):
+                for f in files:
+                    with open(os.path.join(dirpath, f), "wb") as fh:
+                        fh.write(b"garbage")
+    run = _run(env, resumed, "--config.mesh.data=1", "--config.mesh.fsdp=1")
+    out = run.stdout + run.stderr
+    assert "could not be restored" in out and "resuming from step 2" in out, out[-3000:]
+    assert os.path.isdir(os.path.join(resumed, "corrupt_checkpoints", str(STEPS)))
+    got, want = _metrics(resumed), _metrics(reference)
+    for step in range(3, STEPS + 1):
+        assert got[step]["loss"] == want[step]["loss"], step
+    np.testing.assert_array_equal(_params(resumed), _params(reference))
+
+
+def test_nan_loss_stops_naming_the_step(env, tmp_path):
+    workdir = tmp_path / "nan"
+    run = _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1",
+               "--config.optimizer.lr=1e38", "--config.optimizer.clip_norm=1e38",
+               "--config.train.checkpoint_every=1", check=False)
+    assert run.returncode != 0
+    line = [ln for ln in run.stderr.splitlines() if "non-finite loss" in ln]
+    assert line, run.stderr[-3000:]
+    bad = int(line[-1].split(" at step ")[1].split()[0])
+    assert 2 <= bad <= STEPS
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert steps and max(steps) == bad - 1  # the last good state is kept, nothing after it
+    assert max(_metrics(workdir)) < bad
+
+
+def test_stage_a_then_stage_b_init(env, tmp_path):
+    """Stage A trains and validates depth; stage B's encoder + DPT start from its EMA params."""
+    stage_a = tmp_path / "stage_a"
+    e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.run(
+        [sys.executable, "-m", "radblur_jax.main", "--workdir", str(stage_a), "--config",
+         os.path.join(REPO, "configs", "depth_pretrain.py") + ":tiny", *env["data"],
+         "--config.data.name=synthetic_depth", "--config.eval_data.name=synthetic_depth",
+         "--config.input.crop_size=28", "--config.train.batch_size=2",
+         "--config.train.num_steps=3", "--config.train.log_every=1",
+         "--config.train.eval_every=3", "--config.optimizer.warmup_steps=1",
+         "--config.eval.num_images=2"], env=e, capture_output=True, text=True, timeout=3000)
+    assert p.returncode == 0, p.stderr[-4000:]
+    m = _metrics(stage_a)
+    assert sorted(m) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in m.values())
+    assert 0 <= m[3]["val_abs_rel"] and 0 <= m[3]["val_delta1"] <= 1
+    assert os.listdir(os.path.join(stage_a, "images"))
+
+    import jax
+    from radblur_jax.train.checkpointing import load_params_for_inference
+    from radblur_jax.train.model_setup import build_model, initial_params, model_config
+    from train_helpers import load_config
+    config = load_config("deblur.py", "tiny")
+    config.init.checkpoint = str(stage_a)
+    cfg = model_config(config)
+    params = initial_params(config, build_model(config, cfg), cfg, jax.random.key(0))
+    src_config, depth = load_params_for_inference(str(stage_a))
+    assert src_config.stage == "depth"
+    flat = jax.tree_util.tree_leaves_with_path(depth)
+    assert flat
+    got = dict(jax.tree_util.tree_leaves_with_path(params["depth"]))
+    for path, value in flat:
+        np.testing.assert_array_equal(np.asarray(got[path]), value)
+
+
+def test_sigterm_saves_and_exits_cleanly(env, reference, tmp_path):
+    workdir = tmp_path / "sigterm"
+    e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.Popen(_cmd(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1"),
+                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    while not os.path.exists(metrics) and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=3000)
+    assert p.returncode == 0, err[-3000:]
+    saved = [ln for ln in out.splitlines() if ln.startswith("preempted: saved step")]
+    assert saved, out[-2000:]
+    step = int(saved[0].split()[3])
+    assert step < STEPS and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+    _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1")
+    assert _losses(workdir).tolist() == _losses(reference).tolist()
