@@ -18,41 +18,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from radblur_jax.data.synthetic import photo_shake  # noqa: E402
 from radblur_jax.data.synthetic.render import SyntheticParams  # noqa: E402
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        h, w = int(parts[0]), int(parts[-1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x256), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8x8, got {text!r}")
-    return h, w
+from radblur_jax.cli_args import image_size, int_at_least  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder to create (must not exist)")
-    parser.add_argument("--size", type=_size, default=(photo_shake.DEFAULT_SIZE,) * 2,
+    parser.add_argument("--size", type=image_size, default=(photo_shake.DEFAULT_SIZE,) * 2,
                         help="crop HxW, e.g. 256x256 (at most 300x451: chelsea.png is 300x451)")
-    parser.add_argument("--per-photo", type=_int_at_least(1), default=photo_shake.DEFAULT_PER_PHOTO,
+    parser.add_argument("--per-photo", type=int_at_least(1), default=photo_shake.DEFAULT_PER_PHOTO,
                         help="crops per photo, each with its own trajectory")
-    parser.add_argument("--seed", type=_int_at_least(0), default=photo_shake.DEFAULT_SEED)
+    parser.add_argument("--seed", type=int_at_least(0), default=photo_shake.DEFAULT_SEED)
     parser.add_argument("--no-noise", action="store_true", help="noise_prob=0")
     parser.add_argument("--no-saturation", action="store_true", help="saturation_prob=0")
     return parser

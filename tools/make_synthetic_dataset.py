@@ -20,31 +20,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from radblur_jax.data.synthetic import writer
 from radblur_jax.data.synthetic.render import SyntheticParams
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        h, w = int(parts[0]), int(parts[-1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x256), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8x8, got {text!r}")
-    return h, w
+from radblur_jax.cli_args import image_size, int_at_least
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SyntheticParams)}
@@ -83,13 +59,13 @@ def _override(item: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="dataset root to create")
-    parser.add_argument("--num-train", type=_int_at_least(0), default=writer.DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-test", type=_int_at_least(0), default=writer.DEFAULT_NUM_TEST)
-    parser.add_argument("--size", type=_size, default=(256, 256), help="HxW, e.g. 720x1280")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0)
-    parser.add_argument("--frames-per-scene", type=_int_at_least(1),
+    parser.add_argument("--num-train", type=int_at_least(0), default=writer.DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-test", type=int_at_least(0), default=writer.DEFAULT_NUM_TEST)
+    parser.add_argument("--size", type=image_size, default=(256, 256), help="HxW, e.g. 720x1280")
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
+    parser.add_argument("--frames-per-scene", type=int_at_least(1),
                         default=writer.DEFAULT_FRAMES_PER_SCENE)
-    parser.add_argument("--workers", type=_int_at_least(1), default=1,
+    parser.add_argument("--workers", type=int_at_least(1), default=1,
                         help="processes (same bytes for any)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-noise", action="store_true", help="noise_prob=0")

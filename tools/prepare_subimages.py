@@ -35,6 +35,7 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from radblur_jax.data.sources import DEBLUR_NAMES, make_source
+from radblur_jax.cli_args import int_at_least
 
 
 def tile_starts(length: int, size: int, step: int, thresh: int = 0) -> list[int]:
@@ -126,30 +127,18 @@ def _umask() -> int:
     return mask
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=DEBLUR_NAMES, help="make_source name")
     p.add_argument("--root", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
-    p.add_argument("--size", type=_int_at_least(1), default=480)
-    p.add_argument("--step", type=_int_at_least(1), default=240)
-    p.add_argument("--thresh", type=_int_at_least(0), default=0,
+    p.add_argument("--size", type=int_at_least(1), default=480)
+    p.add_argument("--step", type=int_at_least(1), default=240)
+    p.add_argument("--thresh", type=int_at_least(0), default=0,
                    help="add a border-flush window when more than this many pixels remain")
     p.add_argument("--png_compression", type=int, default=3, choices=range(10))
-    p.add_argument("--workers", type=_int_at_least(1), default=1)
+    p.add_argument("--workers", type=int_at_least(1), default=1)
     a = p.parse_args(argv)
     try:
         n = prepare({"name": a.dataset, "root": a.root, "split": a.split}, a.out, size=a.size,
