@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from radblur_jax.train.config_base import base_config
+from radblur_jax.train.config_base import base_config, set_preset_fields
 
 # preset: (global batch, crop, steps, lr, fsdp, remat, compute dtype)
 _PRESETS = {
@@ -31,25 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if name not in _PRESETS:
         raise ValueError(f"configs/deblur.py: unknown preset {name!r}; "
                          f"expected one of {sorted(_PRESETS)}")
-    batch, crop, steps, lr, fsdp, remat, dtype = _PRESETS[name]
     c = base_config("deblur", name)
-    c.compute_dtype, c.remat = dtype, remat
-    c.data = ml_collections.ConfigDict(dict(name="synthetic", root="", split="train"))
-    c.eval_data = ml_collections.ConfigDict(dict(name="synthetic", root="", split="test"))
-    c.input.crop_size = crop
-    c.train.num_steps, c.train.batch_size = steps, batch
-    # EMA horizon ~1/(1-decay) steps: short runs need a short one, or the EMA stays near init.
-    c.train.ema_decay = 0.99 if name == "tiny" else 0.999
-    c.train.log_every = 10 if name == "tiny" else 100
-    c.train.checkpoint_every = 100 if name == "tiny" else 5000
-    c.train.eval_every = 200 if name == "tiny" else 5000
-    c.optimizer.lr = lr
-    c.optimizer.warmup_steps = 50 if name == "tiny" else 1000
+    set_preset_fields(c, _PRESETS[name], tiny=name == "tiny", data_name="synthetic",
+                      eval_every_tiny=200, warmup_tiny=50)
     # The main phase leaves the exit head alone; it is trained afterwards in its own phase.
     c.optimizer.freeze = ["^exit_head/"]
-    # Layer-wise lr decay suits a pretrained encoder; tiny starts from random weights.
-    c.optimizer.layer_decay = 1.0 if name == "tiny" else 0.9
-    c.mesh.fsdp = fsdp
     c.loss = ml_collections.ConfigDict(dict(
         pixel="l1",            # "l1" | "psnr"
         fft_weight=0.01,

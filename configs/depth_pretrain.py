@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from radblur_jax.train.config_base import base_config
+from radblur_jax.train.config_base import base_config, set_preset_fields
 
 # preset: (global batch, crop (a multiple of 14), steps, lr, fsdp, remat, compute dtype)
 _PRESETS = {
@@ -29,23 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if name not in _PRESETS:
         raise ValueError(f"configs/depth_pretrain.py: unknown preset {name!r}; "
                          f"expected one of {sorted(_PRESETS)}")
-    batch, crop, steps, lr, fsdp, remat, dtype = _PRESETS[name]
     c = base_config("depth", name)
-    c.compute_dtype, c.remat = dtype, remat
-    c.data = ml_collections.ConfigDict(dict(name="synthetic_depth", root="", split="train"))
-    c.eval_data = ml_collections.ConfigDict(dict(name="synthetic_depth", root="", split="test"))
-    c.input.crop_size = crop
-    c.train.num_steps, c.train.batch_size = steps, batch
-    # EMA horizon ~1/(1-decay) steps: short runs need a short one, or the EMA stays near init.
-    c.train.ema_decay = 0.99 if name == "tiny" else 0.999
-    c.train.log_every = 10 if name == "tiny" else 100
-    c.train.checkpoint_every = 100 if name == "tiny" else 5000
-    c.train.eval_every = 100 if name == "tiny" else 5000
-    c.optimizer.lr = lr
-    c.optimizer.warmup_steps = 30 if name == "tiny" else 1000
-    # Layer-wise lr decay suits a pretrained encoder; tiny starts from random weights.
-    c.optimizer.layer_decay = 1.0 if name == "tiny" else 0.9
-    c.mesh.fsdp = fsdp
+    set_preset_fields(c, _PRESETS[name], tiny=name == "tiny", data_name="synthetic_depth",
+                      eval_every_tiny=100, warmup_tiny=30)
     c.loss = ml_collections.ConfigDict(dict(grad_weight=0.5, scales=4))
     c.eval.crop = 0
     return c

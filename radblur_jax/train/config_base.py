@@ -68,3 +68,29 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
         num_images=0, batch_size=1, crop=0, grid_images=4, use_ema=True))
     c.init = ml_collections.ConfigDict(dict(checkpoint="", pretrained=""))
     return c
+
+
+def set_preset_fields(c: ml_collections.ConfigDict, preset: tuple, *, tiny: bool,
+                      data_name: str, eval_every_tiny: int, warmup_tiny: int) -> None:
+    """Fills the fields both stages set per model preset, in place.
+
+    `preset = (global batch, crop, steps, lr, fsdp, remat, compute dtype)`; `tiny` picks the
+    cadence of a short CPU run (frequent logs and checkpoints, a short EMA horizon) over that of
+    a long accelerator run. `data_name` is the built-in dataset used when none is given.
+    """
+    batch, crop, steps, lr, fsdp, remat, dtype = preset
+    c.compute_dtype, c.remat = dtype, remat
+    c.data = ml_collections.ConfigDict(dict(name=data_name, root="", split="train"))
+    c.eval_data = ml_collections.ConfigDict(dict(name=data_name, root="", split="test"))
+    c.input.crop_size = crop
+    c.train.num_steps, c.train.batch_size = steps, batch
+    # EMA horizon ~1/(1-decay) steps: short runs need a short one, or the EMA stays near init.
+    c.train.ema_decay = 0.99 if tiny else 0.999
+    c.train.log_every = 10 if tiny else 100
+    c.train.checkpoint_every = 100 if tiny else 5000
+    c.train.eval_every = eval_every_tiny if tiny else 5000
+    c.optimizer.lr = lr
+    c.optimizer.warmup_steps = warmup_tiny if tiny else 1000
+    # Layer-wise lr decay suits a pretrained encoder; tiny starts from random weights.
+    c.optimizer.layer_decay = 1.0 if tiny else 0.9
+    c.mesh.fsdp = fsdp
