@@ -197,13 +197,20 @@ def train_dataset(source: Sequence[Any], *, batch_size: int, crop_size: int | tu
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=max(2, read_threads)))
-    if worker_count > 0:
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app
-            flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                         per_worker_buffer_size=worker_buffer_size))
-        it = _ClosedAtExit(it.map(_own_memory))
-    return it
+    return with_worker_processes(it, worker_count, worker_buffer_size)
+
+
+def with_worker_processes(it: grain.IterDataset, worker_count: int,
+                          worker_buffer_size: int = 1) -> grain.IterDataset:
+    """`it` prefetched by `worker_count` processes (0 = unchanged), with batches copied out of
+    grain's shared memory and the workers closed at interpreter exit."""
+    if worker_count <= 0:
+        return it
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app
+        flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=worker_buffer_size))
+    return _ClosedAtExit(it.map(_own_memory))
 
 
 def eval_dataset(source: Sequence[Any], *, shard_index: int | None = None,

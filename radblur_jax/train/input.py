@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import grain
 import ml_collections
 import numpy as np
-from absl import flags
 
 from radblur_jax.data import pipeline
 from radblur_jax.data.pipeline import PairedAugment, eval_dataset
@@ -66,14 +65,7 @@ def train_iterator(config: ml_collections.ConfigDict, process_index: int,
     threads = int(config.input.read_threads)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                               prefetch_buffer_size=max(2, threads)))
-    if int(config.input.worker_count) > 0:
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=int(config.input.worker_count)))
-        # As pipeline.train_dataset does: batches out of shared memory, workers closed at exit.
-        it = pipeline._ClosedAtExit(it.map(pipeline._own_memory))  # pylint: disable=protected-access
-    return iter(it)
+    return iter(pipeline.with_worker_processes(it, int(config.input.worker_count)))
 
 
 def _center_crop(x: np.ndarray, h: int, w: int) -> np.ndarray:
