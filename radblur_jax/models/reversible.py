@@ -4,11 +4,12 @@ A chain applies `step(p_i, states, context) -> (states, out_i)` for i = 0..n-1, 
 params `p_i` are slices of a tree stacked on a leading axis. Plain autodiff stores every step's
 activations. With `reversible=True` the forward stores only the states entering every
 `anchor_every`-th step (the "anchors"; one state pyramid each, a few % of one step's
-activations) and the final states; the backward walks each segment in reverse, rebuilding the
-input of every non-anchor step with `inverse(p_i, new_states, context)` and back-propagating
-through one recomputed step at a time. `anchor_every >= n` is pure inversion (only the initial
+activations) and the final states; the backward walks the chain in reverse, taking the input
+of an anchor step from its anchor and rebuilding that of every other step with
+`inverse(p_i, new_states, context)`, and back-propagates through one recomputed step at a time. `anchor_every >= n` is pure inversion (only the initial
 states are kept). Anchors bound how far float32 inversion errors compound (docs/architecture.md).
-Both forwards are one `lax.scan`, so compile time does not grow with n.
+The forward and the backward are each one `lax.scan` (one compiled copy of the step, of its
+inverse and of its VJP), so compile time does not grow with n.
 """
 from __future__ import annotations
 
@@ -67,41 +68,28 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
     def chain_bwd(residuals, cotangents):
         segments, anchors, final, context = residuals
         g_final, g_outs = cotangents
-        g_outs = g_outs.reshape(jax.tree_util.tree_leaves(segments)[0].shape[:2]
-                                + g_outs.shape[1:])
-        ends = tmap(lambda x, f: jnp.concatenate([x[1:], f[None]]), anchors, final)
-
-        def vjp_one_step(p, previous, g_states, g_out, g_context):
-            _, step_vjp = jax.vjp(step, p, previous, context)
-            g_p, g_previous, g_ctx = step_vjp((g_states, g_out))
-            return g_p, g_previous, tmap(jnp.add, g_context, g_ctx)
+        num_segments, a = jax.tree_util.tree_leaves(segments)[0].shape[:2]
+        params = tmap(lambda x: x.reshape((num_segments * a,) + x.shape[2:]), segments)
 
         def back_one_step(carry, xs):
             states, g_states, g_context = carry
-            p, g_out = xs
-            previous = inverse(p, states, context)
-            g_p, g_previous, g_context = vjp_one_step(p, previous, g_states, g_out, g_context)
-            return (previous, g_previous, g_context), g_p
-
-        def back_one_segment(carry, xs):
-            g_states, g_context = carry
-            seg_params, anchor, end, g_seg_outs = xs
-            # Steps 1.. of the segment rebuild their input by inversion; step 0 reads the anchor.
-            later = tmap(lambda x: x[1:], seg_params)
-            (_, g_states, g_context), g_later = jax.lax.scan(
-                back_one_step, (end, g_states, g_context), (later, g_seg_outs[1:]),
-                reverse=True)
-            first = tmap(lambda x: x[0], seg_params)
-            g_first, g_states, g_context = vjp_one_step(first, anchor, g_states, g_seg_outs[0],
-                                                        g_context)
-            g_seg = tmap(lambda x, y: jnp.concatenate([x[None], y]), g_first, g_later)
-            return (g_states, g_context), g_seg
+            i, p, g_out = xs
+            # The input of step i: read from its segment's anchor when i starts a segment,
+            # else rebuilt by inverting the step. One body (and one compiled copy of the
+            # step's VJP) serves every step.
+            previous = jax.lax.cond(
+                i % a == 0,
+                lambda: tmap(lambda x: x[i // a], anchors),
+                lambda: inverse(p, states, context))
+            _, step_vjp = jax.vjp(step, p, previous, context)
+            g_p, g_previous, g_ctx = step_vjp((g_states, g_out))
+            return (previous, g_previous, tmap(jnp.add, g_context, g_ctx)), g_p
 
         g_context0 = tmap(jnp.zeros_like, context)
-        (g_initial, g_context), g_segments = jax.lax.scan(
-            back_one_segment, (g_final, g_context0), (segments, anchors, ends, g_outs),
+        steps_ = jnp.arange(num_segments * a)
+        (_, g_initial, g_context), g_params = jax.lax.scan(
+            back_one_step, (final, g_final, g_context0), (steps_, params, g_outs),
             reverse=True)
-        g_params = tmap(lambda x: x.reshape((-1,) + x.shape[2:]), g_segments)
         return g_params, g_initial, g_context
 
     chain.defvjp(chain_fwd, chain_bwd)
