@@ -182,7 +182,27 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         x = x[:, :h - h % kh, :w - w % kw]
         return _matmul(space_to_depth(x, kh, kw), kernel.reshape(kh * kw * cin, cout))
     xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),)) if not no_pad else x
+    if cout < cin and strides == (1, 1):
+        return _matmul_then_shift(xp, kernel)
     return _matmul(im2col(xp, (kh, kw), strides), kernel.reshape(kh * kw * cin, cout))
+
+
+def _matmul_then_shift(xp: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 'VALID' conv of padded `xp` as one matmul to every tap's output channels
+    `(B, Hp, Wp, kh*kw*O)`, then the kh*kw shifted O-channel slices summed.
+
+    The same sum as im2col + matmul, but the big intermediate has kh*kw*O channels instead of
+    kh*kw*I: cheaper when O < I (an output head: 16 -> 3 channels).
+    """
+    kh, kw, cin, cout = kernel.shape
+    out_hw = _out_hw(xp.shape[1:3], (kh, kw), (1, 1))
+    taps = _matmul(xp, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
+    y = None
+    for t in range(kh * kw):
+        tap = taps[..., t * cout:(t + 1) * cout]
+        term = _shifted(tap, t // kw, t % kw, out_hw, (1, 1))
+        y = term if y is None else y + term
+    return y
 
 
 def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
