@@ -31,7 +31,7 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
-from radblur_jax.models.radblur import RADBlur  # noqa: E402
+from radblur_jax.models.radblur import RADBlur, init_radblur  # noqa: E402
 from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
                                         validate_config)
 from radblur_jax.train.losses import deblur_loss  # noqa: E402
@@ -143,8 +143,7 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
     """Compiles and times the train step; returns one result row."""
     model = RADBlur(preset_config(preset, dtype, conv_impl))
     tx = optax.adamw(1e-4)
-    params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"])(
-        jax.random.key(0))
+    params = init_radblur(model, jax.random.key(0))
     opt_state = tx.init(params)
     rng = np.random.default_rng(0)
     sharp = jnp.asarray(rng.random((batch, size, size, 3), np.float32))

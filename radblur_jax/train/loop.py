@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
+from radblur_jax.models.radblur import init_compiler_options
 from radblur_jax.train import checkpointing, input as input_lib, reporting, sharding, steps
 from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params
 from radblur_jax.train.state import TrainState, create_state, make_optimizers
@@ -76,7 +77,8 @@ def _init_state(config, model, cfg, optimizers, state_sh, rng) -> TrainState:
                      in_shardings=(state_sh.params, None), out_shardings=state_sh)
         return fn(params, state_rng)
     fn = jax.jit(lambda r1, r2: create_state(config, random_params(config, model, cfg, r1),
-                                             optimizers, r2), out_shardings=state_sh)
+                                             optimizers, r2), out_shardings=state_sh,
+                 compiler_options=init_compiler_options())
     return fn(init_rng, state_rng)
 
 
