@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from radblur_jax.train import steps
-from radblur_jax.train.model_setup import build_model, model_config, random_params
+from radblur_jax.train.model_setup import build_model, init_params, model_config
 from radblur_jax.train.state import create_state, make_optimizers
 from train_helpers import load_config
 
@@ -23,7 +23,7 @@ def setup():
     config.exit.steps, config.train.num_steps, config.optimizer.warmup_steps = 2, 4, 1
     cfg = model_config(config)
     model = build_model(config, cfg)
-    params = random_params(config, model, cfg, jax.random.key(0))
+    params = init_params(config, model, cfg, jax.random.key(0))
     optimizers = make_optimizers(config, params)
     state = create_state(config, params, optimizers, jax.random.key(1))
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ import ml_collections
 
 from radblur_jax.models.configs import DTYPES, check_choice, radblur_config, validate_config
 from radblur_jax.models.depth_anything import DepthAnything
-from radblur_jax.models.radblur import build_radblur, init_radblur
+from radblur_jax.models.radblur import build_radblur, init_compiler_options
 from radblur_jax.train.pretrained import splice_depth_params
 
 
@@ -56,10 +56,15 @@ def init_shape(config: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict
 
 def random_params(config: ml_collections.ConfigDict, model: nn.Module,
                   cfg: ml_collections.ConfigDict, rng: jax.Array) -> Any:
-    """Random initial parameters (float32)."""
-    if config.stage == "depth":
-        return model.init(rng, jnp.zeros(init_shape(config, cfg), jnp.float32))["params"]
-    return init_radblur(model, rng, init_shape(config, cfg))
+    """Random initial parameters (float32), traced: call it inside a jit (`init_params`)."""
+    return model.init(rng, jnp.zeros(init_shape(config, cfg), jnp.float32))["params"]
+
+
+def init_params(config: ml_collections.ConfigDict, model: nn.Module,
+                cfg: ml_collections.ConfigDict, rng: jax.Array) -> Any:
+    """`random_params` jitted with `init_compiler_options()` (fast to compile on the CPU)."""
+    return jax.jit(lambda r: random_params(config, model, cfg, r),
+                   compiler_options=init_compiler_options())(rng)
 
 
 def _splice(config: ml_collections.ConfigDict, params: Any, depth_tree: Any) -> Any:
@@ -73,7 +78,7 @@ def initial_params(config: ml_collections.ConfigDict, model: nn.Module,
                    cfg: ml_collections.ConfigDict, rng: jax.Array) -> Any:
     """Random params, then encoder (+ DPT) from `init.checkpoint` (a stage-A training run) or
     `init.pretrained` (a converted Depth Anything V2 / DINOv2 directory), if set."""
-    params = random_params(config, model, cfg, rng)
+    params = init_params(config, model, cfg, rng)
     if config.init.checkpoint and config.init.pretrained:
         raise ValueError("config.init: give checkpoint or pretrained, not both")
     if config.init.checkpoint:
