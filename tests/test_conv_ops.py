@@ -169,7 +169,7 @@ def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
     """The whole `tiny` RADBlur (stem, ViT patch embedding, DPT, ADA, reversible decoder) with
     conv_impl="fast" equals conv_impl="lax": outputs and the loss gradient of every param."""
     from radblur_jax.models.configs import radblur_config
-    from radblur_jax.models.radblur import build_radblur
+    from radblur_jax.models.radblur import build_radblur, init_radblur
     from radblur_jax.train.losses import deblur_loss
 
     blurry, sharp = tiny_batch
@@ -179,12 +179,11 @@ def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
         cfg.conv_impl = impl
         cfg.decoder.reversible = reversible
         models[impl] = build_radblur(cfg)
-    params = jax.jit(models["lax"].init)(jax.random.key(0), blurry)["params"]
+    params = init_radblur(models["lax"], jax.random.key(0))
     # Non-zero residual scales (beta, gamma, ADA scale start at 0) so every branch counts.
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree_util.tree_unflatten(treedef, [
-        p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    noise = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda p: p + 0.05 * noise.standard_normal(p.shape).astype(np.float32), params)
 
     def run(model):
         def loss_fn(p):
