@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,6 +104,21 @@ def test_eight_devices_match_one(env, reference, tmp_path):
     workdir = tmp_path / "mesh8"
     _run(env, workdir, "--config.mesh.data=4", "--config.mesh.fsdp=2", devices=8)
     assert rel_err(_losses(workdir), _losses(reference)) <= 1e-5
+    assert rel_err(_params(workdir), _params(reference)) <= 1e-5
+
+
+def test_resume_onto_a_different_mesh(env, reference, tmp_path):
+    """A 1-device run's step-2 checkpoint resumed on 8 devices (data=4, fsdp=2): the steps
+    after the resume and the final params match the uninterrupted 1-device run."""
+    workdir = tmp_path / "remesh"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # latest is now step 2
+    run = _run(env, workdir, "--config.mesh.data=4", "--config.mesh.fsdp=2", devices=8)
+    assert "resumed from" in run.stdout + run.stderr
+    got, want = _metrics(workdir), _metrics(reference)
+    assert sorted(got) == sorted(want)
+    after = [(got[s]["loss"], want[s]["loss"]) for s in range(3, STEPS + 1)]
+    assert rel_err(*map(np.array, zip(*after))) <= 1e-5
     assert rel_err(_params(workdir), _params(reference)) <= 1e-5
 
 
