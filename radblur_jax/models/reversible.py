@@ -6,8 +6,9 @@ activations. With `reversible=True` the forward stores only the states entering 
 `anchor_every`-th step (the "anchors"; one state pyramid each, a few % of one step's
 activations) and the final states; the backward walks the chain in reverse, taking the input
 of an anchor step from its anchor and rebuilding that of every other step with
-`inverse(p_i, new_states, context)`, and back-propagates through one recomputed step at a time. `anchor_every >= n` is pure inversion (only the initial
-states are kept). Anchors bound how far float32 inversion errors compound (docs/architecture.md).
+`inverse(p_i, new_states, context)`, and back-propagates through one recomputed step at a
+time. `anchor_every >= n` is pure inversion (only the initial states are kept). Anchors bound
+how far float32 inversion errors compound (docs/architecture.md).
 The forward and the backward are each one `lax.scan` (one compiled copy of the step, of its
 inverse and of its VJP), so compile time does not grow with n.
 """
@@ -63,13 +64,13 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
 
         final, (anchors, outs) = jax.lax.scan(run_segment, states, segments)
         outs = outs.reshape((n,) + outs.shape[2:])
-        return (final, outs), (segments, anchors, final, context)
+        return (final, outs), (params, anchors, final, context)
 
     def chain_bwd(residuals, cotangents):
-        segments, anchors, final, context = residuals
+        params, anchors, final, context = residuals
         g_final, g_outs = cotangents
-        num_segments, a = jax.tree_util.tree_leaves(segments)[0].shape[:2]
-        params = tmap(lambda x: x.reshape((num_segments * a,) + x.shape[2:]), segments)
+        n = _num_steps(params)
+        a = segment_length(n, anchor_every)
 
         def back_one_step(carry, xs):
             states, g_states, g_context = carry
@@ -86,9 +87,8 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
             return (previous, g_previous, tmap(jnp.add, g_context, g_ctx)), g_p
 
         g_context0 = tmap(jnp.zeros_like, context)
-        steps_ = jnp.arange(num_segments * a)
         (_, g_initial, g_context), g_params = jax.lax.scan(
-            back_one_step, (final, g_final, g_context0), (steps_, params, g_outs),
+            back_one_step, (final, g_final, g_context0), (jnp.arange(n), params, g_outs),
             reverse=True)
         return g_params, g_initial, g_context
 
