@@ -37,6 +37,8 @@ CASES = {
     "1x1": (2, 10, 14, 32, 24, (1, 1), (1, 1), 0, 1),
     "depthwise3x3": (2, 9, 13, 12, 12, (3, 3), (1, 1), 1, 12),
     "depthwise3x3_multiplier2": (2, 9, 13, 6, 12, (3, 3), (1, 1), 1, 6),
+    "depthwise5x5": (2, 11, 7, 10, 10, (5, 5), (1, 1), 2, 10),
+    "depthwise3x3_one_sided_pad": (2, 9, 13, 4, 4, (3, 3), (1, 1), ((1, 1), (0, 2)), 4),
     "depthwise3x3_stride2": (2, 11, 14, 8, 8, (3, 3), (2, 2), 1, 8),
     "full3x3": (2, 9, 13, 5, 7, (3, 3), (1, 1), 1, 1),
     "stem3x3_rgb": (2, 16, 24, 3, 16, (3, 3), (1, 1), 1, 1),
@@ -96,15 +98,49 @@ def test_conv_module_is_a_drop_in_for_nn_conv(kw, rng):
     params = jax.tree_util.tree_map(
         lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
 
-    def loss(mod, p, a):
-        return jnp.sum(jnp.sin(mod.apply(p, a)))
+    def outputs_and_grads(mod):
+        # Not the scalar loss itself: a sum of sines can nearly cancel, and its relative
+        # error then says nothing about the convolution.
+        loss = lambda p, a: jnp.sum(jnp.sin(mod.apply(p, a)))
+        return jax.jit(lambda p, a: (mod.apply(p, a), jax.grad(loss, (0, 1))(p, a)))(params, x)
 
-    def value_and_grads(mod):
-        return jax.jit(jax.value_and_grad(lambda p, a: loss(mod, p, a), (0, 1)))(params, x)
-
-    for ref, got in zip(value_and_grads(ref_mod), value_and_grads(fast_mod)):
+    for ref, got in zip(outputs_and_grads(ref_mod), outputs_and_grads(fast_mod)):
         for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
             assert rel_err(g, r) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["fast", "lax"])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_conv_channel_pieces_equal_the_concatenation(kind, impl, rng):
+    """A tuple input means its concatenation on channels and `out_pieces=n` the n equal
+    channel slices of the output: same values and gradients as nn.Conv on whole arrays."""
+    pieces = [jnp.asarray(rng.standard_normal((2, 7, 11, c)), jnp.float32) for c in (6, 6)]
+    whole = jnp.concatenate(pieces, -1)
+    kw = (dict(features=8, kernel_size=(1, 1)) if kind == "pointwise" else
+          dict(features=12, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+               feature_group_count=12))
+    params = nn.Conv(**kw).init(jax.random.key(0), whole)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    mod = conv_ops.Conv(**kw, impl=impl)
+    weights = jnp.asarray(rng.standard_normal((2, 7, 11, kw["features"])), jnp.float32)
+
+    def loss_pieces(p, a, b):
+        out = jnp.concatenate(mod.apply(p, (a, b), out_pieces=2), -1)
+        return jnp.sum(out * weights), out
+
+    def loss_whole(p, a, b):
+        out = nn.Conv(**kw).apply(p, jnp.concatenate([a, b], -1))
+        return jnp.sum(out * weights), out
+
+    got, want = (jax.jit(jax.grad(f, (0, 1, 2), has_aux=True))(params, *pieces)
+                 for f in (loss_pieces, loss_whole))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert rel_err(a, b) <= 1e-5
+    single = mod.apply(params, whole, out_pieces=2)
+    assert isinstance(single, tuple) and [t.shape[-1] for t in single] == [kw["features"] // 2] * 2
+    with pytest.raises(ValueError, match="not divisible into 5 pieces"):
+        mod.apply(params, whole, out_pieces=5)
 
 
 def test_conv_module_bfloat16_compute(rng):

@@ -1,21 +1,23 @@
-"""Convolutions in the forms XLA's CPU backend compiles well, NHWC / HWIO.
+"""Convolutions in the forms XLA's CPU backend runs well, NHWC / HWIO.
 
-XLA:CPU lowers `lax.conv_general_dilated` and especially its gradients slowly (a grouped
-depthwise conv's backward is tens of times slower than the same sum written as shifted
-multiply-adds). `conv2d(..., impl="fast")` computes the same function as
+XLA:CPU lowers some convolutions and their gradients slowly (a grouped depthwise conv's
+backward is tens of times slower than the same sum written as shifted multiply-adds; a 1x1
+conv is slower than the matmul it is). `conv2d(..., impl="fast")` computes the same function as
 `lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups)` as:
 
 - 1x1, stride 1: one 2-D matmul `(B*H*W, I) @ (I, O)`;
 - kernel == stride, no padding (2x2/2 downsampling, ViT patch embedding): space-to-depth
   (patchify) + one 2-D matmul;
-- other full convs (3x3, 3x3 stride 2): im2col (the kh*kw shifted/strided slices
-  concatenated on channels) + one 2-D matmul;
-- depthwise (groups == I): kh*kw shifted multiply-adds, with a custom VJP whose kernel
-  gradient is one fused multiply-reduce.
+- depthwise (groups == I): kh*kw shifted multiply-adds; the stride-1 "same" case
+  (`depthwise_same`, the NAF blocks' 3x3) has a custom VJP that materialises its inputs once
+  and computes the input gradient as one more shifted pass;
+- other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, measured as fast as
+  im2col + matmul or faster here, forward and gradients.
 
 Gradients of the matmul forms are 2-D matmuls by construction. `impl="auto"` picks "fast" on
 the CPU and "lax" (cuDNN/TPU convolutions) elsewhere. `Conv` and `ConvTranspose` are Linen
-modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`.
+modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`; `Conv` also
+takes and returns channel pieces (see its docstring).
 """
 from __future__ import annotations
 
@@ -89,14 +91,6 @@ def _out_hw(padded_hw: Sequence[int], kernel_hw: Sequence[int],
     return tuple((p - k) // s + 1 for p, k, s in zip(padded_hw, kernel_hw, strides))
 
 
-def im2col(xp: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
-    """Patches of an already padded `(B, H, W, C)` -> `(B, Ho, Wo, kh*kw*C)`, (i, j, c) order."""
-    kh, kw = kernel_hw
-    out_hw = _out_hw(xp.shape[1:3], kernel_hw, strides)
-    taps = [_shifted(xp, i, j, out_hw, strides) for i in range(kh) for j in range(kw)]
-    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-
-
 def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
     """Sum of `x (..., C)` over all leading axes -> `(C,)`.
 
@@ -154,6 +148,45 @@ def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
     return conv
 
 
+def _pad_hw(x: jax.Array, ph: int, pw: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
+
+
+@jax.custom_vjp
+def depthwise_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 depthwise conv of `x (B, H, W, C)` with `kernel (kh, kw, C)` (odd sizes), zero
+    padding `k // 2` on each side (the output keeps H, W): kh*kw shifted multiply-adds.
+
+    Its VJP reads only `x`, `kernel` and the output gradient `g`, each materialised once
+    (`lax.optimization_barrier`): the input gradient is the same shifted form over the padded
+    `g` with the kernel flipped (one fused pass), the kernel gradient one product-and-`sum_rows`
+    per tap. Without the barrier XLA:CPU fuses `g`'s producers (the recomputed forward, the
+    gate's backward) into every tap's reduction and recomputes them kh*kw times.
+    """
+    kh, kw = kernel.shape[:2]
+    return _depthwise_forward(_pad_hw(x, kh // 2, kw // 2), kernel, (1, 1))
+
+
+def _depthwise_same_fwd(x, kernel):
+    return depthwise_same(x, kernel), (x, kernel)
+
+
+def _depthwise_same_bwd(residuals, g):
+    x, kernel = residuals
+    x, g = lax.optimization_barrier((x, g))
+    kh, kw = kernel.shape[:2]
+    gx = _depthwise_forward(_pad_hw(g, kh // 2, kw // 2), kernel[::-1, ::-1], (1, 1))
+    xp = _pad_hw(x, kh // 2, kw // 2)
+    out_hw = g.shape[1:3]
+    g32 = g.astype(jnp.float32)
+    gk = jnp.stack([sum_rows(_shifted(xp, i, j, out_hw, (1, 1)).astype(jnp.float32) * g32)
+                    for i in range(kh) for j in range(kw)])
+    return gx.astype(x.dtype), gk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+depthwise_same.defvjp(_depthwise_same_fwd, _depthwise_same_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
            padding: PaddingLike = "SAME", groups: int = 1, impl: str = "auto") -> jax.Array:
     """`lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups)`.
@@ -170,6 +203,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
     if depthwise:
+        if cout == cin and strides == (1, 1) and pads == ((kh // 2, kh // 2), (kw // 2, kw // 2)):
+            return depthwise_same(x, kernel.reshape(kh, kw, cout))
         xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),)) if any(map(any, pads)) else x
         if cout != cin:  # channel multiplier m: output o reads input o // m
             xp = jnp.repeat(xp, cout // cin, axis=-1)
@@ -181,28 +216,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         b, h, w, _ = x.shape
         x = x[:, :h - h % kh, :w - w % kw]
         return _matmul(space_to_depth(x, kh, kw), kernel.reshape(kh * kw * cin, cout))
-    xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),)) if not no_pad else x
-    if cout < cin and strides == (1, 1):
-        return _matmul_then_shift(xp, kernel)
-    return _matmul(im2col(xp, (kh, kw), strides), kernel.reshape(kh * kw * cin, cout))
-
-
-def _matmul_then_shift(xp: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 'VALID' conv of padded `xp` as one matmul to every tap's output channels
-    `(B, Hp, Wp, kh*kw*O)`, then the kh*kw shifted O-channel slices summed.
-
-    The same sum as im2col + matmul, but the big intermediate has kh*kw*O channels instead of
-    kh*kw*I: cheaper when O < I (an output head: 16 -> 3 channels).
-    """
-    kh, kw, cin, cout = kernel.shape
-    out_hw = _out_hw(xp.shape[1:3], (kh, kw), (1, 1))
-    taps = _matmul(xp, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
-    y = None
-    for t in range(kh * kw):
-        tap = taps[..., t * cout:(t + 1) * cout]
-        term = _shifted(tap, t // kw, t % kw, out_hw, (1, 1))
-        y = term if y is None else y + term
-    return y
+    # Other full convolutions (3x3, 3x3 stride 2): XLA:CPU's own convolution, whose forward
+    # and gradients measured as fast as or faster than im2col + matmul at every shape in the
+    # network (the im2col concatenation is a pass over kh*kw times the input), and compiles to
+    # one library call instead of a dozen fused kernels (docs/benchmarks.md).
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
 
 
 def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
@@ -220,10 +238,20 @@ def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -
     return depth_to_space(_matmul(x, w), k, k2)
 
 
+Pieces = Union[jax.Array, Sequence[jax.Array]]
+
+
 class Conv(nn.Module):
     """Drop-in `nn.Conv` (params `kernel (kh, kw, I/groups, O)`, `bias (O,)`) over `conv2d`.
 
     `dtype=None` computes in the inputs' and params' promoted dtype, as `nn.Conv` does.
+
+    Channel pieces: `x` may be a tuple of arrays, meaning their concatenation on channels, and
+    `out_pieces=n` returns the output as a tuple of n equal channel slices. The fast forms then
+    never build the concatenation or slice the result: a 1x1 conv sums one matmul per input
+    piece with the matching kernel rows for each output piece's columns, a depthwise conv runs
+    per piece. (A concatenate or split is one more pass over the activations, and its backward
+    another.) Other convolutions, and `impl="lax"`, concatenate and split.
     """
     features: int
     kernel_size: Sequence[int]
@@ -238,22 +266,61 @@ class Conv(nn.Module):
     impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: Pieces, out_pieces: int = 1) -> Pieces:
+        pieces = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         kh, kw = self.kernel_size
-        cin = x.shape[-1]
-        if cin % self.feature_group_count:
+        cin = sum(p.shape[-1] for p in pieces)
+        groups = self.feature_group_count
+        if cin % groups:
             raise ValueError(f"Conv: {cin} input channels not divisible by "
-                             f"feature_group_count={self.feature_group_count}")
-        kernel = self.param("kernel", self.kernel_init,
-                            (kh, kw, cin // self.feature_group_count, self.features),
+                             f"feature_group_count={groups}")
+        if self.features % out_pieces:
+            raise ValueError(f"Conv: {self.features} outputs not divisible into {out_pieces} "
+                             "pieces")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // groups, self.features),
                             self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        *pieces, kernel, bias = nn.dtypes.promote_dtype(*pieces, kernel, bias, dtype=self.dtype)
         strides = ((self.strides, self.strides) if isinstance(self.strides, int)
                    else tuple(self.strides))
-        y = conv2d(x, kernel, strides, self.padding, self.feature_group_count, self.impl)
-        return y if bias is None else y + bias
+        fast = resolve_impl(self.impl) == "fast"
+        pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and groups == 1 and not any(
+            map(any, _pairs(self.padding, pieces[0].shape[1:3], (1, 1), strides)))
+        depthwise = groups == cin == self.features and groups > 1
+        if fast and pointwise and (len(pieces) > 1 or out_pieces > 1):
+            outs = _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
+        elif fast and depthwise and len(pieces) == out_pieces > 1:
+            outs, at = [], 0
+            for piece in pieces:
+                c = piece.shape[-1]
+                out = conv2d(piece, kernel[..., at:at + c], strides, self.padding, c, self.impl)
+                outs.append(out if bias is None else out + bias[at:at + c])
+                at += c
+        else:
+            whole = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+            y = conv2d(whole, kernel, strides, self.padding, groups, self.impl)
+            y = y if bias is None else y + bias
+            return y if out_pieces == 1 else tuple(jnp.split(y, out_pieces, axis=-1))
+        return tuple(outs) if out_pieces > 1 else outs[0]
+
+
+def _pointwise_pieces(pieces: Sequence[jax.Array], kernel: jax.Array, bias: Optional[jax.Array],
+                      out_pieces: int) -> list[jax.Array]:
+    """1x1 conv of channel pieces `(B, H, W, I_i)` with `kernel (sum I_i, O)`: per output piece,
+    the sum of one matmul per input piece."""
+    step = kernel.shape[1] // out_pieces
+    outs = []
+    for o in range(out_pieces):
+        cols = slice(o * step, (o + 1) * step)
+        y, at = None, 0
+        for piece in pieces:
+            c = piece.shape[-1]
+            term = _matmul(piece, kernel[at:at + c, cols])
+            y = term if y is None else y + term
+            at += c
+        outs.append(y if bias is None else y + bias[cols])
+    return outs
 
 
 class ConvTranspose(nn.Module):
