@@ -1,0 +1,87 @@
+"""LayerNorm over channels (NHWC), with a backward that XLA:CPU runs in few passes.
+
+`layer_norm(x, scale, bias, eps, impl)` computes what `flax.linen.LayerNorm` computes (mean and
+the clipped one-pass variance `max(E[x^2] - E[x]^2, 0)` over the last axis, in float32):
+
+    y = (x - mean) * rsqrt(var + eps) * scale + bias
+
+With `impl="fast"` it has a custom VJP. Autodiff of the forward reduces over the channels
+four times and broadcasts the statistics back; on the CPU XLA fuses those producers into
+several consumers and recomputes them. The custom backward is the closed form
+
+    g_x = rstd * (g s - mean(g s) - xhat * mean(g s * xhat)),  xhat = (x - mean) * rstd,
+
+from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_barrier`), with
+the parameter gradients reduced by `conv_ops.sum_rows`. `impl="lax"` is `nn.LayerNorm`'s own
+formulation (autodiff). `impl="auto"` picks fast on the CPU backend, as for convolutions.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from radblur_jax.models.conv_ops import resolve_impl, sum_rows
+
+
+def _statistics(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    """Mean and `rsqrt(var + eps)` over the last axis, `(..., 1)` each (flax's fast variance)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
+    return mean, lax.rsqrt(var + eps)
+
+
+def _reference(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    mean, rstd = _statistics(x, eps)
+    return (x - mean) * (rstd * scale) + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fast(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    return _reference(x, scale, bias, eps)
+
+
+def _fast_fwd(x, scale, bias, eps):
+    mean, rstd = _statistics(x, eps)
+    centred = x - mean
+    # The output as the primal computes it (inverting a reversible step recomputes the
+    # forward under `jax.vjp`; it must round exactly as the forward pass did).
+    return centred * (rstd * scale) + bias, (centred * rstd, rstd, scale)
+
+
+def _fast_bwd(eps, residuals, g):
+    del eps
+    xhat, rstd, scale = residuals
+    xhat, rstd, g = lax.optimization_barrier((xhat, rstd, g))
+    gs = g * scale
+    gx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+    return gx, sum_rows(g * xhat), sum_rows(g)
+
+
+_fast.defvjp(_fast_fwd, _fast_bwd)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6,
+               impl: str = "auto") -> jax.Array:
+    """LayerNorm of `x (..., C)` over C with `scale`, `bias (C,)`; float32 in and out."""
+    if resolve_impl(impl) == "fast":
+        return _fast(x, scale, bias, float(eps))
+    return _reference(x, scale, bias, eps)
+
+
+class LayerNorm(nn.Module):
+    """`nn.LayerNorm(epsilon, dtype=float32)` over channels, params `scale`, `bias (C,)`
+    float32; returns float32 whatever the input dtype. `impl` as in `layer_norm`."""
+    epsilon: float = 1e-6
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon, self.impl)
