@@ -4,11 +4,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import rel_err
 from test_reversible import random_params
 
 from radblur_jax.models.ada import AdaptiveDepthAttention
-from radblur_jax.models.decoder import (BlurStem, ReversibleDecoder, clamp_alpha, level_channels,
-                                        pixel_shuffle)
+from radblur_jax.models.blocks import NAFBlock, pixel_shuffle
+from radblur_jax.models.decoder import BlurStem, ReversibleDecoder, clamp_alpha, level_channels
 
 
 def test_pixel_shuffle_matches_torch_layout():
@@ -59,3 +60,28 @@ def test_stem_and_decoder_shapes_and_prefix_exit():
     assert full.shape == (3, 1, 32, 48, 3) and first.shape == (1, 1, 32, 48, 3)
     np.testing.assert_allclose(first[0], full[0], rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(full[2] - full[0]).mean()) > 1e-3
+
+
+def _grads_of(module, params, *inputs):
+    """Output and gradients (params and inputs) of a weighted sum of the module's output."""
+    def loss(p, *xs):
+        out = module.apply(p, *xs)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+    return jax.jit(jax.grad(loss, tuple(range(len(inputs) + 1)), has_aux=True))(params, *inputs)
+
+
+def test_naf_block_and_ada_fast_forms_equal_the_lax_formulation():
+    """NAF block (with FFT branch) and ADA with conv_impl="fast" (matmul / shifted convs,
+    custom-VJP LayerNorm, gated halves as channel pieces) equal conv_impl="lax" (lax convs,
+    flax's LayerNorm formula, concatenate and split): outputs and every gradient."""
+    rng = np.random.default_rng(5)
+    z = jnp.asarray(rng.normal(size=(2, 10, 14, 8)), jnp.float32)
+    d = jnp.asarray(rng.normal(size=(2, 10, 14, 8)), jnp.float32)
+    for make, inputs in ((lambda impl: NAFBlock(fft=True, conv_impl=impl), (z,)),
+                         (lambda impl: AdaptiveDepthAttention(conv_impl=impl), (z, d))):
+        params = random_params(jax.eval_shape(make("lax").init, jax.random.key(0), *inputs), 6)
+        (g_fast, out_fast), (g_lax, out_lax) = (_grads_of(make(i), params, *inputs)
+                                                for i in ("fast", "lax"))
+        assert rel_err(out_fast, out_lax) <= 1e-6
+        for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_lax)):
+            assert rel_err(a, b) <= 1e-5

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from radblur_jax.models.decoder import BlurStem, ReversibleDecoder, SubDecoder
-from radblur_jax.models.reversible import segment_length
+from radblur_jax.models.decoder import (BlurStem, ReversibleDecoder, SubDecoder,
+                                        sub_decoder_backward)
+from radblur_jax.models.reversible import inverting_backward, segment_length
 
 WIDTH = 4
 
@@ -96,6 +97,37 @@ def test_inverse_rebuilds_previous_states():
     for k in range(4):
         assert rel_err(new[k], states[k]) > 0.5  # the step really changed the state
         assert rel_err(rebuilt[k], states[k]) <= 1e-5
+
+
+def test_fused_backward_step_equals_inverse_then_vjp():
+    """`sub_decoder_backward` (inversion and VJP sharing one coupling evaluation per level)
+    gives the generic backward step's input states and cotangents: inverse, then `jax.vjp`
+    of the recomputed step. With `use_anchor` the states come from the anchor instead."""
+    rng = np.random.default_rng(7)
+    shapes = [(2, 4, 6, 32), (2, 8, 12, 16), (2, 16, 24, 8), (2, 32, 48, 4)]
+    normal = lambda s: jnp.asarray(rng.normal(size=s), jnp.float32)
+    states = tuple(normal(s) for s in shapes)
+    context = (normal((2, 2, 3, 64)), tuple(normal(s) for s in shapes),
+               jnp.asarray(rng.uniform(size=(2, 32, 48, 3)), jnp.float32))
+    module = SubDecoder(WIDTH)
+    params = random_params(jax.eval_shape(module.init, jax.random.key(0), states, context),
+                           8)["params"]
+    step = lambda p, s, c: module.apply({"params": p}, s, c)
+    inverse = lambda p, s, c: module.apply({"params": p}, s, c, method=SubDecoder.inverse)
+    new, _ = jax.jit(step)(params, states, context)
+    g_new = tuple(normal(s) for s in shapes)
+    g_image = normal((2, 32, 48, 3))
+    fused = jax.jit(lambda *a: sub_decoder_backward(module, *a))
+    generic = jax.jit(inverting_backward(step, inverse))
+    for use_anchor in (False, True):
+        args = (params, new, states, jnp.asarray(use_anchor), context, g_new, g_image)
+        got, want = fused(*args), generic(*args)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            assert rel_err(a, b) <= 1e-5
+        if use_anchor:
+            for a, b in zip(got[0], states):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_segment_length_tiles_the_chain():

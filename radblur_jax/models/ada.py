@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from radblur_jax.models.conv_ops import Conv
+from radblur_jax.models.norms import LayerNorm
 
 
 class AdaptiveDepthAttention(nn.Module):
@@ -33,10 +34,11 @@ class AdaptiveDepthAttention(nn.Module):
         if depth.shape != z.shape:
             raise ValueError(f"ADA: depth features {depth.shape} must match blur features "
                              f"{z.shape}")
-        zn = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, name="norm")(z).astype(self.dtype)
+        zn = LayerNorm(1e-6, self.conv_impl, name="norm")(z).astype(self.dtype)
         depth = depth.astype(self.dtype)
+        # [LN(z), d] as channel pieces: the fast 1x1 conv never builds the concatenation.
         gate = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="gate")(
-            jnp.concatenate([zn, depth], -1))
+            (zn, depth))
         gate = nn.sigmoid(gate.astype(jnp.float32)).astype(self.dtype)
         value = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="value")(depth)
         scale = self.param("scale", nn.initializers.zeros, (channels,), jnp.float32)

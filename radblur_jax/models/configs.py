@@ -13,11 +13,12 @@ RADBlur config fields (docs/conventions.md has the encoder/DPT ones):
 ```
 dtype:      compute dtype of every module ("float32" | "bfloat16" | "float16"); params stay
             float32; norms, softmax, FFT and losses run in float32. `encoder.dtype` follows it.
-conv_impl:  how convolutions are computed ("auto" | "fast" | "lax"; models/conv_ops.py):
-            "fast" = matmul / im2col / shifted-add forms (fast on XLA:CPU), "lax" =
-            `lax.conv_general_dilated`, "auto" = fast on the CPU backend, lax elsewhere. The same
-            function either way. `encoder.conv_impl`, `dpt.conv_impl`, `decoder.conv_impl`
-            follow it.
+conv_impl:  how convolutions and the stem/decoder LayerNorms are computed ("auto" | "fast" |
+            "lax"; models/conv_ops.py, models/norms.py): "fast" = matmul / shifted-add forms
+            and a closed-form LayerNorm VJP (fast on XLA:CPU), "lax" =
+            `lax.conv_general_dilated` and flax's LayerNorm formula, "auto" = fast on the CPU
+            backend, lax elsewhere. The same function either way. `encoder.conv_impl`,
+            `dpt.conv_impl`, `decoder.conv_impl` follow it.
 encoder, dpt
 decoder:    width (channels at full resolution), num_sub_decoders (K), stem_blocks,
             fft (FFT branch in the coupling blocks), depth_fusion ("attention" | "none"),

@@ -11,14 +11,16 @@ It inverts fine to coarse: `c_k = (c_k' - L_k(z_k)) / alpha_k`, where `z_k` need
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from radblur_jax.models import conv_ops
 from radblur_jax.models.ada import AdaptiveDepthAttention
+from radblur_jax.models.blocks import Down, NAFBlock, Up, conv1x1, conv3x3, down2x2
+from radblur_jax.models.conv_ops import sum_rows
 from radblur_jax.models.reversible import reversible_sequence
 
 NUM_LEVELS = 4
@@ -26,8 +28,8 @@ ALPHA_MIN = 1e-3
 
 States = tuple  # (c_0, c_1, c_2, c_3), coarse to fine, each (B, h_k, w_k, C_k) float32
 
-# Compute dtype: convolutions run in `dtype`, params are float32, LayerNorm and FFT in float32;
-# the states of the reversible pyramid stay float32 (inversion divides by alpha).
+# Compute dtype: as in blocks.py; the states of the reversible pyramid stay float32 (inversion
+# divides by alpha).
 
 
 def level_channels(width: int) -> tuple[int, ...]:
@@ -39,139 +41,6 @@ def clamp_alpha(alpha: jax.Array) -> jax.Array:
     """`sign(a) * max(|a|, 1e-3)` (sign(0) := +1), so the coupling stays invertible."""
     sign = jnp.where(alpha >= 0, 1.0, -1.0).astype(alpha.dtype)
     return sign * jnp.maximum(jnp.abs(alpha), ALPHA_MIN)
-
-
-def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
-    """torch `PixelShuffle(r)` in NHWC: `(B, h, w, C*r*r) -> (B, h*r, w*r, C)`."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h, w, c // (r * r), r, r)
-    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
-
-
-def simple_gate(x: jax.Array) -> jax.Array:
-    """NAFNet SimpleGate: split channels in halves and multiply."""
-    a, b = jnp.split(x, 2, axis=-1)
-    return a * b
-
-
-# ------------------------------------------------------------------ conv factories
-# One per kind of convolution, all `conv_ops.Conv` (the params of `nn.Conv`: `kernel (kh, kw,
-# I/groups, O)`, `bias (O,)`, float32); `impl` picks the formulation (configs.CONV_IMPLS).
-
-
-def conv1x1(features: int, dtype, name: str | None = None, *, use_bias: bool = True,
-            impl: str = "auto") -> nn.Module:
-    """Pointwise conv `(B, h, w, I) -> (B, h, w, features)`."""
-    return conv_ops.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype,
-                         param_dtype=jnp.float32, impl=impl, name=name)
-
-
-def conv3x3(features: int, dtype, name: str | None = None, *,
-            kernel_init=nn.initializers.lecun_normal(), impl: str = "auto") -> nn.Module:
-    """3x3 conv, zero padding 1: `(B, h, w, I) -> (B, h, w, features)`."""
-    return conv_ops.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
-                         dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name)
-
-
-def depthwise3x3(features: int, dtype, name: str | None = None, *,
-                 impl: str = "auto") -> nn.Module:
-    """Depthwise 3x3 conv, zero padding 1: `(B, h, w, C) -> (B, h, w, C)`, C = features."""
-    return conv_ops.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
-                         feature_group_count=features, dtype=dtype, param_dtype=jnp.float32,
-                         impl=impl, name=name)
-
-
-def down2x2(features: int, dtype, name: str | None = None, *, impl: str = "auto") -> nn.Module:
-    """2x2 stride-2 conv: `(B, 2h, 2w, I) -> (B, h, w, features)`."""
-    return conv_ops.Conv(features, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
-                         param_dtype=jnp.float32, impl=impl, name=name)
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
-
-
-# ------------------------------------------------------------------ blocks
-
-
-class FFTBranch(nn.Module):
-    """rfft2 -> 1x1 conv on [real, imag] -> GELU -> 1x1 conv -> irfft2; `(B,h,w,C) -> same`.
-
-    The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`.
-    """
-    dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        _, h, w, c = x.shape
-        spec = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2))
-        y = jnp.concatenate([spec.real, spec.imag], axis=-1)
-        y = nn.gelu(conv1x1(2 * c, self.dtype, "conv1", impl=self.conv_impl)(y),
-                    approximate=False)
-        y = conv1x1(2 * c, self.dtype, "conv2", impl=self.conv_impl)(y).astype(jnp.float32)
-        real, imag = jnp.split(y, 2, axis=-1)
-        out = jnp.fft.irfft2(jax.lax.complex(real, imag), s=(h, w), axes=(1, 2))
-        return out.astype(self.dtype)
-
-
-class NAFBlock(nn.Module):
-    """NAFNet block (+ optional FFT branch): `(B, h, w, C) -> (B, h, w, C)` in `dtype`.
-
-    Spatial mixer: LN -> 1x1 (dw_expand*C) -> depthwise 3x3 -> SimpleGate -> simplified channel
-    attention -> 1x1 (C), added with per-channel `beta` (init 0). FFN: LN -> 1x1 -> SimpleGate ->
-    1x1, added with `gamma` (init 0). The FFT branch, when on, is added to the block input.
-    """
-    dw_expand: int = 2
-    ffn_expand: int = 2
-    fft: bool = False
-    dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c, dt, impl = x.shape[-1], self.dtype, self.conv_impl
-        x = x.astype(dt)
-        hidden = self.dw_expand * c
-        y = _layer_norm("norm1")(x)
-        y = conv1x1(hidden, dt, "conv1", impl=impl)(y)
-        y = depthwise3x3(hidden, dt, "conv2", impl=impl)(y)
-        y = simple_gate(y)
-        y = y * conv1x1(hidden // 2, dt, "sca", impl=impl)(jnp.mean(y, axis=(1, 2), keepdims=True))
-        y = conv1x1(c, dt, "conv3", impl=impl)(y)
-        beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
-        out = x + beta.astype(dt) * y
-        if self.fft:
-            out = out + FFTBranch(dt, impl, name="fft")(x)
-        y = _layer_norm("norm2")(out)
-        y = conv1x1(self.ffn_expand * c, dt, "conv4", impl=impl)(y)
-        y = conv1x1(c, dt, "conv5", impl=impl)(simple_gate(y))
-        gamma = self.param("gamma", nn.initializers.zeros, (c,), jnp.float32)
-        return out + gamma.astype(dt) * y
-
-
-class Up(nn.Module):
-    """1x1 conv to 4C + pixel shuffle: `(B, h, w, 2C) -> (B, 2h, 2w, C)`."""
-    features: int
-    dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return pixel_shuffle(conv1x1(4 * self.features, self.dtype, "conv", use_bias=False,
-                                     impl=self.conv_impl)(x))
-
-
-class Down(nn.Module):
-    """2x2 stride-2 conv + LayerNorm: `(B, 2h, 2w, C/2) -> (B, h, w, C)`."""
-    features: int
-    dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = down2x2(self.features, self.dtype, "conv", impl=self.conv_impl)(x)
-        return _layer_norm("norm")(x).astype(self.dtype)
 
 
 class BlurStem(nn.Module):
@@ -236,24 +105,30 @@ class SubDecoder(nn.Module):
         self.head = conv3x3(3, dt, kernel_init=small, impl=impl)
 
     def coupling(self, k: int, coarse_new: jax.Array, fine_old: Optional[jax.Array],
-                 depth: Optional[Sequence[jax.Array]]) -> jax.Array:
-        """`L_k(z_k)` (float32) from the new coarser state and the old finer state."""
+                 depth_k: Optional[jax.Array]) -> jax.Array:
+        """`L_k(z_k)` (float32) from the new coarser state, the old finer state (None at the
+        finest level) and level k's depth features (None without depth attention)."""
         z = self.ups[k](coarse_new)
         if k < NUM_LEVELS - 1:
             z = z + self.downs[k](fine_old)
         if self.depth_attention:
-            z = self.ada[k](z, depth[k])
+            z = self.ada[k](z, depth_k)
         return self.blocks[k](z).astype(jnp.float32)
+
+    def output(self, finest: jax.Array, blurry: jax.Array) -> jax.Array:
+        """The sub-decoder's image `blurry + Head(c_3')`, float32."""
+        return blurry + self.head(finest).astype(jnp.float32)
 
     def __call__(self, states: States, context: tuple) -> tuple[States, jax.Array]:
         bottleneck, depth, blurry = context
         new, coarse = [], bottleneck
         for k in range(NUM_LEVELS):
             fine = states[k + 1] if k < NUM_LEVELS - 1 else None
-            c = clamp_alpha(self.alphas[k]) * states[k] + self.coupling(k, coarse, fine, depth)
+            coupled = self.coupling(k, coarse, fine, _level(depth, k))
+            c = clamp_alpha(self.alphas[k]) * states[k] + coupled
             new.append(c)
             coarse = c
-        return tuple(new), blurry + self.head(new[-1]).astype(jnp.float32)
+        return tuple(new), self.output(new[-1], blurry)
 
     def inverse(self, new: States, context: tuple) -> States:
         bottleneck, depth, _ = context
@@ -261,8 +136,77 @@ class SubDecoder(nn.Module):
         for k in reversed(range(NUM_LEVELS)):
             coarse = new[k - 1] if k > 0 else bottleneck
             fine = old[k + 1] if k < NUM_LEVELS - 1 else None
-            old[k] = (new[k] - self.coupling(k, coarse, fine, depth)) / clamp_alpha(self.alphas[k])
+            coupled = self.coupling(k, coarse, fine, _level(depth, k))
+            old[k] = (new[k] - coupled) / clamp_alpha(self.alphas[k])
         return tuple(old)
+
+
+def _level(depth: Optional[Sequence[jax.Array]], k: int) -> Optional[jax.Array]:
+    return None if depth is None else depth[k]
+
+
+def _level_params(params: dict, k: int) -> dict:
+    """The part of a SubDecoder's params that `coupling(k, ...)` reads (plus the alphas, which
+    `setup` looks up)."""
+    names = [f"ups_{k}", f"downs_{k}", f"blocks_{k}", f"ada_{k}"]
+    names += [f"alpha_{j}" for j in range(NUM_LEVELS)]
+    return {n: params[n] for n in names if n in params}
+
+
+def sub_decoder_backward(module: SubDecoder, params: dict, new: States, anchor: States,
+                         use_anchor: jax.Array, context: tuple, g_new: States,
+                         g_image: jax.Array) -> tuple[States, dict, States, tuple]:
+    """One sub-decoder's backward pass in the reversible chain, inversion and VJP fused.
+
+    From the sub-decoder's output states `new` and the cotangents of `new` and of its image,
+    returns `(old, g_params, g_old, g_context)`: its input states, rebuilt level by level fine
+    to coarse (or `anchor` where `use_anchor`), and the cotangents of its params, input states
+    and context (structured like `params`, `new` and `context`).
+
+    The inversion `c_k = (c_k' - L_k(z_k)) / alpha_k` evaluates the coupling at exactly the point
+    the forward did, so one `jax.vjp` of `L_k` there serves both: the coupling runs once per
+    level instead of twice (inverse, then a recomputed forward for the VJP). The levels go fine
+    to coarse, the order in which the cotangent of `c_k'` becomes complete (its last
+    contribution comes from `L_{k+1}`) and in which the inversion needs `c_{k+1}`.
+    """
+    bottleneck, depth, blurry = context
+
+    def coupling(p, k, coarse, fine, depth_k):
+        return module.apply({"params": p}, k, coarse, fine, depth_k, method=SubDecoder.coupling)
+
+    def output(p, finest, image_in):
+        return module.apply({"params": p}, finest, image_in, method=SubDecoder.output)
+
+    head_params = {n: v for n, v in params.items() if n == "head" or n.startswith("alpha_")}
+    _, head_vjp = jax.vjp(output, head_params, new[-1], blurry)
+    g_head, g_finest, g_blurry = head_vjp(g_image)
+    g_params = {"head": g_head["head"]}
+    g_new = list(g_new[:-1]) + [g_new[-1] + g_finest]
+    old, g_old = [None] * NUM_LEVELS, [None] * NUM_LEVELS
+    g_depth = [None] * NUM_LEVELS
+    g_bottleneck = None
+    for k in reversed(range(NUM_LEVELS)):
+        coarse = new[k - 1] if k > 0 else bottleneck
+        fine = old[k + 1] if k < NUM_LEVELS - 1 else None
+        depth_k = _level(depth, k)
+        level_p = _level_params(params, k)
+        coupled, coupling_vjp = jax.vjp(lambda p, c, f, d: coupling(p, k, c, f, d),
+                                        level_p, coarse, fine, depth_k)
+        raw_alpha = params[f"alpha_{k}"]
+        alpha, alpha_vjp = jax.vjp(clamp_alpha, raw_alpha)
+        old[k] = jnp.where(use_anchor, anchor[k], (new[k] - coupled) / alpha)
+        g_level, g_coarse, g_fine, g_depth[k] = coupling_vjp(g_new[k])
+        g_params.update({n: v for n, v in g_level.items() if not n.startswith("alpha_")})
+        (g_params[f"alpha_{k}"],) = alpha_vjp(sum_rows(g_new[k] * old[k]))
+        g_old[k] = alpha * g_new[k]
+        if k < NUM_LEVELS - 1:
+            g_old[k + 1] = g_old[k + 1] + g_fine
+        if k > 0:
+            g_new[k - 1] = g_new[k - 1] + g_coarse
+        else:
+            g_bottleneck = g_coarse
+    g_context = (g_bottleneck, None if depth is None else tuple(g_depth), g_blurry)
+    return tuple(old), g_params, tuple(g_old), g_context
 
 
 class ReversibleDecoder(nn.Module):
@@ -329,8 +273,10 @@ class ReversibleDecoder(nn.Module):
         module = SubDecoder(**self._sub_decoder_kwargs(), parent=None)
         step = lambda p, s, ctx: module.apply({"params": p}, s, ctx)
         inverse = lambda p, s, ctx: module.apply({"params": p}, s, ctx, method=SubDecoder.inverse)
+        backward = functools.partial(sub_decoder_backward, module)
         _, images = reversible_sequence(step, inverse, stacked, tuple(states),
                                         (bottleneck, depth, blurry), reversible=self.reversible,
+                                        backward_step=backward,
                                         anchor_every=self.anchor_every,
                                         unroll=True if self.unroll else 1)
         return images

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 
 Step = Callable[[Any, Any, Any], tuple[Any, jax.Array]]
 Inverse = Callable[[Any, Any, Any], Any]
+# backward_step(p, new_states, anchor, use_anchor, context, g_new_states, g_out)
+#   -> (states, g_p, g_states, g_context)
+BackwardStep = Callable[..., tuple[Any, Any, Any, Any]]
 tmap = jax.tree_util.tree_map
 
 
@@ -45,9 +48,21 @@ def _forward(step: Step, params: Any, states: Any, context: Any,
     return jax.lax.scan(lambda s, p: step(p, s, context), states, params, unroll=unroll)
 
 
-def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
-                      unroll: int | bool) -> Callable:
+def inverting_backward(step: Step, inverse: Inverse) -> BackwardStep:
+    """The generic `BackwardStep`: the input states are the anchor or `inverse(p, new, c)`,
+    then one `jax.vjp` of the recomputed step."""
+    def backward(p, new, anchor, use_anchor, context, g_new, g_out):
+        previous = jax.lax.cond(use_anchor, lambda: anchor, lambda: inverse(p, new, context))
+        _, step_vjp = jax.vjp(step, p, previous, context)
+        g_p, g_previous, g_context = step_vjp((g_new, g_out))
+        return previous, g_p, g_previous, g_context
+    return backward
+
+
+def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: int | bool,
+                      backward_step: BackwardStep | None = None) -> Callable:
     """`chain(params, states, context) -> (final_states, outputs)` with inverting backward."""
+    backward_step = backward_step or inverting_backward(step, inverse)
 
     @jax.custom_vjp
     def chain(params, states, context):
@@ -75,15 +90,12 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
         def back_one_step(carry, xs):
             states, g_states, g_context = carry
             i, p, g_out = xs
-            # The input of step i: read from its segment's anchor when i starts a segment,
-            # else rebuilt by inverting the step. One body (and one compiled copy of the
-            # step's VJP) serves every step.
-            previous = jax.lax.cond(
-                i % a == 0,
-                lambda: tmap(lambda x: x[i // a], anchors),
-                lambda: inverse(p, states, context))
-            _, step_vjp = jax.vjp(step, p, previous, context)
-            g_p, g_previous, g_ctx = step_vjp((g_states, g_out))
+            # The input of step i is its segment's anchor when i starts a segment, else it is
+            # rebuilt by inverting the step. One body (and one compiled copy of the step's
+            # VJP) serves every step.
+            anchor = tmap(lambda x: x[i // a], anchors)
+            previous, g_p, g_previous, g_ctx = backward_step(
+                p, states, anchor, i % a == 0, context, g_states, g_out)
             return (previous, g_previous, tmap(jnp.add, g_context, g_ctx)), g_p
 
         g_context0 = tmap(jnp.zeros_like, context)
@@ -98,12 +110,19 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int,
 
 def reversible_sequence(step: Step, inverse: Inverse, params: Any, states: Any, context: Any,
                         *, reversible: bool = True, anchor_every: int = 2,
-                        unroll: int | bool = 1) -> tuple[Any, jax.Array]:
+                        unroll: int | bool = 1, backward_step: BackwardStep | None = None
+                        ) -> tuple[Any, jax.Array]:
     """Runs the chain over `params`' leading axis; returns `(final_states, outputs (n, ...))`.
 
     `step` and `inverse` must be pure; `inverse(p, step(p, s, c)[0], c)` must equal `s`.
     Gradients flow to `params`, the initial `states` and `context` on both paths.
+    `backward_step(p, new, anchor, use_anchor, context, g_new, g_out) -> (states, g_p, g_states,
+    g_context)` is one step of the backward walk: the step's input `states` (`anchor` where
+    `use_anchor`, else rebuilt from its output `new`) and the cotangents of its params, input
+    states and context. The default inverts, then takes one `jax.vjp` of the recomputed step;
+    a step that can share the inversion's work with its VJP passes its own (the decoder does).
     """
     if reversible:
-        return _reversible_chain(step, inverse, anchor_every, unroll)(params, states, context)
+        chain = _reversible_chain(step, inverse, anchor_every, unroll, backward_step)
+        return chain(params, states, context)
     return _forward(step, params, states, context, unroll)
