@@ -10,6 +10,7 @@ Running the same command again resumes from the workdir's latest checkpoint.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -21,6 +22,11 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of pr
                     "(else found from the TPU/SLURM environment).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_string("compilation_cache",
+                    os.path.join(os.path.expanduser("~"), ".cache", "radblur_jax", "xla"),
+                    "Persistent XLA compilation cache ('' = off; $JAX_COMPILATION_CACHE_DIR "
+                    "wins): a rerun with the same model, shapes and mesh loads its compiled "
+                    "steps instead of compiling them again.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/deblur.py:tiny.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -45,11 +51,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def enable_compilation_cache(path: str) -> None:
+    """Points jax's persistent compilation cache at `path` unless one is configured already."""
+    import jax
+    if path and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    enable_compilation_cache(FLAGS.compilation_cache)
     from radblur_jax.train.distributed import maybe_initialize
     maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config
@@ -71,4 +85,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from radblur_jax.host_memory import reexec_with_huge_pages
+    reexec_with_huge_pages()
     app.run(main, flags_parser=parse_flags)
