@@ -18,10 +18,8 @@ after timing (the benchmark's own threads included).
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -30,6 +28,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from xla_profile import print_profile, profile_compiled  # noqa: E402
+
+from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.radblur import RADBlur, init_radblur  # noqa: E402
 from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
@@ -92,54 +93,8 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
     return 2.0 * n ** 3 / best
 
 
-def profile_ops(run_once, top: int = 25) -> list[dict]:
-    """Runs `run_once()` under `jax.profiler` and sums XLA:CPU op time by HLO op name.
-
-    Returns rows `{op, kind, ms, share}` sorted by time (`kind` = the op's name stem, e.g.
-    `convolution`, `dot`, `fusion`).
-    """
-    with tempfile.TemporaryDirectory() as logdir:
-        jax.profiler.start_trace(logdir)
-        run_once()
-        jax.profiler.stop_trace()
-        paths = [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs
-                 if f.endswith(".xplane.pb")]
-        if not paths:
-            raise RuntimeError("jax.profiler wrote no .xplane.pb trace")
-        data = jax.profiler.ProfileData.from_file(paths[0])
-    ops: dict[str, float] = collections.defaultdict(float)
-    for plane in data.planes:
-        if not plane.name.startswith("/host:CPU"):
-            continue
-        for line in plane.lines:
-            if line.name == "python":  # Python-side spans, not XLA ops
-                continue
-            for event in line.events:
-                # Skip runtime spans (ThunkExecutor::Execute, thread-pool waits) that enclose ops.
-                if event.name.startswith("end: ") or "::" in event.name:
-                    continue
-                ops[event.name] += event.duration_ns / 1e6
-    if not ops:
-        return []
-    total = sum(ops.values())
-    rows = [dict(op=name, kind=name.split(".")[0].rstrip("0123456789_-"), ms=ms,
-                 share=ms / total) for name, ms in ops.items()]
-    rows.sort(key=lambda r: -r["ms"])
-    kinds: dict[str, float] = collections.defaultdict(float)
-    for r in rows:
-        kinds[r["kind"]] += r["ms"]
-    print(f"\nper-op profile (one step, {total:.0f} ms of op time)\n")
-    print("| kind | ms | share |\n|---|---|---|")
-    for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])[:12]:
-        print(f"| {k} | {ms:.1f} | {100 * ms / total:.1f}% |")
-    print("\n| op | ms | share |\n|---|---|---|")
-    for r in rows[:top]:
-        print(f"| {r['op']} | {r['ms']:.1f} | {100 * r['share']:.1f}% |")
-    return rows[:top]
-
-
 def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, steps: int,
-          matmul_rate: float, profile: bool) -> dict:
+          matmul_rate: float, profile: bool, flops: bool = True) -> dict:
     """Compiles and times the train step; returns one result row."""
     model = RADBlur(preset_config(preset, dtype, conv_impl))
     tx = optax.adamw(1e-4)
@@ -164,7 +119,7 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
     step_s = float(np.median(times))
-    flops = count_flops(preset, dtype, conv_impl, batch, size)
+    flops = count_flops(preset, dtype, conv_impl, batch, size) if flops else float("nan")
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch,
                size=size, steps=steps, step_s=step_s, step_min_s=float(min(times)),
                step_cpu_s=float(np.median(cpu_times)),
@@ -172,7 +127,7 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
                temp_bytes_per_image=mem.temp_size_in_bytes / batch, flops=flops,
                achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
                flops_ratio=flops / step_s / matmul_rate, loss=float(loss),
-               load_avg=os.getloadavg()[0])
+               huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0])
     if profile:
         state = [params, opt_state]
 
@@ -180,7 +135,10 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
             p, o, l = compiled(state[0], state[1], blurry, sharp)
             l.block_until_ready()
             state[:] = [p, o]
-        row["profile"] = profile_ops(run_once)
+        result = profile_compiled(compiled, run_once)
+        print_profile(result)
+        row["profile"] = dict(total_ms=result["total_ms"], modules=result["modules"][:40],
+                              kinds=result["kinds"][:20], ops=result["ops"][:40])
     return row
 
 
@@ -194,8 +152,17 @@ def main() -> None:
     parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
                         help="convolution implementation (default: the config's)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-op breakdown of one step (by module, op kind and op)")
+    parser.add_argument("--no_flops", action="store_true",
+                        help="skip the FLOP count (a second, unrolled compile)")
+    parser.add_argument("--no_huge_pages", action="store_true",
+                        help="run without glibc's transparent-huge-page malloc "
+                             "(radblur_jax/host_memory.py)")
     args = parser.parse_args()
+    if args.no_huge_pages:
+        os.environ[host_memory.OPT_OUT] = "0"
+    host_memory.reexec_with_huge_pages()
     presets = [p for p in args.presets.split(",") if p]
     dtypes = [d for d in args.dtypes.split(",") if d]
     for p in presets:
@@ -206,13 +173,14 @@ def main() -> None:
             parser.error(f"--dtypes: unknown dtype {d!r}; expected some of {DTYPES}")
     if args.batch < 1 or args.steps < 1 or args.size < 16 or args.size % 16:
         parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
-    print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}", flush=True)
+    print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}, huge-page malloc "
+          f"{'on' if host_memory.huge_pages_enabled() else 'off'}", flush=True)
     rate = matmul_flops_per_s()
     rows = []
     for preset in presets:
         for dtype in dtypes:
             row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
-                        args.profile)
+                        args.profile, flops=not args.no_flops)
             rows.append(row)
             print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
                   f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)

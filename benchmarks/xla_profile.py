@@ -1,0 +1,107 @@
+"""Where a compiled XLA:CPU program spends its time: op times from a `jax.profiler` trace,
+grouped by op kind and by the model code that emitted them.
+
+    rows = profile_compiled(compiled, run_once)   # run_once() executes `compiled` once
+    print_profile(rows)
+
+Each XLA:CPU op (fusion, matmul, FFT, ...) appears in the trace under its HLO instruction name;
+the compiled HLO text maps that name to the jax name stack of the code that emitted it
+(`metadata={op_name="jit(step)/transpose(jvp(RADBlur))/decoder/.../blocks_3/conv2/mul"}`).
+`module_of` turns that stack into `direction: module path` (forward or backward, Flax module
+names without the transformation wrappers), so a row reads e.g.
+`backward: decoder/blocks_3/conv2`.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import tempfile
+from typing import Callable
+
+import jax
+
+_WRAPPER = re.compile(r"^(jvp|transpose|vmap|jit|pjit|remat|checkpoint|custom_jvp_call|"
+                      r"custom_vjp_call|closed_call|while|body|cond|branch_\d+_fun|"
+                      r"dynamic_index_in_dim|_\w+)(\(|$)")
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> jax name stack (`op_name` metadata) of a compiled module."""
+    names = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"",
+                     line)
+        if m:
+            names[m.group(1)] = m.group(2)
+    return names
+
+
+def module_of(op_name: str, depth: int = 3) -> str:
+    """`"backward: decoder/blocks_3/conv2"` from a name stack: the direction (any `transpose(`
+    wrapper = backward) and the first `depth` Flax module names, wrappers, methods
+    (`SubDecoder.coupling`) and the primitive itself dropped."""
+    parts = op_name.split("/")[1:]  # drop jit(<function>)
+    direction = "backward" if any(p.startswith("transpose(") for p in parts) else "forward"
+    modules = [p for p in parts[:-1] if not _WRAPPER.match(p) and "." not in p
+               and "," not in p and "->" not in p]
+    return f"{direction}: {'/'.join(modules[:depth]) or '(top level)'}"
+
+
+def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
+    """Runs `run_once()` under `jax.profiler`; XLA:CPU op name -> milliseconds (all threads)."""
+    with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir)
+        run_once()
+        jax.profiler.stop_trace()
+        paths = [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs
+                 if f.endswith(".xplane.pb")]
+        if not paths:
+            raise RuntimeError("jax.profiler wrote no .xplane.pb trace")
+        data = jax.profiler.ProfileData.from_file(paths[0])
+    ops: dict[str, float] = collections.defaultdict(float)
+    for plane in data.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            if line.name == "python":  # Python-side spans, not XLA ops
+                continue
+            for event in line.events:
+                # Skip runtime spans (ThunkExecutor::Execute, thread-pool waits) around ops.
+                if event.name.startswith("end: ") or "::" in event.name:
+                    continue
+                ops[event.name] += event.duration_ns / 1e6
+    return dict(ops)
+
+
+def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> dict:
+    """Op times of one `run_once()` of `compiled`: `{"total_ms", "ops", "kinds", "modules"}`,
+    each list sorted by time, rows `{name, ms, share}` (ops also carry `kind` and `module`)."""
+    names = op_names(compiled.as_text())
+    times = trace_op_times(run_once)
+    total = sum(times.values()) or 1.0
+    ops = [dict(name=n, kind=n.split(".")[0].rstrip("0123456789_-"),
+                module=module_of(names[n], depth) if n in names else "(unattributed)",
+                ms=ms, share=ms / total) for n, ms in times.items()]
+    ops.sort(key=lambda r: -r["ms"])
+
+    def grouped(key: str) -> list[dict]:
+        sums: dict[str, float] = collections.defaultdict(float)
+        for r in ops:
+            sums[r[key]] += r["ms"]
+        return [dict(name=k, ms=ms, share=ms / total)
+                for k, ms in sorted(sums.items(), key=lambda kv: -kv[1])]
+
+    return dict(total_ms=total, ops=ops, kinds=grouped("kind"), modules=grouped("module"))
+
+
+def print_profile(profile: dict, top: int = 25) -> None:
+    """Markdown tables: by module, by op kind, and the `top` single ops."""
+    print(f"\nper-op profile: one step, {profile['total_ms']:.0f} ms of op time (all threads)")
+    for title, rows, limit in (("module", profile["modules"], top), ("op kind",
+                               profile["kinds"], 12), ("op", profile["ops"], top)):
+        print(f"\n| {title} | ms | share |" + (" module |" if title == "op" else ""))
+        print("|---|---|---|" + ("---|" if title == "op" else ""))
+        for r in rows[:limit]:
+            extra = f" {r['module']} |" if title == "op" else ""
+            print(f"| {r['name']} | {r['ms']:.1f} | {100 * r['share']:.1f}% |{extra}")
