@@ -3,17 +3,22 @@
 One AdamW step (deblur loss over the K outputs, `jax.value_and_grad`, params and optimizer
 state donated) on random images, per preset and compute dtype. Prints a markdown table;
 `--json PATH` writes the rows (a JSON list); `--profile` adds a per-op breakdown of one step
-from a `jax.profiler` trace (XLA:CPU ops grouped by HLO op name).
+from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
-        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile]
+        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_flops] \
+        [--no_huge_pages]
 
 `flops`: XLA's cost analysis of the same step lowered for the CPU with the sub-decoder scan
 unrolled and plain autodiff (the reversible backward's recomputation is not counted: these are
 the model's FLOPs). `matmul_flops_per_s`: a 2048^3 float32 matmul timed in the same run;
 `flops_ratio` = achieved / matmul. `step_cpu_s`: process CPU seconds per step (all threads),
 less sensitive than wall time to other jobs on a shared machine. `load_avg`: 1-minute load
-after timing (the benchmark's own threads included).
+after timing (the benchmark's own threads included); `steal_share`: the share of CPU time the
+hypervisor gave to other VMs while the steps ran (/proc/stat). `huge_pages`: whether glibc's
+transparent-huge-page malloc was on (the script re-executes itself with it unless
+`--no_huge_pages`; radblur_jax/host_memory.py). `--profile` prints where one step's op time
+goes, by module (forward/backward and Flax module path), op kind and op (xla_profile.py).
 """
 from __future__ import annotations
 
@@ -93,6 +98,17 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
     return 2.0 * n ** 3 / best
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat, (0, 0) where there is none: the
+    share of time a hypervisor gave this VM's CPUs to others during a measurement."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
 def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, steps: int,
           matmul_rate: float, profile: bool, flops: bool = True) -> dict:
     """Compiles and times the train step; returns one result row."""
@@ -112,12 +128,14 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
     params, opt_state, loss = compiled(params, opt_state, blurry, sharp)  # warm-up
     loss.block_until_ready()
     times, cpu_times = [], []
+    steal0, total0 = cpu_jiffies()
     for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
         params, opt_state, loss = compiled(params, opt_state, blurry, sharp)
         loss.block_until_ready()
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
+    steal1, total1 = cpu_jiffies()
     step_s = float(np.median(times))
     flops = count_flops(preset, dtype, conv_impl, batch, size) if flops else float("nan")
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch,
@@ -127,7 +145,8 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
                temp_bytes_per_image=mem.temp_size_in_bytes / batch, flops=flops,
                achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
                flops_ratio=flops / step_s / matmul_rate, loss=float(loss),
-               huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0])
+               huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
+               steal_share=(steal1 - steal0) / max(total1 - total0, 1))
     if profile:
         state = [params, opt_state]
 
@@ -185,14 +204,15 @@ def main() -> None:
             print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
                   f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)
     print("\n| preset | dtype | conv | batch | size | step s | compile s | img/s | temp MiB/img "
-          "| GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load |")
-    print("|" + "---|" * 15)
+          "| GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load | steal | huge pages |")
+    print("|" + "---|" * 17)
     for r in rows:
         print(f"| {r['preset']} | {r['dtype']} | {r['conv_impl']} | {r['batch']} | {r['size']} "
               f"| {r['step_s']:.3f} | {r['compile_s']:.1f} | {r['images_per_s']:.2f} "
               f"| {r['temp_bytes_per_image'] / 2 ** 20:.1f} | {r['flops'] / 1e9:.1f} "
               f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} "
-              f"| {r['flops_ratio']:.3f} | {r['step_cpu_s']:.2f} | {r['load_avg']:.2f} |")
+              f"| {r['flops_ratio']:.3f} | {r['step_cpu_s']:.2f} | {r['load_avg']:.2f} "
+              f"| {100 * r['steal_share']:.1f}% | {'on' if r['huge_pages'] else 'off'} |")
     if args.json:
         write_json_atomic(args.json, rows)
 
