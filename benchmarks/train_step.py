@@ -7,7 +7,7 @@ from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_flops] \
-        [--no_huge_pages]
+        [--no_huge_pages] [--warmup N]
 
 `flops`: XLA's cost analysis of the same step lowered for the CPU with the sub-decoder scan
 unrolled and plain autodiff (the reversible backward's recomputation is not counted: these are
@@ -110,7 +110,7 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, steps: int,
-          matmul_rate: float, profile: bool, flops: bool = True) -> dict:
+          matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1) -> dict:
     """Compiles and times the train step; returns one result row."""
     model = RADBlur(preset_config(preset, dtype, conv_impl))
     tx = optax.adamw(1e-4)
@@ -125,8 +125,9 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
         params, opt_state, blurry, sharp).compile()
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     mem = compiled.memory_analysis()
-    params, opt_state, loss = compiled(params, opt_state, blurry, sharp)  # warm-up
-    loss.block_until_ready()
+    for _ in range(warmup):
+        params, opt_state, loss = compiled(params, opt_state, blurry, sharp)
+        loss.block_until_ready()
     times, cpu_times = [], []
     steal0, total0 = cpu_jiffies()
     for _ in range(steps):
@@ -139,7 +140,7 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
     step_s = float(np.median(times))
     flops = count_flops(preset, dtype, conv_impl, batch, size) if flops else float("nan")
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch,
-               size=size, steps=steps, step_s=step_s, step_min_s=float(min(times)),
+               size=size, steps=steps, warmup=warmup, step_s=step_s, step_min_s=float(min(times)),
                step_cpu_s=float(np.median(cpu_times)),
                compile_s=compile_s, compile_cpu_s=compile_cpu_s, images_per_s=batch / step_s,
                temp_bytes_per_image=mem.temp_size_in_bytes / batch, flops=flops,
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps before the timed ones (0: time a slow step once)")
     parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
                         help="convolution implementation (default: the config's)")
     parser.add_argument("--json", default=None)
@@ -199,7 +202,7 @@ def main() -> None:
     for preset in presets:
         for dtype in dtypes:
             row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
-                        args.profile, flops=not args.no_flops)
+                        args.profile, flops=not args.no_flops, warmup=args.warmup)
             rows.append(row)
             print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
                   f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)
