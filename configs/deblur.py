@@ -17,7 +17,7 @@ from radblur_jax.train.config_base import base_config, set_preset_fields
 
 # preset: (global batch, crop, steps, lr, fsdp, remat, compute dtype)
 _PRESETS = {
-    "tiny": (4, 64, 1000, 1e-3, 1, False, "float32"),
+    "tiny": (4, 64, 1300, 1e-3, 1, False, "float32"),
     "s": (16, 256, 200_000, 2e-4, 1, False, "bfloat16"),
     "b": (16, 256, 200_000, 2e-4, 1, True, "bfloat16"),
     "l": (32, 256, 300_000, 1e-4, 8, True, "bfloat16"),
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          f"expected one of {sorted(_PRESETS)}")
     c = base_config("deblur", name)
     set_preset_fields(c, _PRESETS[name], tiny=name == "tiny", data_name="synthetic",
-                      eval_every_tiny=500, warmup_tiny=50)
+                      eval_every_tiny=650, warmup_tiny=50)
     # The main phase leaves the exit head alone; it is trained afterwards in its own phase.
     c.optimizer.freeze = ["^exit_head/"]
     c.loss = ml_collections.ConfigDict(dict(
