@@ -116,6 +116,18 @@ def _depthwise_forward(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int
     return y
 
 
+def _depthwise_kernel_grad(xp: jax.Array, g: jax.Array, kernel: jax.Array,
+                           strides: tuple[int, int]) -> jax.Array:
+    """Kernel gradient of `_depthwise_forward(xp, kernel, strides)` for output gradient `g`:
+    per tap, the tap's slice of `xp` times `g`, summed with `sum_rows` (in float32)."""
+    kh, kw = kernel.shape[:2]
+    out_hw = g.shape[1:3]
+    g32 = g.astype(jnp.float32)
+    gk = jnp.stack([sum_rows(_shifted(xp, i, j, out_hw, strides).astype(jnp.float32) * g32)
+                    for i in range(kh) for j in range(kw)])
+    return gk.reshape(kernel.shape).astype(kernel.dtype)
+
+
 def depthwise_conv(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     """Depthwise 'VALID' conv of padded `xp (B, H, W, C)` with `kernel (kh, kw, C)`."""
     return _depthwise_vjp(tuple(strides))(xp, kernel)
@@ -137,12 +149,7 @@ def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
         xp, kernel = residuals
         _, vjp_x = jax.vjp(lambda a: _depthwise_forward(a, kernel, strides), xp)
         (gx,) = vjp_x(g)
-        kh, kw = kernel.shape[:2]
-        out_hw = g.shape[1:3]
-        g32 = g.astype(jnp.float32)
-        gk = jnp.stack([sum_rows(_shifted(xp, i, j, out_hw, strides).astype(jnp.float32) * g32)
-                        for i in range(kh) for j in range(kw)])
-        return gx, gk.reshape(kernel.shape).astype(kernel.dtype)
+        return gx, _depthwise_kernel_grad(xp, g, kernel, strides)
 
     conv.defvjp(fwd, bwd)
     return conv
@@ -176,12 +183,8 @@ def _depthwise_same_bwd(residuals, g):
     x, g = lax.optimization_barrier((x, g))
     kh, kw = kernel.shape[:2]
     gx = _depthwise_forward(_pad_hw(g, kh // 2, kw // 2), kernel[::-1, ::-1], (1, 1))
-    xp = _pad_hw(x, kh // 2, kw // 2)
-    out_hw = g.shape[1:3]
-    g32 = g.astype(jnp.float32)
-    gk = jnp.stack([sum_rows(_shifted(xp, i, j, out_hw, (1, 1)).astype(jnp.float32) * g32)
-                    for i in range(kh) for j in range(kw)])
-    return gx.astype(x.dtype), gk.reshape(kernel.shape).astype(kernel.dtype)
+    gk = _depthwise_kernel_grad(_pad_hw(x, kh // 2, kw // 2), g, kernel, (1, 1))
+    return gx.astype(x.dtype), gk
 
 
 depthwise_same.defvjp(_depthwise_same_fwd, _depthwise_same_bwd)
