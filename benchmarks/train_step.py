@@ -195,6 +195,8 @@ def main() -> None:
             parser.error(f"--dtypes: unknown dtype {d!r}; expected some of {DTYPES}")
     if args.batch < 1 or args.steps < 1 or args.size < 16 or args.size % 16:
         parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
     print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}, huge-page malloc "
           f"{'on' if host_memory.huge_pages_enabled() else 'off'}", flush=True)
     rate = matmul_flops_per_s()
