@@ -11,7 +11,8 @@ Contract (tests and scripts rely on these names):
                               (generated on first use)
   input                       crop_size, worker_count, read_threads (training pipeline)
   train                       num_steps, batch_size (global), log_every, checkpoint_every,
-                              eval_every, ema_decay
+                              eval_every, ema_decay, split_step ("auto" | "on" | "off": the
+                              step as two programs compiled concurrently; auto = CPU only)
   optimizer                   read by `radblur_jax.train.optimizer.make_optimizer`
   mesh                        data, fsdp (-1 = all remaining devices), batch_axes
   sharding                    rules ((regex, spec) pairs, first match wins), min_fsdp_size
@@ -48,7 +49,7 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=16, log_every=50, checkpoint_every=500, eval_every=500,
-        ema_decay=0.999))
+        ema_decay=0.999, split_step="auto"))
     c.optimizer = default_optimizer_config()
 
     # Batches are split over both axes: FSDP devices are data-parallel too; only parameters

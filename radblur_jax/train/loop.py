@@ -18,7 +18,8 @@ import numpy as np
 
 from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
 from radblur_jax.models.radblur import init_compiler_options
-from radblur_jax.train import checkpointing, input as input_lib, reporting, sharding, steps
+from radblur_jax.train import (checkpointing, input as input_lib, reporting, sharding,
+                               split_step, steps)
 from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params
 from radblur_jax.train.state import TrainState, create_state, make_optimizers
 
@@ -41,6 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("data", "eval_data"):
         if "name" not in config[key]:
             raise ValueError(f"config.{key}: a dataset spec needs `name`")
+    split_step.use_split_step(config.train.get("split_step", "auto"))  # raises naming the key
     if config.stage == "deblur":
         check_choice("loss.pixel", config.loss.pixel, PIXEL_LOSSES)
     model_config(config)  # preset name, overrides, dtype
@@ -160,16 +162,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state, start = _init_state(config, model, cfg, optimizers, state_sh, rng), 0
     # ---- steps
     if config.stage == "deblur":
-        main_fn = functools.partial(steps.deblur_train_step, model=model, optimizers=optimizers,
-                                    config=config)
+        gradients_fn = functools.partial(steps.deblur_gradients, model=model, config=config)
         eval_step = functools.partial(steps.deblur_eval_step, model=model)
     else:
-        main_fn = functools.partial(steps.depth_train_step, model=model, optimizers=optimizers,
-                                    config=config)
+        gradients_fn = functools.partial(steps.depth_gradients, model=model, config=config)
         eval_step = functools.partial(steps.depth_eval_step, model=model)
+    update_fn = functools.partial(steps.apply_gradients, optimizers=optimizers,
+                                  ema_decay=float(tc.ema_decay))
     jit_step = functools.partial(jax.jit, in_shardings=(state_sh, batch_sh),
                                  out_shardings=(state_sh, repl), donate_argnums=(0,))
-    train_step = jit_step(main_fn)
+    if split_step.use_split_step(tc.get("split_step", "auto")):
+        train_step = split_step.SplitStep(gradients_fn, update_fn, state_sh, batch_sh, repl)
+    else:
+        train_step = jit_step(functools.partial(split_step.compose, gradients_fn, update_fn))
     exit_steps = int(config.exit.steps) if config.stage == "deblur" else 0
     exit_step = (jit_step(functools.partial(steps.exit_train_step, model=model,
                                             optimizers=optimizers)) if exit_steps else None)

@@ -4,9 +4,14 @@ Batches: stage "deblur" `{blur, sharp}` `(B, H, W, 3)` float32 in [0, 1]; stage 
 `{image (B, H, W, 3), depth (B, H, W, 1), valid (B, H, W, 1)}` with H, W multiples of the patch
 size. Metrics are scalars (means over the batch). Bind the static arguments with
 `functools.partial`, then `jax.jit` (the loop adds shardings and donation).
+
+Each main train step is two halves, `*_gradients(state, batch) -> (grads, metrics)` and
+`apply_gradients(state, grads) -> (state, metrics)`; `*_train_step` composes them, and
+`split_step.SplitStep` runs them as two executables compiled concurrently.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,11 +26,14 @@ from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train import losses
 from radblur_jax.train.depth_losses import depth_loss
 from radblur_jax.train.optimizer import ema_update
+from radblur_jax.train.split_step import compose
 from radblur_jax.train.state import Optimizers, TrainState
 
 
-def _apply_main(state: TrainState, grads: Any, optimizers: Optimizers, ema_decay: float,
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+def apply_gradients(state: TrainState, grads: Any, *, optimizers: Optimizers,
+                    ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The main optimiser's update of `state` by `grads` (shaped like `state.params`), the EMA
+    update and the step count; metrics grad_norm, lr."""
     updates, opt_state = optimizers.main.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -43,12 +51,12 @@ def normalized_disparity(d: jax.Array) -> jax.Array:
     return (d - med) / (jnp.mean(jnp.abs(d - med), axis=(1, 2), keepdims=True) + 1e-6)
 
 
-def deblur_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
-                      optimizers: Optimizers, config: ml_collections.ConfigDict
-                      ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Deep-supervision L1 (or PSNR) + FFT loss over the K outputs, plus optional depth
-    self-distillation: L1 between the normalised disparities the depth branch predicts on the
-    sharp image now and with the frozen initial depth params (`state.teacher`)."""
+def deblur_gradients(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
+                     config: ml_collections.ConfigDict) -> tuple[Any, dict[str, jax.Array]]:
+    """`(grads, metrics)` of the deblur loss at `state.params`: deep-supervision L1 (or PSNR) +
+    FFT loss over the K outputs, plus optional depth self-distillation: L1 between the
+    normalised disparities the depth branch predicts on the sharp image now and with the frozen
+    initial depth params (`state.teacher`). Metrics: loss, pixel_loss, psnr [, distill_loss]."""
     blur, sharp = batch["blur"], batch["sharp"]
     distill_w = float(config.loss.distill_weight)
 
@@ -69,8 +77,16 @@ def deblur_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: 
         return total, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new, extra = _apply_main(state, grads, optimizers, float(config.train.ema_decay))
-    return new, {"loss": loss, **aux, **extra}
+    return grads, {"loss": loss, **aux}
+
+
+def deblur_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
+                      optimizers: Optimizers, config: ml_collections.ConfigDict
+                      ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`deblur_gradients`, then `apply_gradients`: one stage-B update."""
+    return compose(functools.partial(deblur_gradients, model=model, config=config),
+                   functools.partial(apply_gradients, optimizers=optimizers,
+                                     ema_decay=float(config.train.ema_decay)), state, batch)
 
 
 def exit_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
@@ -100,10 +116,10 @@ def vit_normalize(image: jax.Array) -> jax.Array:
     return (image - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-                     optimizers: Optimizers, config: ml_collections.ConfigDict
-                     ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Stage A: scale-and-shift-invariant disparity + multi-scale gradient matching."""
+def depth_gradients(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+                    config: ml_collections.ConfigDict) -> tuple[Any, dict[str, jax.Array]]:
+    """`(grads, {"loss"})` of stage A's loss at `state.params`: scale-and-shift-invariant
+    disparity + multi-scale gradient matching."""
     x = vit_normalize(batch["image"])
 
     def loss_fn(params):
@@ -113,8 +129,16 @@ def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: n
                           scales=int(config.loss.scales))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    new, extra = _apply_main(state, grads, optimizers, float(config.train.ema_decay))
-    return new, {"loss": loss, **extra}
+    return grads, {"loss": loss}
+
+
+def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+                     optimizers: Optimizers, config: ml_collections.ConfigDict
+                     ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`depth_gradients`, then `apply_gradients`: one stage-A update."""
+    return compose(functools.partial(depth_gradients, model=model, config=config),
+                   functools.partial(apply_gradients, optimizers=optimizers,
+                                     ema_decay=float(config.train.ema_decay)), state, batch)
 
 
 def deblur_eval_step(params: Any, batch: dict[str, jax.Array], *, model: RADBlur
