@@ -1,13 +1,16 @@
 """CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate.
 
 One AdamW step (deblur loss over the K outputs, `jax.value_and_grad`, params and optimizer
-state donated) on random images, per preset and compute dtype. Prints a markdown table;
+state donated) on random images, per preset and compute dtype, compiled as training on a CPU
+compiles it: gradients and update as two programs, compiled concurrently
+(radblur_jax/train/split_step.py; `--no_split`: one program). `compile_s` is the wall time
+until the step is ready (tracing, lowering and XLA compile). Prints a markdown table;
 `--json PATH` writes the rows (a JSON list); `--profile` adds a per-op breakdown of one step
 from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_flops] \
-        [--no_huge_pages] [--warmup N]
+        [--no_huge_pages] [--warmup N] [--no_split]
 
 `flops`: XLA's cost analysis of the same step lowered for the CPU with the sub-decoder scan
 unrolled and plain autodiff (the reversible backward's recomputation is not counted: these are
@@ -23,6 +26,7 @@ goes, by module (forward/backward and Flax module path), op kind and op (xla_pro
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -41,6 +45,7 @@ from radblur_jax.models.radblur import RADBlur, init_radblur  # noqa: E402
 from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
                                         validate_config)
 from radblur_jax.train.losses import deblur_loss  # noqa: E402
+from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -57,15 +62,25 @@ def preset_config(preset: str, dtype: str, conv_impl: str | None, *, reversible:
     return validate_config(cfg)
 
 
-def make_step(model: RADBlur, tx: optax.GradientTransformation):
-    """`step(params, opt_state, blurry, sharp) -> (params, opt_state, loss)`."""
-    def step(params, opt_state, blurry, sharp):
-        def loss_fn(p):
-            return deblur_loss(model.apply({"params": p}, blurry).restored, sharp)
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+def make_halves(model: RADBlur, tx: optax.GradientTransformation):
+    """The step's two halves over `state = (params, opt_state)`, `batch = (blurry, sharp)`:
+    `gradients(state, batch) -> (grads, {"loss"})`, `update(state, grads) -> (state, {})`."""
+    def gradients(state, batch):
+        blurry, sharp = batch
+        loss_fn = lambda p: deblur_loss(model.apply({"params": p}, blurry).restored, sharp)
+        loss, grads = jax.value_and_grad(loss_fn)(state[0])
+        return grads, {"loss": loss}
+
+    def update(state, grads):
+        params, opt_state = state
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return step
+        return (optax.apply_updates(params, updates), opt_state), {}
+    return gradients, update
+
+
+def make_step(model: RADBlur, tx: optax.GradientTransformation):
+    """The whole step as one function: `step(state, batch) -> (state, metrics)`."""
+    return functools.partial(compose, *make_halves(model, tx))
 
 
 def _abstract_inputs(model: RADBlur, tx, batch: int, size: int):
@@ -80,7 +95,8 @@ def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size
     model = RADBlur(preset_config(preset, dtype, conv_impl, reversible=False, unroll=True))
     tx = optax.adamw(1e-4)
     params, opt_state, image = _abstract_inputs(model, tx, batch, size)
-    cost = jax.jit(make_step(model, tx)).lower(params, opt_state, image, image).cost_analysis()
+    cost = jax.jit(make_step(model, tx)).lower((params, opt_state),
+                                               (image, image)).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
@@ -109,53 +125,59 @@ def cpu_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-def bench(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, steps: int,
-          matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1) -> dict:
+def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
+          steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
+          split: bool = True) -> dict:
     """Compiles and times the train step; returns one result row."""
     model = RADBlur(preset_config(preset, dtype, conv_impl))
     tx = optax.adamw(1e-4)
     params = init_radblur(model, jax.random.key(0))
     opt_state = tx.init(params)
     rng = np.random.default_rng(0)
-    sharp = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
+    sharp = jnp.asarray(rng.random((batch_size, size, size, 3), np.float32))
     blurry = jnp.asarray(np.clip(np.asarray(sharp) + 0.05 * rng.standard_normal(sharp.shape),
                                  0, 1).astype(np.float32))
+    state, batch = (params, opt_state), (blurry, sharp)
     t0, c0 = time.perf_counter(), time.process_time()
-    compiled = jax.jit(make_step(model, tx), donate_argnums=(0, 1)).lower(
-        params, opt_state, blurry, sharp).compile()
+    if split:
+        step = SplitStep(*make_halves(model, tx), params_of=lambda st: st[0]).compile(state, batch)
+        executables = step.executables
+    else:
+        step = jax.jit(make_step(model, tx), donate_argnums=(0,)).lower(state, batch).compile()
+        executables = (step,)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    mem = compiled.memory_analysis()
+    # The halves run one after the other: the step's peak is the larger temp buffer.
+    temp_bytes = max(e.memory_analysis().temp_size_in_bytes for e in executables)
     for _ in range(warmup):
-        params, opt_state, loss = compiled(params, opt_state, blurry, sharp)
-        loss.block_until_ready()
+        state, metrics = step(state, batch)
+        metrics["loss"].block_until_ready()
     times, cpu_times = [], []
     steal0, total0 = cpu_jiffies()
     for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
-        params, opt_state, loss = compiled(params, opt_state, blurry, sharp)
-        loss.block_until_ready()
+        state, metrics = step(state, batch)
+        metrics["loss"].block_until_ready()
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
     steal1, total1 = cpu_jiffies()
     step_s = float(np.median(times))
-    flops = count_flops(preset, dtype, conv_impl, batch, size) if flops else float("nan")
-    row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch,
-               size=size, steps=steps, warmup=warmup, step_s=step_s, step_min_s=float(min(times)),
-               step_cpu_s=float(np.median(cpu_times)),
-               compile_s=compile_s, compile_cpu_s=compile_cpu_s, images_per_s=batch / step_s,
-               temp_bytes_per_image=mem.temp_size_in_bytes / batch, flops=flops,
-               achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
-               flops_ratio=flops / step_s / matmul_rate, loss=float(loss),
+    flops = count_flops(preset, dtype, conv_impl, batch_size, size) if flops else float("nan")
+    row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
+               size=size, split=split, steps=steps, warmup=warmup, step_s=step_s,
+               step_min_s=float(min(times)), step_cpu_s=float(np.median(cpu_times)),
+               compile_s=compile_s, compile_cpu_s=compile_cpu_s,
+               images_per_s=batch_size / step_s, temp_bytes_per_image=temp_bytes / batch_size,
+               flops=flops, achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
+               flops_ratio=flops / step_s / matmul_rate, loss=float(metrics["loss"]),
                huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
                steal_share=(steal1 - steal0) / max(total1 - total0, 1))
     if profile:
-        state = [params, opt_state]
+        holder = [state]
 
         def run_once():
-            p, o, l = compiled(state[0], state[1], blurry, sharp)
-            l.block_until_ready()
-            state[:] = [p, o]
-        result = profile_compiled(compiled, run_once)
+            holder[0], m = step(holder[0], batch)
+            m["loss"].block_until_ready()
+        result = profile_compiled(executables, run_once)
         print_profile(result)
         row["profile"] = dict(total_ms=result["total_ms"], modules=result["modules"][:40],
                               kinds=result["kinds"][:20], ops=result["ops"][:40])
@@ -174,6 +196,9 @@ def main() -> None:
     parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
                         help="convolution implementation (default: the config's)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no_split", action="store_true",
+                        help="compile the step as one program (default: gradients and update "
+                             "as two, compiled concurrently, as training on a CPU runs it)")
     parser.add_argument("--profile", action="store_true",
                         help="per-op breakdown of one step (by module, op kind and op)")
     parser.add_argument("--no_flops", action="store_true",
@@ -204,15 +229,19 @@ def main() -> None:
     for preset in presets:
         for dtype in dtypes:
             row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
-                        args.profile, flops=not args.no_flops, warmup=args.warmup)
+                        args.profile, flops=not args.no_flops, warmup=args.warmup,
+                        split=not args.no_split)
             rows.append(row)
             print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
                   f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)
-    print("\n| preset | dtype | conv | batch | size | step s | compile s | img/s | temp MiB/img "
-          "| GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load | steal | huge pages |")
-    print("|" + "---|" * 17)
+    print("\n| preset | dtype | conv | split | batch | size | step s | compile s | img/s "
+          "| temp MiB/img | GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load | steal "
+          "| huge pages |")
+    print("|" + "---|" * 18)
     for r in rows:
-        print(f"| {r['preset']} | {r['dtype']} | {r['conv_impl']} | {r['batch']} | {r['size']} "
+        split = "yes" if r["split"] else "no"
+        print(f"| {r['preset']} | {r['dtype']} | {r['conv_impl']} | {split} | {r['batch']} "
+              f"| {r['size']} "
               f"| {r['step_s']:.3f} | {r['compile_s']:.1f} | {r['images_per_s']:.2f} "
               f"| {r['temp_bytes_per_image'] / 2 ** 20:.1f} | {r['flops'] / 1e9:.1f} "
               f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} "

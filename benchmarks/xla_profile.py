@@ -75,9 +75,13 @@ def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
 
 
 def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> dict:
-    """Op times of one `run_once()` of `compiled`: `{"total_ms", "ops", "kinds", "modules"}`,
-    each list sorted by time, rows `{name, ms, share}` (ops also carry `kind` and `module`)."""
-    names = op_names(compiled.as_text())
+    """Op times of one `run_once()` of `compiled` (one executable or a sequence of them):
+    `{"total_ms", "ops", "kinds", "modules"}`, each list sorted by time, rows
+    `{name, ms, share}` (ops also carry `kind` and `module`)."""
+    programs = compiled if isinstance(compiled, (list, tuple)) else (compiled,)
+    names = {}
+    for program in programs:
+        names.update(op_names(program.as_text()))
     times = trace_op_times(run_once)
     total = sum(times.values()) or 1.0
     ops = [dict(name=n, kind=n.split(".")[0].rstrip("0123456789_-"),
