@@ -38,7 +38,7 @@ def apply_gradients(state: TrainState, grads: Any, *, optimizers: Optimizers,
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         ema_params=ema_update(state.ema_params, params, ema_decay))
-    return new, {"grad_norm": optax.global_norm(grads), "lr": optimizers.lr(state.step)}
+    return new, {"grad_norm": optax.tree.norm(grads), "lr": optimizers.lr(state.step)}
 
 
 def _depth_on_sharp(module: RADBlur, sharp: jax.Array) -> jax.Array:
@@ -108,7 +108,7 @@ def exit_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RA
                         ema_params={**state.ema_params, "exit_head": head},
                         exit_opt_state=exit_state)
     accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    return new, {"loss": loss, "exit_accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "exit_accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
 def vit_normalize(image: jax.Array) -> jax.Array:
