@@ -74,5 +74,15 @@ def test_executables_before_compiling_is_an_error():
 def test_split_step_choice():
     assert split_step.use_split_step("on") and not split_step.use_split_step("off")
     assert split_step.use_split_step("auto") == (jax.default_backend() == "cpu")
-    with pytest.raises(ValueError, match="config.train.split_step='yes'"):
+    with pytest.raises(ValueError, match="train.split_step='yes'"):
         split_step.use_split_step("yes")
+
+
+def test_check_config_names_a_bad_split_step():
+    from radblur_jax.train.loop import check_config
+    from train_helpers import load_config
+    config = load_config("deblur.py", "tiny")
+    check_config(config)
+    config.train.split_step = "sometimes"
+    with pytest.raises(ValueError, match="train.split_step='sometimes'"):
+        check_config(config)

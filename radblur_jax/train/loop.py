@@ -42,7 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("data", "eval_data"):
         if "name" not in config[key]:
             raise ValueError(f"config.{key}: a dataset spec needs `name`")
-    split_step.use_split_step(config.train.get("split_step", "auto"))  # raises naming the key
+    check_choice("train.split_step", config.train.split_step, split_step.SPLIT_STEP_CHOICES)
     if config.stage == "deblur":
         check_choice("loss.pixel", config.loss.pixel, PIXEL_LOSSES)
     model_config(config)  # preset name, overrides, dtype
@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                   ema_decay=float(tc.ema_decay))
     jit_step = functools.partial(jax.jit, in_shardings=(state_sh, batch_sh),
                                  out_shardings=(state_sh, repl), donate_argnums=(0,))
-    if split_step.use_split_step(tc.get("split_step", "auto")):
+    if split_step.use_split_step(tc.split_step):
         train_step = split_step.SplitStep(gradients_fn, update_fn, state_sh, batch_sh, repl)
     else:
         train_step = jit_step(functools.partial(split_step.compose, gradients_fn, update_fn))

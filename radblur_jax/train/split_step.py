@@ -24,14 +24,14 @@ from typing import Any, Callable
 
 import jax
 
+from radblur_jax.models.configs import check_choice
+
 SPLIT_STEP_CHOICES = ("auto", "on", "off")
 
 
 def use_split_step(choice: str) -> bool:
     """Whether `train.split_step = choice` splits the step on this backend."""
-    if choice not in SPLIT_STEP_CHOICES:
-        raise ValueError(f"config.train.split_step={choice!r}; expected one of "
-                         f"{SPLIT_STEP_CHOICES}")
+    check_choice("train.split_step", choice, SPLIT_STEP_CHOICES)
     return choice == "on" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
