@@ -69,6 +69,17 @@ def test_conv2d_matches_lax_forward_and_gradients(name, rng):
         assert rel_err(got, exp) <= 1e-5
 
 
+@pytest.mark.parametrize("cin, cout, lax_conv", [(16, 3, False), (3, 16, True), (16, 16, True)])
+def test_fast_full_conv_form_depends_on_the_output_count(cin, cout, lax_conv):
+    """Few outputs (the decoder head, 16 -> 3) take `taps_then_shift`, with no XLA convolution in
+    the forward or the gradients; other full 3x3 convs stay `lax.conv_general_dilated`."""
+    x = jnp.zeros((1, 6, 7, cin), jnp.float32)
+    kernel = jnp.zeros((3, 3, cin, cout), jnp.float32)
+    fn = lambda a, k: jnp.sum(conv_ops.conv2d(a, k, padding=1, impl="fast") ** 2)
+    jaxpr = str(jax.make_jaxpr(jax.grad(fn, argnums=(0, 1)))(x, kernel))
+    assert ("conv_general_dilated" in jaxpr) == lax_conv
+
+
 def test_conv2d_lax_impl_is_the_reference(rng):
     x = jnp.asarray(rng.standard_normal((1, 6, 9, 4)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)

@@ -11,6 +11,10 @@ conv is slower than the matmul it is). `conv2d(..., impl="fast")` computes the s
 - depthwise (groups == I): kh*kw shifted multiply-adds; the stride-1 "same" case
   (`depthwise_same`, the NAF blocks' 3x3) has a custom VJP that materialises its inputs once
   and computes the input gradient as one more shifted pass;
+- stride-1 full convs with few outputs (`kh*kw*O <= 2*I`: the decoder's 3-channel head):
+  `taps_then_shift`, one matmul to every tap's output and a shifted sum. Inside the decoder's
+  scan XLA:CPU keeps such a conv's gradients with non-canonical dimension labels and ran them
+  ~12x slower than the same conv outside a loop;
 - other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, measured as fast as
   im2col + matmul or faster here, forward and gradients.
 
@@ -219,11 +223,39 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         b, h, w, _ = x.shape
         x = x[:, :h - h % kh, :w - w % kw]
         return _matmul(space_to_depth(x, kh, kw), kernel.reshape(kh * kw * cin, cout))
+    if strides == (1, 1) and kh * kw * cout <= 2 * cin:  # few outputs: the decoder's head
+        return taps_then_shift(x, kernel, pads)
     # Other full convolutions (3x3, 3x3 stride 2): XLA:CPU's own convolution, whose forward
     # and gradients measured as fast as or faster than im2col + matmul at every shape in the
     # network (the im2col concatenation is a pass over kh*kw times the input), and compiles to
     # one library call instead of a dozen fused kernels (docs/benchmarks.md).
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+
+
+def taps_then_shift(x: jax.Array, kernel: jax.Array,
+                    pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Stride-1 full conv as one matmul to every tap's output, then a shifted sum.
+
+    `z = x @ [K_00 .. K_ij ..]` gives `(B, H, W, kh*kw, O)`; the output at `(r, c)` is the sum
+    over taps of `z[r + i - top, c + j - left, tap (i, j)]` (zero outside). The work and the
+    intermediate are `kh*kw*O` channels per pixel, so this is the form for few outputs (the
+    decoder's 3-channel head): its gradients are two 2-D matmuls and one shifted pass over the
+    output gradient.
+    """
+    kh, kw, cin, cout = kernel.shape
+    b, h, w, _ = x.shape
+    (top, bottom), (left, right) = pads
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
+    z = z.reshape(b, h, w, kh * kw, cout)
+    # Padding z by the conv's padding aligns tap (i, j) of output (r, c) at z[r + i, c + j].
+    zp = jnp.pad(z, ((0, 0), (top, bottom), (left, right), (0, 0), (0, 0)))
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            term = zp[:, i:i + ho, j:j + wo, i * kw + j]
+            y = term if y is None else y + term
+    return y
 
 
 def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:

@@ -12,7 +12,9 @@ several consumers and recomputes them. The custom backward is the closed form
     g_x = rstd * (g s - mean(g s) - xhat * mean(g s * xhat)),  xhat = (x - mean) * rstd,
 
 from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_barrier`), with
-the parameter gradients reduced by `conv_ops.sum_rows`. `impl="lax"` is `nn.LayerNorm`'s own
+the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
+inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
+broadcasts that slice to a full activation-sized buffer for the fused backward. `impl="lax"` is `nn.LayerNorm`'s own
 formulation (autodiff). `impl="auto"` picks fast on the CPU backend, as for convolutions.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _fast_fwd(x, scale, bias, eps):
 def _fast_bwd(eps, residuals, g):
     del eps
     xhat, rstd, scale = residuals
-    xhat, rstd, g = lax.optimization_barrier((xhat, rstd, g))
+    xhat, rstd, g, scale = lax.optimization_barrier((xhat, rstd, g, scale))
     gs = g * scale
     gx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
                  - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
