@@ -70,31 +70,10 @@ def layer_norm(name: str, impl: str = "auto") -> LayerNorm:
 # ------------------------------------------------------------------ blocks
 
 
-class ChannelsFirstConv1x1(nn.Module):
-    """1x1 conv of a channels-first array `(I, ...) -> (O, ...)` as one matmul `W^T @ x`, with
-    the params of `conv1x1` (`kernel (1, 1, I, O)`, `bias (O,)`), computed in `dtype`."""
-    features: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cin = x.shape[0]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (1, 1, cin, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = kernel[0, 0].T @ x.reshape(cin, -1) + bias[:, None]
-        return y.reshape((self.features,) + x.shape[1:])
-
-
 class FFTBranch(nn.Module):
     """rfft2 -> 1x1 conv on [real, imag] -> GELU -> 1x1 conv -> irfft2; `(B,h,w,C) -> same`.
 
-    The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`. The fast form
-    (`conv_impl` fast) runs the branch channels first, `(C, B, h, w)`: the transforms then act
-    on the minor axes and the 1x1 convs are plain `W^T @ x` matmuls, so the branch transposes
-    its activations once on the way in and once on the way out (NHWC needs a transpose around
-    every transform, forward and backward).
+    The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`.
     """
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "auto"
@@ -102,14 +81,6 @@ class FFTBranch(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _, h, w, c = x.shape
-        if conv_ops.resolve_impl(self.conv_impl) == "fast":
-            spec = jnp.fft.rfft2(x.astype(jnp.float32).transpose(3, 0, 1, 2), axes=(2, 3))
-            y = jnp.concatenate([spec.real, spec.imag], axis=0)
-            y = nn.gelu(ChannelsFirstConv1x1(2 * c, self.dtype, name="conv1")(y),
-                        approximate=False)
-            y = ChannelsFirstConv1x1(2 * c, self.dtype, name="conv2")(y).astype(jnp.float32)
-            out = jnp.fft.irfft2(jax.lax.complex(y[:c], y[c:]), s=(h, w), axes=(2, 3))
-            return out.transpose(1, 2, 3, 0).astype(self.dtype)
         spec = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2))
         y = jnp.concatenate([spec.real, spec.imag], axis=-1)
         y = nn.gelu(conv1x1(2 * c, self.dtype, "conv1", impl=self.conv_impl)(y),
