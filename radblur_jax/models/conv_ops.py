@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from radblur_jax.models.configs import CONV_IMPLS
+from radblur_jax.models.params import param
+
 _DN = ("NHWC", "HWIO", "NHWC")
 PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
@@ -65,7 +67,11 @@ def _pairs(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """`(..., I) @ (I, O) -> (..., O)` as one 2-D matmul."""
     lead = x.shape[:-1]
-    return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(lead + (w.shape[-1],))
+    x2 = x.reshape(-1, x.shape[-1])
+    # lax directly when the dtypes agree (as `jnp.dot` would lower it, with less tracing).
+    y = (lax.dot_general(x2, w, (((1,), (0,)), ((), ()))) if x.dtype == w.dtype
+         else jnp.dot(x2, w))
+    return y.reshape(lead + (w.shape[-1],))
 
 
 def space_to_depth(x: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -105,8 +111,23 @@ def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
     x = x.reshape(-1, x.shape[-1])
     while x.shape[0] > min_rows and x.shape[0] % 2 == 0:
         half = x.shape[0] // 2
-        x = x[:half] + x[half:]
+        x = lax.add(lax.slice_in_dim(x, 0, half), lax.slice_in_dim(x, half, 2 * half))
     return jnp.sum(x, axis=0)
+
+
+def _times_channels(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x (..., C) * w (C,)`, in `lax` when the dtypes agree (the same ops as `jnp`'s
+    broadcasting multiply, traced without its wrappers: the depthwise convs and their
+    gradients issue hundreds of these per step)."""
+    if x.dtype != w.dtype:
+        return x * w
+    return lax.mul(x, lax.broadcast_in_dim(w, x.shape, (x.ndim - 1,)))
+
+
+def _tap(kernel: jax.Array, i: int, j: int) -> jax.Array:
+    """`kernel[i, j]` of a `(kh, kw, C)` kernel, as `lax` slicing."""
+    return lax.index_in_dim(lax.index_in_dim(kernel, i, 0, keepdims=False), j, 0,
+                            keepdims=False)
 
 
 def _depthwise_forward(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -115,8 +136,8 @@ def _depthwise_forward(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int
     y = None
     for i in range(kh):
         for j in range(kw):
-            term = _shifted(xp, i, j, out_hw, strides) * kernel[i, j]
-            y = term if y is None else y + term
+            term = _times_channels(_shifted(xp, i, j, out_hw, strides), _tap(kernel, i, j))
+            y = term if y is None else lax.add(y, term)
     return y
 
 
@@ -127,7 +148,8 @@ def _depthwise_kernel_grad(xp: jax.Array, g: jax.Array, kernel: jax.Array,
     kh, kw = kernel.shape[:2]
     out_hw = g.shape[1:3]
     g32 = g.astype(jnp.float32)
-    gk = jnp.stack([sum_rows(_shifted(xp, i, j, out_hw, strides).astype(jnp.float32) * g32)
+    gk = jnp.stack([sum_rows(lax.mul(_shifted(xp, i, j, out_hw, strides).astype(jnp.float32),
+                                     g32))
                     for i in range(kh) for j in range(kw)])
     return gk.reshape(kernel.shape).astype(kernel.dtype)
 
@@ -160,7 +182,14 @@ def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
 
 
 def _pad_hw(x: jax.Array, ph: int, pw: int) -> jax.Array:
-    return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
+    return _zero_pad(x, ((ph, ph), (pw, pw))) if ph or pw else x
+
+
+def _zero_pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Zero padding of `x (B, H, W, C)`'s spatial axes by `pads` ((top, bottom), (left,
+    right)): `jnp.pad`'s result through `lax.pad` (less tracing)."""
+    config = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),)
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 @jax.custom_vjp
@@ -212,7 +241,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     if depthwise:
         if cout == cin and strides == (1, 1) and pads == ((kh // 2, kh // 2), (kw // 2, kw // 2)):
             return depthwise_same(x, kernel.reshape(kh, kw, cout))
-        xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),)) if any(map(any, pads)) else x
+        xp = _zero_pad(x, pads) if any(map(any, pads)) else x
         if cout != cin:  # channel multiplier m: output o reads input o // m
             xp = jnp.repeat(xp, cout // cin, axis=-1)
         return depthwise_conv(xp, kernel.reshape(kh, kw, cout), strides)
@@ -249,7 +278,8 @@ def taps_then_shift(x: jax.Array, kernel: jax.Array,
     z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
     z = z.reshape(b, h, w, kh * kw, cout)
     # Padding z by the conv's padding aligns tap (i, j) of output (r, c) at z[r + i, c + j].
-    zp = jnp.pad(z, ((0, 0), (top, bottom), (left, right), (0, 0), (0, 0)))
+    zp = lax.pad(z, jnp.zeros((), z.dtype),
+                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0), (0, 0, 0)))
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -312,9 +342,9 @@ class Conv(nn.Module):
         if self.features % out_pieces:
             raise ValueError(f"Conv: {self.features} outputs not divisible into {out_pieces} "
                              "pieces")
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // groups, self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        kernel = param(self, "kernel", self.kernel_init, (kh, kw, cin // groups, self.features),
+                       self.param_dtype)
+        bias = (param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         *pieces, kernel, bias = nn.dtypes.promote_dtype(*pieces, kernel, bias, dtype=self.dtype)
         strides = ((self.strides, self.strides) if isinstance(self.strides, int)
@@ -375,11 +405,11 @@ class ConvTranspose(nn.Module):
         if self.stride != k or self.padding:
             raise ValueError(f"conv_ops.ConvTranspose needs kernel == stride and padding 0, got "
                              f"kernel {k}, stride {self.stride}, padding {self.padding}")
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, x.shape[-1], self.features), jnp.float32)
+        kernel = param(self, "kernel", nn.initializers.lecun_normal(),
+                       (k, k, x.shape[-1], self.features))
         y = conv_transpose_stride(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = param(self, "bias", nn.initializers.zeros, (self.features,))
             y = y + bias.astype(self.dtype)
         return y
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from radblur_jax.models.conv_ops import resolve_impl, sum_rows
+from radblur_jax.models.params import param
 
 
 def _statistics(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
@@ -84,6 +85,6 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        scale = param(self, "scale", nn.initializers.ones, (c,))
+        bias = param(self, "bias", nn.initializers.zeros, (c,))
         return layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon, self.impl)
