@@ -32,7 +32,7 @@ def test_param_initialises_like_module_param_and_returns_the_stored_value():
 
 def test_param_shape_mismatch_names_the_path_and_both_shapes():
     x = jnp.ones((1, 8, 8, 4))
-    params = Conv(6, (3, 3), name="head").init(jax.random.key(0), x)["params"]
+    params = Conv(6, (3, 3)).init(jax.random.key(0), x)["params"]
     wrong = dict(params, kernel=jnp.zeros((3, 3, 4, 7)))
     with pytest.raises(ValueError, match=r"kernel: shape \(3, 3, 4, 7\).*expected \(3, 3, 4, 6\)"):
         Conv(6, (3, 3)).apply({"params": wrong}, x)

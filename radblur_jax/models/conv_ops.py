@@ -186,9 +186,10 @@ def _pad_hw(x: jax.Array, ph: int, pw: int) -> jax.Array:
 
 
 def _zero_pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """Zero padding of `x (B, H, W, C)`'s spatial axes by `pads` ((top, bottom), (left,
-    right)): `jnp.pad`'s result through `lax.pad` (less tracing)."""
-    config = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),)
+    """Zero padding of `x (B, H, W, ...)`'s spatial axes by `pads` ((top, bottom), (left,
+    right)); the other axes unpadded. `jnp.pad`'s result through `lax.pad` (less tracing)."""
+    rest = ((0, 0, 0),) * (x.ndim - 1 - len(pads))
+    config = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + rest
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
@@ -278,8 +279,7 @@ def taps_then_shift(x: jax.Array, kernel: jax.Array,
     z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
     z = z.reshape(b, h, w, kh * kw, cout)
     # Padding z by the conv's padding aligns tap (i, j) of output (r, c) at z[r + i, c + j].
-    zp = lax.pad(z, jnp.zeros((), z.dtype),
-                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0), (0, 0, 0)))
+    zp = _zero_pad(z, pads)
     y = None
     for i in range(kh):
         for j in range(kw):

@@ -15,7 +15,8 @@ from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_bar
 the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
 inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
 broadcasts that slice to a full activation-sized buffer for the fused backward.
-`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `impl="auto"` picks fast on the CPU backend, as for convolutions.
+`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `impl="auto"` picks fast on the
+CPU backend, as for convolutions.
 """
 from __future__ import annotations
 
