@@ -1,4 +1,5 @@
-"""Attention microbenchmark on CPU: `attention_ops` variants vs PyTorch `scaled_dot_product_attention`.
+"""Attention microbenchmark on CPU: `attention_ops` variants vs PyTorch
+`scaled_dot_product_attention`.
 
     python benchmarks/attention_cpu.py --batch 1 8 --reps 7 [--json out.json]
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     import torch
+
     from radblur_jax.atomic_io import write_json_atomic
     from radblur_jax.models import attention_ops as ops
     torch.set_num_threads(args.threads)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
             errs[n] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
             fns[n] = f
 
-        def run_torch():
+        def run_torch(tqkv=tqkv):
             with torch.inference_mode():
                 return torch.nn.functional.scaled_dot_product_attention(*tqkv)
         errs["torch sdpa"] = float(np.linalg.norm(run_torch().numpy().transpose(0, 2, 1, 3) - ref)

@@ -23,10 +23,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 
+import prepare_subimages  # noqa: E402  pylint: disable=wrong-import-position
+
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.data import pipeline  # noqa: E402
 from radblur_jax.data.sources import make_source  # noqa: E402
-import prepare_subimages  # noqa: E402  pylint: disable=wrong-import-position
 
 TARGET_PER_CORE = 60.0
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")

@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,6 +63,7 @@ def build_vit(attention_impl: str):
     """(torch model, flax apply(images NHWC) -> last_hidden, params, fmt)."""
     import jax
     import transformers
+
     from radblur_jax.convert import keymaps
     from radblur_jax.models.vit import DinoViT
 
@@ -83,6 +84,7 @@ def build_depth(attention_impl: str):
     """(torch model fn, flax apply(images NHWC) -> disparity, params)."""
     import jax
     import transformers
+
     from radblur_jax.convert import keymaps
     from radblur_jax.models.depth_anything import DepthAnything
 
@@ -151,7 +153,7 @@ def bench_model(name: str, builder, batches, reps: int, attention_impl: str) -> 
             out_t = torch_fn(xt).numpy()
             err = rel_err(out_f, out_t)
 
-            ts = time_pair(lambda: flax_fn(params, xj), lambda: torch_fn(xt), reps)
+            ts = time_pair(lambda xj=xj: flax_fn(params, xj), lambda xt=xt: torch_fn(xt), reps)
         mf, mt = float(np.median(ts["flax"])), float(np.median(ts["torch"]))
         cf, ct = float(np.median(ts["flax_cpu"])), float(np.median(ts["torch_cpu"]))
         rows.append(dict(model=name, batch=b, flax_img_s=b / mf, torch_img_s=b / mt,
@@ -168,7 +170,8 @@ def bench_model(name: str, builder, batches, reps: int, attention_impl: str) -> 
 
 def format_table(rows: list[dict]) -> str:
     head = ("| model | batch | Flax img/s | PyTorch img/s | ratio flax/torch | ratio, best runs "
-            "| ratio, CPU time | output rel err | load avg |\n|---|---|---|---|---|---|---|---|---|")
+            "| ratio, CPU time | output rel err | load avg |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['flax_img_s']:.3f} | "

@@ -41,9 +41,8 @@ from xla_profile import print_profile, profile_compiled  # noqa: E402
 
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
+from radblur_jax.models.configs import radblur_config, radblur_names, validate_config  # noqa: E402
 from radblur_jax.models.radblur import RADBlur, init_radblur  # noqa: E402
-from radblur_jax.models.configs import (radblur_config, radblur_names,  # noqa: E402
-                                        validate_config)
 from radblur_jax.train.losses import deblur_loss  # noqa: E402
 from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
 

@@ -17,7 +17,7 @@ import collections
 import os
 import re
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:

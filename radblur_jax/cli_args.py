@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 from collections import defaultdict
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -39,7 +39,7 @@ class Photo:
     rgb: np.ndarray
     bits: int
     gray: bool
-    alpha: Optional[np.ndarray]
+    alpha: np.ndarray | None
 
 
 def list_inputs(path: str) -> list[str]:

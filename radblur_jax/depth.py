@@ -16,7 +16,8 @@ import os
 import sys
 import time
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import jax

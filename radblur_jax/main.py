@@ -73,7 +73,8 @@ def main(argv):
         return evaluate(config, FLAGS.workdir)
     from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source
-    from radblur_jax.train import input as input_lib, loop
+    from radblur_jax.train import input as input_lib
+    from radblur_jax.train import loop
     try:
         loop.check_config(config)
         for key in ("data", "eval_data"):

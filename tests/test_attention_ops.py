@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_err
 
 from radblur_jax.models import attention_ops as ops
-from conftest import rel_err
 
 
 def _qkv(seed: int, b: int, t: int, h: int, d: int, tk: int | None = None, scale: float = 1.0):
@@ -106,7 +106,7 @@ def test_dispatch():
     for impl in ("auto", "xla", "blocked"):
         assert rel_err(ops.attention(q, k, v, impl), want) <= 1e-6
     if jax.default_backend() == "cpu":
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 (whatever XLA raises for a GPU-only op)
             ops.attention(q, k, v, "cudnn")  # GPU only
     with pytest.raises(ValueError, match="unknown attention impl"):
         ops.attention(q, k, v, "flash")

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 st = pytest.importorskip("safetensors.torch")
 
 from conftest import rel_err, to_nchw  # noqa: E402
-from radblur_jax.convert import (CheckpointError, convert_checkpoint, load_pretrained,  # noqa: E402
-                                 read_config)
+
+from radblur_jax.convert import CheckpointError, convert_checkpoint, load_pretrained, read_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
@@ -100,8 +100,8 @@ def test_dinov2_registers_safetensors_parity(tmp_path):
 
 
 def _hf_dinov2():
-    from transformers import Dinov2Config, Dinov2Model
     from torch_reference import randomize_
+    from transformers import Dinov2Config, Dinov2Model
     cfg = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=70)
     return randomize_(Dinov2Model(cfg), seed=4).eval()
 
@@ -125,8 +125,8 @@ def test_hf_dinov2_dir_parity(tmp_path, layout):
 
 
 def test_hf_depth_anything_dir_parity(tmp_path):
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
     from torch_reference import randomize_
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
     # heads and taps differ from what the weights alone suggest: config.json must win
     backbone = Dinov2Config(hidden_size=64, num_hidden_layers=5, num_attention_heads=2,
                             image_size=70, out_indices=[2, 3, 4, 5], reshape_hidden_states=False)

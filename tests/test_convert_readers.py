@@ -127,8 +127,14 @@ def _vit_keys(prefix="", regs=False):
 
 
 def _hf_models():
-    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
-                              Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel)
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
     kw = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=28)
     backbone = Dinov2Config(**kw, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
     return {

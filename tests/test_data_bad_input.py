@@ -6,8 +6,8 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 import test_data_fakes as F
+
 from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources import deblur as S
 

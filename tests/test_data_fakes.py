@@ -112,7 +112,7 @@ def make_realblur(root: str, variant: str = "J", n_train: int = 4, n_test: int =
     k = 0
     for split, n in (("train", n_train), ("test", n_test)):
         lines = []
-        for j in range(n):
+        for _ in range(n):
             scene = f"scene{k // 2:03d}"
             b, s = coord_pair(k)
             g = f"{top}/{scene}/gt/gt_{k % 2 + 1}.png"
@@ -133,7 +133,7 @@ def make_rsblur(root: str) -> str:
     lists = {"real_train": 3, "real_val": 1, "real_test": 2}
     for lst, n in lists.items():
         lines = []
-        for j in range(n):
+        for _ in range(n):
             d = f"RSBlur/{k // 3 + 1:04d}/{k + 1:06d}"
             b, s = coord_pair(k)
             write_rgb(f"{root}/{d}/gt/gt_sharp.png", s)

@@ -3,9 +3,9 @@
 import cv2
 import numpy as np
 import pytest
+from test_data_fakes import photo, write_rgb
 
 from radblur_jax.data import image_io
-from test_data_fakes import photo, write_rgb
 
 
 def test_rgb_8bit_values_and_order(tmp_path):

@@ -7,9 +7,10 @@ import json
 import grain
 import numpy as np
 import pytest
-
 import test_data_fakes as F
-from radblur_jax.data import image_io, pipeline as P
+
+from radblur_jax.data import image_io
+from radblur_jax.data import pipeline as P
 from radblur_jax.data.sources import deblur as S
 
 

@@ -5,11 +5,11 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 import test_data_fakes as F
+
 from radblur_jax.data.image_io import DataError
-from radblur_jax.data.sources import deblur as S
 from radblur_jax.data.sources import DEPTH_NAMES, NAMES, make_source
+from radblur_jax.data.sources import deblur as S
 
 
 def _all_aligned(src, depth=False):

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import test_data_fakes as F
+
 from radblur_jax.data.sources import deblur as S
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))

@@ -3,9 +3,10 @@ data_dir, read them back with tfds.data_source through the grain pipeline."""
 
 import numpy as np
 import pytest
-
 import test_data_fakes as F
-from radblur_jax.data import image_io, pipeline as P
+
+from radblur_jax.data import image_io
+from radblur_jax.data import pipeline as P
 from radblur_jax.data.sources import make_source
 
 tfds_builders = pytest.importorskip("radblur_jax.data.tfds_builders")

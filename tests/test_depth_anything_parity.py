@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from radblur_jax.convert import keymaps  # noqa: E402
-from radblur_jax.models.depth_anything import DepthAnything  # noqa: E402
-
 import torch_reference as tr  # noqa: E402
 from conftest import rel_err, to_nhwc  # noqa: E402
+
+from radblur_jax.convert import keymaps  # noqa: E402
+from radblur_jax.models.depth_anything import DepthAnything  # noqa: E402
 
 TOL = 1e-5
 SIZES = [(70, 70), (224, 308), (126, 182)]  # (70, 70): the stored 5x5 grid

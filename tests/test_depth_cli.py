@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 skimage = pytest.importorskip("skimage")
 
 from conftest import rel_err, to_nchw  # noqa: E402
+
 from radblur_jax import depth, preprocess  # noqa: E402
 from radblur_jax.convert import convert_checkpoint, load_pretrained  # noqa: E402
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from radblur_jax.eval import loading
-from radblur_jax.models.radblur import build_radblur
 from radblur_jax.models.configs import radblur_config
+from radblur_jax.models.radblur import build_radblur
 from radblur_jax.train import checkpointing
 
 

@@ -51,6 +51,7 @@ def test_export_reload_without_model_code(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     # The same function run directly through the model code.
     import jax
+
     from radblur_jax.eval.inference import restore_fn
     from radblur_jax.eval.loading import load_random
     loaded = load_random("tiny")

@@ -1,16 +1,16 @@
 """PyTorch parity of the resampling and convolution helpers in `radblur_jax.models.layers`."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from radblur_jax.models import layers  # noqa: E402
-
 from conftest import rel_err, to_nchw, to_nhwc  # noqa: E402
+
+from radblur_jax.models import layers  # noqa: E402
 
 TOL = 2e-6
 

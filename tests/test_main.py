@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_helpers import CONFIGS, load_config
 
 REPO = os.path.dirname(CONFIGS)

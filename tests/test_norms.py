@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import rel_err
+
 from radblur_jax.models import norms
 
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from radblur_jax.models.decoder import (BlurStem, ReversibleDecoder, SubDecoder,
-                                        sub_decoder_backward)
+from radblur_jax.models.decoder import BlurStem, ReversibleDecoder, SubDecoder, sub_decoder_backward
 from radblur_jax.models.reversible import inverting_backward, segment_length
 
 WIDTH = 4

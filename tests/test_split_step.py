@@ -68,7 +68,7 @@ def test_compile_before_the_first_call_and_donation():
 def test_executables_before_compiling_is_an_error():
     _, _, gradients, update = _problem()
     with pytest.raises(RuntimeError, match="not compiled"):
-        split_step.SplitStep(gradients, update).executables
+        _ = split_step.SplitStep(gradients, update).executables
 
 
 def test_split_step_choice():
@@ -79,8 +79,9 @@ def test_split_step_choice():
 
 
 def test_check_config_names_a_bad_split_step():
-    from radblur_jax.train.loop import check_config
     from train_helpers import load_config
+
+    from radblur_jax.train.loop import check_config
     config = load_config("deblur.py", "tiny")
     check_config(config)
     config.train.split_step = "sometimes"

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from train_helpers import load_config
 
 from radblur_jax.data.synthetic import SyntheticParams, write_dataset
 from radblur_jax.train import input as input_lib
-
-from train_helpers import load_config
 
 
 @pytest.fixture(scope="module")

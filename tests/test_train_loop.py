@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import rel_err
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +69,9 @@ def _metrics(workdir) -> dict[int, dict]:
 
 
 def _params(workdir) -> np.ndarray:
-    from radblur_jax.train.checkpointing import load_params_for_inference
     import jax
+
+    from radblur_jax.train.checkpointing import load_params_for_inference
     _, params = load_params_for_inference(str(workdir), use_ema=False)
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
 
@@ -227,9 +227,10 @@ def test_stage_a_then_stage_b_init(env, tmp_path):
     assert os.listdir(os.path.join(stage_a, "images"))
 
     import jax
+    from train_helpers import load_config
+
     from radblur_jax.train.checkpointing import load_params_for_inference
     from radblur_jax.train.model_setup import build_model, initial_params, model_config
-    from train_helpers import load_config
     config = load_config("deblur.py", "tiny")
     config.init.checkpoint = str(stage_a)
     cfg = model_config(config)

@@ -53,7 +53,7 @@ def radblur_tiny_params():
                             jax.random.key(0))
     rng = np.random.default_rng(1)
     return jax.tree_util.tree_map(
-        lambda l: jnp.asarray(rng.standard_normal(l.shape), jnp.float32), shapes)
+        lambda leaf: jnp.asarray(rng.standard_normal(leaf.shape), jnp.float32), shapes)
 
 
 def _run(tx, params, grads_seq):

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_helpers import load_config
 
 from radblur_jax.train import steps
 from radblur_jax.train.model_setup import build_model, init_params, model_config
 from radblur_jax.train.state import create_state, make_optimizers
-from train_helpers import load_config
 
 pytestmark = pytest.mark.slow
 

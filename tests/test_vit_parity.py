@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from radblur_jax.convert import keymaps  # noqa: E402
-from radblur_jax.models.vit import DinoViT, swiglu_hidden  # noqa: E402
-
 import torch_reference as tr  # noqa: E402
 from conftest import rel_err  # noqa: E402
+
+from radblur_jax.convert import keymaps  # noqa: E402
+from radblur_jax.models.vit import DinoViT, swiglu_hidden  # noqa: E402
 
 TOL = 1e-5
 SIZES = [None, (224, 308), (126, 182)]  # None: the stored (native) grid

@@ -16,9 +16,9 @@ from pathlib import Path
 
 # The package of the checkout holding this script comes first (not another installed copy).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from radblur_jax.cli_args import image_size, int_at_least  # noqa: E402
 from radblur_jax.data.synthetic import photo_shake  # noqa: E402
 from radblur_jax.data.synthetic.render import SyntheticParams  # noqa: E402
-from radblur_jax.cli_args import image_size, int_at_least  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,8 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from radblur_jax.data.synthetic import writer
-from radblur_jax.data.synthetic.render import SyntheticParams
 from radblur_jax.cli_args import image_size, int_at_least
-
+from radblur_jax.data.synthetic.render import SyntheticParams
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SyntheticParams)}
 _RESERVED = {"height": "--size", "width": "--size"}

@@ -4,12 +4,27 @@
     convert_checkpoint("depth_anything_v2_vits.pth", "ckpt/da_vits")
     module, params, config = load_pretrained("ckpt/da_vits")
 """
-from radblur_jax.convert.checkpoint import (ConversionResult, build_model, convert_checkpoint,
-                                            load_pretrained, read_config, save_converted)
-from radblur_jax.convert.detect import (FORMATS, Detection, UnknownFormatError, check_format,
-                                        detect_format)
-from radblur_jax.convert.readers import (CheckpointError, LoadedCheckpoint, load_checkpoint,
-                                    load_state_dict)
+from radblur_jax.convert.checkpoint import (
+                                            ConversionResult,
+                                            build_model,
+                                            convert_checkpoint,
+                                            load_pretrained,
+                                            read_config,
+                                            save_converted,
+)
+from radblur_jax.convert.detect import (
+                                            FORMATS,
+                                            Detection,
+                                            UnknownFormatError,
+                                            check_format,
+                                            detect_format,
+)
+from radblur_jax.convert.readers import (
+                                            CheckpointError,
+                                            LoadedCheckpoint,
+                                            load_checkpoint,
+                                            load_state_dict,
+)
 
 __all__ = [
     "FORMATS", "CheckpointError", "ConversionResult", "Detection", "LoadedCheckpoint",

@@ -12,7 +12,8 @@ Sizes (vits/vitb/...) come from `keymaps.infer_config`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from radblur_jax.convert.readers import CheckpointError
 from radblur_jax.models import configs

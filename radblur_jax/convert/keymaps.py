@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

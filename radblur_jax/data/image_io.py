@@ -14,7 +14,7 @@ Policy (tested in tests/test_data_image_io.py):
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

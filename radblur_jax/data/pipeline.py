@@ -16,7 +16,8 @@ import dataclasses
 import functools
 import sys
 import weakref
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np

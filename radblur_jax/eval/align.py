@@ -22,7 +22,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from radblur_jax.eval.metrics import (SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, SSIM_TAPS)
+from radblur_jax.eval.metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, SSIM_TAPS
 
 ECC_ITERATIONS = 100
 ECC_GAUSS_FILT = 5

@@ -13,7 +13,8 @@ image resized to about `tile * tile` pixels and resized back.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ class InferenceOptions:
     overlap: int = 32
     tile_batch: int = 4
     self_ensemble: bool = False
-    num_active: Optional[int] = None
+    num_active: int | None = None
 
     def __post_init__(self):
         if self.tile < 0 or self.overlap < 0 or self.tile_batch < 1:
@@ -136,7 +137,7 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> Re
     return ensemble if options.self_ensemble else single
 
 
-def data_mesh(devices: Optional[list] = None) -> jax.sharding.Mesh:
+def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
     """A 1-D mesh with axis "data" over `devices` (default: all)."""
     devices = devices if devices is not None else jax.devices()
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
@@ -151,7 +152,7 @@ class Restorer:
     """
 
     def __init__(self, model: Any, params: Any, options: InferenceOptions = InferenceOptions(),
-                 mesh: Optional[jax.sharding.Mesh] = None):
+                 mesh: jax.sharding.Mesh | None = None):
         self.mesh = mesh if mesh is not None else data_mesh()
         self.options = options
         self._batch = NamedSharding(self.mesh, PartitionSpec("data"))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ def random_params(model: RADBlur, seed: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def with_dtype(cfg: Any, dtype: Optional[str]) -> Any:
+def with_dtype(cfg: Any, dtype: str | None) -> Any:
     """A copy of a RADBlur config with compute dtype `dtype` (None/empty: unchanged)."""
     cfg = radblur_config(cfg) if isinstance(cfg, str) else cfg
     cfg = cfg.copy_and_resolve_references()  # plain values: the original is left unchanged
@@ -62,14 +62,14 @@ def with_dtype(cfg: Any, dtype: Optional[str]) -> Any:
     return cfg
 
 
-def load_random(preset: str, seed: int = 0, *, dtype: Optional[str] = None) -> LoadedModel:
+def load_random(preset: str, seed: int = 0, *, dtype: str | None = None) -> LoadedModel:
     """Preset with random weights (`random_params`): for smoke runs only."""
     model = build_radblur(with_dtype(preset, dtype))
     return LoadedModel(model, random_params(model, seed), f"RADBlur-{preset} (RANDOM weights)")
 
 
 def load_checkpoint(path: str, *, use_ema: bool = True,
-                    dtype: Optional[str] = None) -> LoadedModel:
+                    dtype: str | None = None) -> LoadedModel:
     """Model + params from a training workdir (latest checkpoint) or a checkpoint step dir.
 
     Uses the training package's `load_params_for_inference`; the network is rebuilt from the

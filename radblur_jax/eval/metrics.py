@@ -36,7 +36,7 @@ SSIM_RADIUS = SSIM_TAPS // 2
 SsimMode = Literal["3d", "per_channel"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gaussian_window(taps: int = SSIM_TAPS, sigma: float = SSIM_SIGMA) -> tuple[float, ...]:
     """Normalised 1-D Gaussian, as `cv2.getGaussianKernel(taps, sigma)` (float64 values)."""
     x = np.arange(taps, dtype=np.float64) - (taps - 1) / 2.0

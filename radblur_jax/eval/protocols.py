@@ -10,7 +10,7 @@ rounded to uint8 levels (`quantize_uint8`) first.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

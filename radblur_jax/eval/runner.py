@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,8 +24,7 @@ from absl import logging
 from radblur_jax.data.image_io import DataError
 from radblur_jax.eval import protocols, reports
 from radblur_jax.eval.inference import InferenceOptions, Restorer
-from radblur_jax.eval.loading import (CheckpointLoadError, LoadedModel, load_checkpoint,
-                                      load_random)
+from radblur_jax.eval.loading import CheckpointLoadError, LoadedModel, load_checkpoint, load_random
 from radblur_jax.eval.metrics import depth_metrics
 
 _SYNTHETIC = ("synthetic", "synthetic_depth")

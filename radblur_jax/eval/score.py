@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from radblur_jax.data.image_io import IMAGE_EXTS
 
@@ -56,7 +56,7 @@ def match_pairs(pred_dir: str, gt_dir: str) -> list[tuple[str, str, str]]:
                          f"{', '.join(gt[k] for k in only_gt[:3])})")
         raise ScoreError("unmatched files: " + "; ".join(parts))
     pairs = [(k, pred[k], gt[k]) for k in sorted(pred)]
-    for k, p, g in pairs:
+    for _, p, g in pairs:
         try:
             with Image.open(p) as a, Image.open(g) as b:
                 if a.size != b.size:

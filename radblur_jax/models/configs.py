@@ -29,7 +29,8 @@ exit:       psnr_edges (dB; classes = len + 1, class 0 = most blurred), hidden
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import ml_collections
 

@@ -26,7 +26,8 @@ takes and returns channel pieces (see its docstring).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,7 @@ from radblur_jax.models.configs import CONV_IMPLS
 from radblur_jax.models.params import param
 
 _DN = ("NHWC", "HWIO", "NHWC")
-PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
 
 def resolve_impl(impl: str) -> str:
@@ -159,7 +160,7 @@ def depthwise_conv(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -
     return _depthwise_vjp(tuple(strides))(xp, kernel)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _depthwise_vjp(strides: tuple[int, int]) -> Callable:
     """A custom-VJP depthwise conv for fixed strides: the input gradient is the transpose of
     the shifted multiply-adds (pads of scaled slices); the kernel gradient multiplies each
@@ -303,7 +304,7 @@ def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -
     return depth_to_space(_matmul(x, w), k, k2)
 
 
-Pieces = Union[jax.Array, Sequence[jax.Array]]
+Pieces = jax.Array | Sequence[jax.Array]
 
 
 class Conv(nn.Module):
@@ -324,7 +325,7 @@ class Conv(nn.Module):
     padding: PaddingLike = "SAME"
     feature_group_count: int = 1
     use_bias: bool = True
-    dtype: Optional[Any] = None
+    dtype: Any | None = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
@@ -370,7 +371,7 @@ class Conv(nn.Module):
         return tuple(outs) if out_pieces > 1 else outs[0]
 
 
-def _pointwise_pieces(pieces: Sequence[jax.Array], kernel: jax.Array, bias: Optional[jax.Array],
+def _pointwise_pieces(pieces: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array | None,
                       out_pieces: int) -> list[jax.Array]:
     """1x1 conv of channel pieces `(B, H, W, I_i)` with `kernel (sum I_i, O)`: per output piece,
     the sum of one matmul per input piece."""

@@ -12,7 +12,7 @@ It inverts fine to coarse: `c_k = (c_k' - L_k(z_k)) / alpha_k`, where `z_k` need
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -104,8 +104,8 @@ class SubDecoder(nn.Module):
         small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
         self.head = conv3x3(3, dt, kernel_init=small, impl=impl)
 
-    def coupling(self, k: int, coarse_new: jax.Array, fine_old: Optional[jax.Array],
-                 depth_k: Optional[jax.Array]) -> jax.Array:
+    def coupling(self, k: int, coarse_new: jax.Array, fine_old: jax.Array | None,
+                 depth_k: jax.Array | None) -> jax.Array:
         """`L_k(z_k)` (float32) from the new coarser state, the old finer state (None at the
         finest level) and level k's depth features (None without depth attention)."""
         z = self.ups[k](coarse_new)
@@ -141,7 +141,7 @@ class SubDecoder(nn.Module):
         return tuple(old)
 
 
-def _level(depth: Optional[Sequence[jax.Array]], k: int) -> Optional[jax.Array]:
+def _level(depth: Sequence[jax.Array] | None, k: int) -> jax.Array | None:
     return None if depth is None else depth[k]
 
 
@@ -190,7 +190,7 @@ def sub_decoder_backward(module: SubDecoder, params: dict, new: States, anchor: 
         fine = old[k + 1] if k < NUM_LEVELS - 1 else None
         depth_k = _level(depth, k)
         level_p = _level_params(params, k)
-        coupled, coupling_vjp = jax.vjp(lambda p, c, f, d: coupling(p, k, c, f, d),
+        coupled, coupling_vjp = jax.vjp(lambda p, c, f, d, k=k: coupling(p, k, c, f, d),
                                         level_p, coarse, fine, depth_k)
         raw_alpha = params[f"alpha_{k}"]
         alpha, alpha_vjp = jax.vjp(clamp_alpha, raw_alpha)
@@ -253,8 +253,8 @@ class ReversibleDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, states: States, bottleneck: jax.Array,
-                 depth_features: Optional[Sequence[jax.Array]], blurry: jax.Array,
-                 num_active: Optional[int] = None) -> jax.Array:
+                 depth_features: Sequence[jax.Array] | None, blurry: jax.Array,
+                 num_active: int | None = None) -> jax.Array:
         depth = None
         if self.depth_attention:
             if depth_features is None:

@@ -7,7 +7,7 @@ The cls token is not used (Depth Anything V2 runs with `use_clstoken=False`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -14,7 +14,7 @@ image origin (depth features onto the decoder levels); `reflect_pad_to` pads to 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -6,7 +6,8 @@ sampler traced per access. `param` compares the stored shape with the one given 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

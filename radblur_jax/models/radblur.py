@@ -8,7 +8,7 @@ size; outputs are cropped back to (H, W).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -18,8 +18,14 @@ import ml_collections
 from radblur_jax.models import configs
 from radblur_jax.models.decoder import NUM_LEVELS, BlurStem, ReversibleDecoder
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD, DepthAnything
-from radblur_jax.models.layers import (apply_separable, bicubic_resize, bilinear_resize, ceil_to,
-                                       reflect_pad_to, region_bilinear_matrix)
+from radblur_jax.models.layers import (
+    apply_separable,
+    bicubic_resize,
+    bilinear_resize,
+    ceil_to,
+    reflect_pad_to,
+    region_bilinear_matrix,
+)
 
 STEM_MULTIPLE = 2 ** NUM_LEVELS  # the blur stem halves the image NUM_LEVELS times
 
@@ -89,7 +95,7 @@ class RADBlur(nn.Module):
         """Blur-degree logits `(B, classes)` for `blurry (B, H, W, 3)`."""
         return self.exit_head(self.encode(blurry)[1].tokens)
 
-    def __call__(self, blurry: jax.Array, num_active: Optional[int] = None) -> RADBlurOutput:
+    def __call__(self, blurry: jax.Array, num_active: int | None = None) -> RADBlurOutput:
         """`blurry (B, H, W, 3)` in [0, 1]; `num_active` runs only the first n sub-decoders."""
         _, h, w, _ = blurry.shape
         padded, depth_out, cover = self.encode(blurry)

@@ -14,7 +14,8 @@ inverse and of its VJP), so compile time does not grow with n.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ are the same for any number of processes; `iterator.get_state()` resumes on the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import ml_collections

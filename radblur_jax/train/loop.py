@@ -18,8 +18,8 @@ import numpy as np
 
 from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
 from radblur_jax.models.radblur import init_compiler_options
-from radblur_jax.train import (checkpointing, input as input_lib, reporting, sharding,
-                               split_step, steps)
+from radblur_jax.train import checkpointing, reporting, sharding, split_step, steps
+from radblur_jax.train import input as input_lib
 from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params
 from radblur_jax.train.state import TrainState, create_state, make_optimizers
 

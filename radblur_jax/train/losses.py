@@ -5,7 +5,7 @@ Pure functions of arrays; images are `(B, H, W, 3)` in [0, 1]; every loss comput
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -24,10 +24,10 @@ accumulation the update applied after micro-steps `j*k .. j*k + k-1` uses `lr(j 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 

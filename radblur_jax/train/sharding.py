@@ -8,7 +8,8 @@ by regex rules from the config; batches are split over `mesh.batch_axes`.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections

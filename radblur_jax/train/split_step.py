@@ -20,7 +20,8 @@ the update with the backward pass).
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -71,7 +72,7 @@ class SplitStep:
                                    donate_argnums=(0,))
         self._compiled: tuple[Any, Any] | None = None
 
-    def compile(self, state: Any, batch: Any) -> "SplitStep":
+    def compile(self, state: Any, batch: Any) -> SplitStep:
         """Compiles both halves for the shapes (and shardings) of `state` and `batch` (arrays
         or `jax.ShapeDtypeStruct`s)."""
         grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype),

@@ -13,7 +13,8 @@ builds, NYU Depth v2).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from radblur_jax.data.sources import deblur, depth, tfds
 

@@ -10,8 +10,14 @@ import glob
 import os
 
 from radblur_jax.data.image_io import DataError
-from radblur_jax.data.sources.paired import (PairedSource, PairRecord, images_by_stem,
-                                             match_folders, read_pair_list, require)
+from radblur_jax.data.sources.paired import (
+    PairedSource,
+    PairRecord,
+    images_by_stem,
+    match_folders,
+    read_pair_list,
+    require,
+)
 
 
 def _check_root(root: str, dataset: str) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from radblur_jax.data import image_io
 from radblur_jax.data.image_io import DataError

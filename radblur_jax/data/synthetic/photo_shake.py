@@ -32,10 +32,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic.render import (SyntheticParams, _margin, add_noise,
-                                               render_layers, sample_trajectory)
-from radblur_jax.data.synthetic.scene import (Layer, boost_highlights, linear_to_srgb,
-                                              srgb_to_linear)
+from radblur_jax.data.synthetic.render import (
+    SyntheticParams,
+    _margin,
+    add_noise,
+    render_layers,
+    sample_trajectory,
+)
+from radblur_jax.data.synthetic.scene import Layer, boost_highlights, linear_to_srgb, srgb_to_linear
 from radblur_jax.data.synthetic.textures import _skimage_data_dir, texture_source
 from radblur_jax.data.synthetic.writer import PNG_COMPRESSION, _publish, _to_u8
 

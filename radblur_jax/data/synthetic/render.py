@@ -23,8 +23,14 @@ import math
 import cv2
 import numpy as np
 
-from radblur_jax.data.synthetic.scene import (Layer, blend_over, composite_static, depth_map,
-                                              linear_to_srgb, make_scene)
+from radblur_jax.data.synthetic.scene import (
+    Layer,
+    blend_over,
+    composite_static,
+    depth_map,
+    linear_to_srgb,
+    make_scene,
+)
 
 _DENSE_STEPS = 64
 
