@@ -124,19 +124,14 @@ def build_radblur(config: ml_collections.ConfigDict | str) -> RADBlur:
     return RADBlur(configs.validate_config(cfg))
 
 
-def init_compiler_options() -> dict:
-    """XLA options for jitting a parameter init: unoptimised on the CPU backend.
+def init_radblur(model: RADBlur, rng: jax.Array,
+                 image_shape: tuple[int, int, int, int] = (1, 32, 32, 3), *,
+                 compiler_options: dict | None = None) -> dict:
+    """Jitted init; returns the `params` collection (shapes do not depend on image_shape).
 
-    An init program draws every parameter tensor with its own random ops (~400 small kernels
-    for `tiny`); XLA:CPU's optimising backend spends ~40 s on them for a program that runs
-    once (~18 s unoptimised). Same distributions; values may differ in the last bit from an
-    optimised build. Other backends: no options.
+    `compiler_options` are handed to `jax.jit` (the caller that compiles chooses them, e.g.
+    `radblur_jax.compile_options.init_compiler_options()`).
     """
-    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-
-
-def init_radblur(model: RADBlur, rng: jax.Array, image_shape=(1, 32, 32, 3)) -> dict:
-    """Jitted init; returns the `params` collection (shapes do not depend on image_shape)."""
-    variables = jax.jit(model.init, compiler_options=init_compiler_options())(
+    variables = jax.jit(model.init, compiler_options=compiler_options)(
         rng, jnp.zeros(image_shape, jnp.float32))
     return variables["params"]

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
-from radblur_jax.models.radblur import init_compiler_options
 from radblur_jax.train import checkpointing, reporting, sharding, split_step, steps
 from radblur_jax.train import input as input_lib
 from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params

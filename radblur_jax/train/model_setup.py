@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.models.configs import DTYPES, check_choice, radblur_config, validate_config
 from radblur_jax.models.depth_anything import DepthAnything
-from radblur_jax.models.radblur import build_radblur, init_compiler_options
+from radblur_jax.models.radblur import build_radblur
 from radblur_jax.train.pretrained import splice_depth_params
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.convert.checkpoint import load_pretrained
 from radblur_jax.models.radblur import RADBlur, build_radblur, init_radblur
 
@@ -42,4 +43,5 @@ def radblur_from_pretrained(checkpoint_dir: str, config: ml_collections.ConfigDi
     """`(model, params)`: RADBlur with its encoder (+ DPT) from a converted checkpoint dir."""
     model = build_radblur(config)
     _, pretrained, _ = load_pretrained(checkpoint_dir)
-    return model, splice_depth_params(init_radblur(model, rng), pretrained)
+    return model, splice_depth_params(
+        init_radblur(model, rng, compiler_options=init_compiler_options()), pretrained)
