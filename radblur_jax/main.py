@@ -5,8 +5,10 @@
         --config.optimizer.lr=1e-5 --config.train.batch_size=32
 
 `config.stage` picks the job: "depth" (stage A), "deblur" (stage B), "eval" (evaluation of a
-trained workdir). Any config field can be overridden with `--config.<path>=<value>`.
-Running the same command again resumes from the workdir's latest checkpoint.
+trained workdir). Any config field can be overridden with `--config.<path>=<value>`, the model
+too (`--config.model.decoder.fft=False`). Running the same command again resumes from the
+workdir's latest checkpoint. A bad flag, config, data set or workdir is one line on stderr and
+exit code 2, before anything is written.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = FLAGS(argv)
         if FLAGS.config is not None:
-            FLAGS.config.get("stage")  # config_flags defers a file that failed to load
+            _ = FLAGS.config.stage  # config_flags defers a file that failed to load
         return rest
     except OSError as e:
         msg = f"--config: {str(e).strip().splitlines()[-1].strip()}"
@@ -58,31 +60,70 @@ def enable_compilation_cache(path: str) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
 
 
+def fail(msg: str) -> None:
+    """One line on stderr, exit 2: a bad flag or config, before anything is written."""
+    print(f"FATAL {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def check_workdir(workdir: str) -> None:
+    """A directory, or a path where one can be made: its nearest existing ancestor is one."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        fail(f"--workdir={workdir}: {path} exists and is not a directory")
+
+
+def _evaluate(config, workdir: str) -> None:
+    from radblur_jax.eval.runner import evaluate
+    evaluate(config, workdir)
+
+
+def _check_training(config) -> None:
+    """The training config and its data sets, checked before anything is written."""
+    from radblur_jax.data.image_io import DataError
+    from radblur_jax.data.sources import make_source
+    from radblur_jax.train import input as input_lib
+    from radblur_jax.train.config_base import check_config
+    try:
+        check_config(config)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"--{e}" if str(e).startswith("config.") else f"--config: {e}")
+    for key in ("data", "eval_data"):
+        try:
+            make_source(input_lib.resolve_spec(config[key]))
+        except (ValueError, KeyError, TypeError, DataError, FileNotFoundError) as e:
+            fail(f"--config.{key}: {e}")
+
+
+def _train(config, workdir: str) -> None:
+    from radblur_jax.train import loop
+    logging.info("stage %s, model %s, workdir %s", config.stage, config.model.name, workdir)
+    loop.train_and_evaluate(config, workdir)
+
+
+# config.stage -> (check before anything is written, run)
+JOBS = {"eval": (lambda config: None, _evaluate),
+        "deblur": (_check_training, _train),
+        "depth": (_check_training, _train)}
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = FLAGS.config
+    if config.stage not in JOBS:
+        fail(f"--config.stage={config.stage!r}: expected one of {sorted(JOBS)}")
+    check_workdir(FLAGS.workdir)
+    check, run = JOBS[config.stage]
+    check(config)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     enable_compilation_cache(FLAGS.compilation_cache)
     from radblur_jax.train.distributed import maybe_initialize
     maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
-    stage = config.get("stage")
-    if stage == "eval":
-        from radblur_jax.eval.runner import evaluate
-        return evaluate(config, FLAGS.workdir)
-    from radblur_jax.data.image_io import DataError
-    from radblur_jax.data.sources import make_source
-    from radblur_jax.train import input as input_lib
-    from radblur_jax.train import loop
-    try:
-        loop.check_config(config)
-        for key in ("data", "eval_data"):
-            make_source(input_lib.resolve_spec(config[key]))
-    except (ValueError, KeyError, TypeError, DataError, FileNotFoundError) as e:
-        raise app.UsageError(f"--config: {e}", exitcode=2) from None
-    logging.info("stage %s, model %s, workdir %s", stage, config.model, FLAGS.workdir)
-    loop.train_and_evaluate(config, FLAGS.workdir)
+    run(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

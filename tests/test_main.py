@@ -1,4 +1,4 @@
-"""`python -m radblur_jax.main`: bad configs are one clear line and exit code 2."""
+"""`python -m radblur_jax.main`: bad input is one line on stderr, exit code 2, nothing written."""
 from __future__ import annotations
 
 import os
@@ -11,25 +11,48 @@ from train_helpers import CONFIGS, load_config
 REPO = os.path.dirname(CONFIGS)
 
 
+def _main(workdir, *args):
+    return subprocess.run([sys.executable, "-m", "radblur_jax.main", "--workdir", str(workdir),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+
+
+def _one_line_exit_2(p) -> str:
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr[-2000:]
+    return lines[0]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--config", "configs/deblur.py:nope"], "unknown preset 'nope'"),
+    (["--config", "configs/deblur.py:tiny,steps=3"], "option 'steps=3'"),
     (["--config", "configs/nosuch.py"], "configs/nosuch.py"),
     (["--config", "configs/deblur.py:tiny", "--config.train.nosuch=1"], "nosuch"),
     (["--config", "configs/deblur.py:tiny", "--config.train.num_steps=0"],
-     "config.train.num_steps=0"),
-    (["--config", "configs/depth_pretrain.py:tiny", "--config.model=huge"],
-     "unknown model size 'huge'"),
+     "--config.train.num_steps=0"),
+    (["--config", "configs/depth_pretrain.py:tiny",
+      "--config.model.decoder.depth_fusion=bogus"], "decoder.depth_fusion='bogus'"),
     (["--config", "configs/deblur.py:tiny", "--config.data.root=/nonexistent/x"],
      "/nonexistent/x"),
+    (["--config", "configs/deblur.py:tiny", "--config.init.checkpoint=/no/such/dir"],
+     "--config.init.checkpoint=/no/such/dir"),
 ])
 def test_bad_config_is_one_line_exit_2(args, needle, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "radblur_jax.main", "--workdir",
-                        str(tmp_path / "w"), *args], cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), timeout=600)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert "Traceback" not in p.stderr
-    assert needle in p.stderr.strip().splitlines()[-1]
-    assert not os.path.exists(tmp_path / "w")
+    line = _one_line_exit_2(_main(tmp_path / "w", *args))
+    assert needle in line and "Traceback" not in line
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("config", ["configs/deblur.py:tiny", "configs/eval.py:tiny"])
+def test_workdir_that_is_a_file(config, tmp_path):
+    path = tmp_path / "file"
+    path.write_text("keep")
+    line = _one_line_exit_2(_main(path, "--config", config))
+    assert f"--workdir={path}" in line and "not a directory" in line
+    line = _one_line_exit_2(_main(path / "sub", "--config", config))
+    assert f"--workdir={path / 'sub'}" in line
+    assert os.listdir(tmp_path) == ["file"] and path.read_text() == "keep"
 
 
 @pytest.mark.parametrize("filename,arg", [("deblur.py", "tiny"), ("deblur.py", "l"),
@@ -37,7 +60,7 @@ def test_bad_config_is_one_line_exit_2(args, needle, tmp_path):
                                           ("depth_pretrain.py", "tiny")])
 def test_config_contract(filename, arg):
     c = load_config(filename, arg)
-    assert c.stage == ("deblur" if filename == "deblur.py" else "depth") and c.model == arg
+    assert c.stage == ("deblur" if filename == "deblur.py" else "depth") and c.model.name == arg
     for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "eval_every"):
         assert isinstance(c.train[field], int)
     assert "name" in c.data and "name" in c.eval_data

@@ -71,6 +71,18 @@ def test_executables_before_compiling_is_an_error():
         _ = split_step.SplitStep(gradients, update).executables
 
 
+def test_train_step_builds_either_form_from_one_pair():
+    state, batch, gradients, update = _problem()
+    want, m_want = jax.jit(functools.partial(split_step.compose, gradients, update))(state, batch)
+    for split in (False, True):
+        step = split_step.train_step(gradients, update, split=split)
+        assert isinstance(step, split_step.SplitStep) == split
+        got, m = step(jax.tree.map(jnp.copy, state), batch)
+        np.testing.assert_allclose(np.asarray(m["loss"]), np.asarray(m_want["loss"]), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 def test_split_step_choice():
     assert split_step.use_split_step("on") and not split_step.use_split_step("off")
     assert split_step.use_split_step("auto") == (jax.default_backend() == "cpu")
@@ -81,7 +93,7 @@ def test_split_step_choice():
 def test_check_config_names_a_bad_split_step():
     from train_helpers import load_config
 
-    from radblur_jax.train.loop import check_config
+    from radblur_jax.train.config_base import check_config
     config = load_config("deblur.py", "tiny")
     check_config(config)
     config.train.split_step = "sometimes"

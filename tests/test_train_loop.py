@@ -230,11 +230,10 @@ def test_stage_a_then_stage_b_init(env, tmp_path):
     from train_helpers import load_config
 
     from radblur_jax.train.checkpointing import load_params_for_inference
-    from radblur_jax.train.model_setup import build_model, initial_params, model_config
+    from radblur_jax.train.tasks import make_task
     config = load_config("deblur.py", "tiny")
     config.init.checkpoint = str(stage_a)
-    cfg = model_config(config)
-    params = initial_params(config, build_model(config, cfg), cfg, jax.random.key(0))
+    params = make_task(config).load_initial_params(jax.random.key(0))
     src_config, depth = load_params_for_inference(str(stage_a))
     assert src_config.stage == "depth"
     flat = jax.tree_util.tree_leaves_with_path(depth)

@@ -6,11 +6,11 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from train_helpers import load_config
 
 from radblur_jax.train import sharding
-from radblur_jax.train.config_base import base_config
 
-RULES = base_config("deblur", "tiny").sharding.rules
+RULES = load_config("deblur.py", "tiny").sharding.rules
 
 
 @pytest.mark.parametrize("path,shape,want", [
@@ -54,7 +54,7 @@ def test_make_mesh_sizes_and_errors():
 def test_tree_shardings_follow_paths():
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
     tree = {"params": {"w": np.zeros((128, 64)), "pos_embed": np.zeros((1, 5, 8))}}
-    cfg = base_config("deblur", "tiny").sharding
+    cfg = load_config("deblur.py", "tiny").sharding
     out = sharding.tree_shardings(tree, mesh, cfg)
     assert out["params"]["w"].spec == P() and out["params"]["pos_embed"].spec == P()
     assert sharding.path_str(jax.tree_util.tree_flatten_with_path(tree)[0][0][0]) in (

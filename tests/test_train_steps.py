@@ -1,7 +1,5 @@
-"""The pure step functions on the tiny model (slow: compiles the RADBlur train step)."""
+"""The tasks' train steps on the tiny model (slow: compiles the RADBlur train step)."""
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +7,8 @@ import numpy as np
 import pytest
 from train_helpers import load_config
 
-from radblur_jax.train import steps
-from radblur_jax.train.model_setup import build_model, init_params, model_config
-from radblur_jax.train.state import create_state, make_optimizers
+from radblur_jax.train import split_step, steps
+from radblur_jax.train.tasks import make_task
 
 pytestmark = pytest.mark.slow
 
@@ -21,27 +18,29 @@ def setup():
     config = load_config("deblur.py", "tiny")
     config.loss.distill_weight = 0.5
     config.exit.steps, config.train.num_steps, config.optimizer.warmup_steps = 2, 4, 1
-    cfg = model_config(config)
-    model = build_model(config, cfg)
-    params = init_params(config, model, cfg, jax.random.key(0))
-    optimizers = make_optimizers(config, params)
-    state = create_state(config, params, optimizers, jax.random.key(1))
+    task = make_task(config)
+    params = task.load_initial_params(jax.random.key(0))
+    optimizers = task.make_optimizers(params)
+    state = task.create_state(params, optimizers, jax.random.key(1))
     rng = np.random.default_rng(0)
     sharp = rng.random((2, 20, 24, 3), dtype=np.float32)
     blur = np.clip(sharp + 0.1 * rng.standard_normal(sharp.shape, dtype=np.float32), 0, 1)
-    return config, model, optimizers, state, {"blur": jnp.asarray(blur),
-                                              "sharp": jnp.asarray(sharp)}
+    return config, task, optimizers, state, {"blur": jnp.asarray(blur),
+                                             "sharp": jnp.asarray(sharp)}
 
 
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)  # the train steps donate their input state
+
+
 def test_deblur_step_with_distillation(setup):
-    config, model, optimizers, state, batch = setup
-    step = jax.jit(functools.partial(steps.deblur_train_step, model=model,
-                                     optimizers=optimizers, config=config))
-    new, m = step(state, batch)
+    config, task, optimizers, state, batch = setup
+    step = task.train_step(optimizers, split=False)
+    new, m = step(_copy(state), batch)
     new, m = step(new, batch)  # step 0 has lr 0 (warmup)
     assert int(new.step) == 2
     assert np.isfinite(float(m["loss"])) and float(m["distill_loss"]) > 0
@@ -57,11 +56,11 @@ def test_deblur_step_with_distillation(setup):
         np.testing.assert_array_equal(a, b)  # frozen in the main phase (optimizer.freeze)
 
 
-def test_exit_step_changes_only_the_exit_head(setup):
-    _, model, optimizers, state, batch = setup
-    step = jax.jit(functools.partial(steps.exit_train_step, model=model,
-                                     optimizers=optimizers))
-    new, m = step(state, batch)
+def test_exit_phase_changes_only_the_exit_head(setup):
+    _, task, optimizers, state, batch = setup
+    (phase,) = task.extra_phases(optimizers)
+    assert phase.name == "exit_head" and phase.num_steps == 2
+    new, m = split_step.jit_step(phase.step)(_copy(state), batch)
     assert np.isfinite(float(m["loss"])) and 0 <= float(m["exit_accuracy"]) <= 1
     changed = {k: any(not np.array_equal(a, b) for a, b in
                       zip(_leaves(new.params[k]), _leaves(state.params[k])))

@@ -2,7 +2,7 @@
 
 Layout of a training workdir:
 
-    WORKDIR/config.json                 the training config + the resolved model config
+    WORKDIR/config.json                 the training config as it ran + its model config
     WORKDIR/checkpoints/<step>/state    TrainState (params, optimiser, EMA, step, rng)
     WORKDIR/checkpoints/<step>/data     grain iterator state, one JSON file per process
     WORKDIR/best/<step>/state           params + EMA params of the best validation PSNR (deblur)
@@ -42,8 +42,12 @@ class _IteratorSnapshot:
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict,
-                model_cfg: ml_collections.ConfigDict) -> None:
-    """Writes WORKDIR/config.json (process 0; atomic)."""
+                model_cfg: ml_collections.ConfigDict | None = None) -> None:
+    """Writes WORKDIR/config.json (process 0; atomic): `{"config": the config as it runs,
+    "model_config": the model config (default `config.model`)}`; readers build the network
+    from "model_config"."""
+    if model_cfg is None:
+        model_cfg = config.model
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(os.path.join(workdir, CONFIG_FILE),

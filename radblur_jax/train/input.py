@@ -20,7 +20,6 @@ from radblur_jax.data import pipeline
 from radblur_jax.data.pipeline import PairedAugment, eval_dataset
 from radblur_jax.data.sources import make_source
 
-FIELDS = {"deblur": ("blur", "sharp"), "depth": ("image", "depth", "valid")}
 _SYNTHETIC = ("synthetic", "synthetic_depth")
 
 
@@ -52,16 +51,17 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def train_iterator(config: ml_collections.ConfigDict, process_index: int,
-                   process_count: int) -> grain.DatasetIterator:
-    """This process's rows of each global batch: dicts of `(B/P, h, w, C) float32`."""
+def train_iterator(config: ml_collections.ConfigDict, fields: tuple[str, ...],
+                   process_index: int, process_count: int) -> grain.DatasetIterator:
+    """This process's rows of each global batch: dicts of `fields`, each
+    `(B/P, h, w, C) float32`."""
     source = make_source(resolve_spec(config.data))
     local = local_batch_size(int(config.train.batch_size), process_count)
     crop = config.input.crop_size
     crop = (int(crop), int(crop)) if isinstance(crop, int) else tuple(int(c) for c in crop)
     ds = grain.MapDataset.source(source).shuffle(seed=int(config.seed)).repeat(None)
     ds = ds.random_map(PairedAugment(crop, rot90=crop[0] == crop[1]), seed=int(config.seed))
-    ds = ds.map(_Select(FIELDS[config.stage])).batch(local, drop_remainder=True)
+    ds = ds.map(_Select(tuple(fields))).batch(local, drop_remainder=True)
     ds = ds[process_index::process_count]
     threads = int(config.input.read_threads)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
@@ -74,9 +74,9 @@ def _center_crop(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return x[y0:y0 + h, x0:x0 + w]
 
 
-def eval_batches(config: ml_collections.ConfigDict, multiple: int = 1
+def eval_batches(config: ml_collections.ConfigDict, fields: tuple[str, ...], multiple: int = 1
                  ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Validation batches `(dict of (n, H, W, C) float32, number of real images)`.
+    """Validation batches `(dict of fields, each (n, H, W, C) float32, number of real images)`.
 
     Every process reads the same images (validation sets are small). Images are centre-cropped
     to `eval.crop` (0 = full) and to a multiple of `multiple`; a last short batch is padded by
@@ -84,7 +84,7 @@ def eval_batches(config: ml_collections.ConfigDict, multiple: int = 1
     """
     source = make_source(resolve_spec(config.eval_data))
     n = len(source) if not config.eval.num_images else min(len(source), config.eval.num_images)
-    fields, bs = FIELDS[config.stage], int(config.eval.batch_size)
+    bs = int(config.eval.batch_size)
     ds = eval_dataset(source, shard_index=0, shard_count=1)
     items = []
     for i in range(n):

@@ -1,12 +1,12 @@
-"""`train_and_evaluate(config, workdir)`: the training loop of both stages.
+"""`train_and_evaluate(config, workdir)`: the training loop, the same for every stage.
 
-Order: config -> model -> mesh + shardings -> input -> state (restored from WORKDIR, else
-initialised) -> jitted steps -> loop (metrics, validation, checkpoints) -> final state.
+Order: config -> task (model) -> mesh + shardings -> input -> state (restored from WORKDIR,
+else initialised) -> jitted steps -> loop (metrics, validation, checkpoints) -> final state.
 Resume order: the workdir's latest good checkpoint, else `config.init`, else random.
+What differs between stages lives in the task (radblur_jax/train/tasks).
 """
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -17,35 +17,15 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.compile_options import init_compiler_options
-from radblur_jax.models.configs import PIXEL_LOSSES, check_choice
-from radblur_jax.train import checkpointing, reporting, sharding, split_step, steps
+from radblur_jax.train import checkpointing, reporting, sharding, split_step
 from radblur_jax.train import input as input_lib
-from radblur_jax.train.model_setup import build_model, initial_params, model_config, random_params
-from radblur_jax.train.state import TrainState, create_state, make_optimizers
-
-_INT_FIELDS = ("num_steps", "batch_size", "log_every", "checkpoint_every", "eval_every")
+from radblur_jax.train.config_base import check_config, fit_warmup
+from radblur_jax.train.state import TrainState
+from radblur_jax.train.tasks import Phase, Task, make_task
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf."""
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad field (cheap: no devices, no data)."""
-    if config.stage not in ("depth", "deblur"):
-        raise ValueError(f"config.stage={config.stage!r}; train_and_evaluate runs 'depth' or "
-                         "'deblur'")
-    for name in _INT_FIELDS:
-        value = config.train.get(name)
-        if not isinstance(value, int) or value < (0 if name == "eval_every" else 1):
-            raise ValueError(f"config.train.{name}={value!r}; expected a positive integer")
-    for key in ("data", "eval_data"):
-        if "name" not in config[key]:
-            raise ValueError(f"config.{key}: a dataset spec needs `name`")
-    check_choice("train.split_step", config.train.split_step, split_step.SPLIT_STEP_CHOICES)
-    if config.stage == "deblur":
-        check_choice("loss.pixel", config.loss.pixel, PIXEL_LOSSES)
-    model_config(config)  # preset name, overrides, dtype
 
 
 class _StopFlag:
@@ -70,43 +50,35 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
                         abstract, shardings)
 
 
-def _init_state(config, model, cfg, optimizers, state_sh, rng) -> TrainState:
+def _init_state(config, task: Task, optimizers, state_sh, rng) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
     if config.init.checkpoint or config.init.pretrained:
-        params = initial_params(config, model, cfg, init_rng)
-        params = jax.device_put(params, state_sh.params)
-        fn = jax.jit(lambda p, r: create_state(config, p, optimizers, r),
+        params = jax.device_put(task.load_initial_params(init_rng), state_sh.params)
+        fn = jax.jit(lambda p, r: task.create_state(p, optimizers, r),
                      in_shardings=(state_sh.params, None), out_shardings=state_sh)
         return fn(params, state_rng)
-    fn = jax.jit(lambda r1, r2: create_state(config, random_params(config, model, cfg, r1),
-                                             optimizers, r2), out_shardings=state_sh,
-                 compiler_options=init_compiler_options())
+    fn = jax.jit(lambda r1, r2: task.create_state(task.init_params(r1), optimizers, r2),
+                 out_shardings=state_sh, compiler_options=init_compiler_options())
     return fn(init_rng, state_rng)
 
 
-def _evaluate(config, eval_fn, params, mesh, batch_devices: int, step: int, log, workdir):
+def _evaluate(config, task: Task, eval_fn, params, mesh, batch_devices: int, step: int, log,
+              workdir):
     """Validation over `config.eval_data`: means of the per-image metrics; first grid images
     as a summary and WORKDIR/images/val_<step>.png."""
     bs = int(config.eval.batch_size)
     batch_sh = (sharding.batch_sharding(mesh, config.mesh.batch_axes) if bs % batch_devices == 0
                 else sharding.replicated(mesh))
-    multiple = int(model_config(config).encoder.patch_size) if config.stage == "depth" else 1
     sums: dict[str, float] = {}
     count, grid_cols = 0, []
-    for host, real in input_lib.eval_batches(config, multiple):
+    for host, real in input_lib.eval_batches(config, task.fields, task.eval_multiple):
         out = reporting.to_host(eval_fn(params, sharding.replicated_batch(host, batch_sh)))
         for k, v in out.items():
             if v.ndim == 1:
                 sums[k] = sums.get(k, 0.0) + float(np.sum(v[:real]))
         count += real
         if sum(len(c[0]) for c in grid_cols) < config.eval.grid_images:
-            if config.stage == "deblur":
-                grid_cols.append([host["blur"][:real], out["restored"][:real],
-                                  host["sharp"][:real], out["disparity"][:real]])
-            else:
-                gt = np.where(host["valid"][..., 0] > 0, 1.0 / np.maximum(host["depth"][..., 0],
-                                                                          1e-6), 0.0)
-                grid_cols.append([host["image"][:real], gt, out["disparity"][:real]])
+            grid_cols.append([c[:real] for c in task.grid_columns(host, out)])
     scalars = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
     if grid_cols and config.eval.grid_images:
         cols = [np.concatenate([c[i] for c in grid_cols])[:config.eval.grid_images]
@@ -119,17 +91,20 @@ def _evaluate(config, eval_fn, params, mesh, batch_devices: int, step: int, log,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains stage `config.stage` ("depth" | "deblur") in `workdir`; returns the final state.
+    """Trains the stage `config.stage` ("depth" | "deblur") in `workdir`; returns the final
+    state.
 
     Restarting with the same command resumes from the latest checkpoint (state and data
     position). SIGTERM saves a checkpoint and returns. A NaN/Inf loss raises
     `NonFiniteLossError` naming the step; no checkpoint is written after it.
+    A warmup too long for the run is clipped (`config_base.fit_warmup`; logged, and
+    WORKDIR/config.json records the clipped value).
     """
     check_config(config)
+    warmup_note = fit_warmup(config)
     tc = config.train
     # ---- model
-    cfg = model_config(config)
-    model = build_model(config, cfg)
+    task = make_task(config)
     # ---- mesh and shardings
     mesh = sharding.make_mesh(config.mesh)
     batch_devices = int(np.prod([mesh.shape[a] for a in config.mesh.batch_axes]))
@@ -137,21 +112,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
                          f"{batch_devices} devices of mesh axes {tuple(config.mesh.batch_axes)}")
     rng = jax.random.key(int(config.seed))
-    abstract_params = jax.eval_shape(lambda r: random_params(config, model, cfg, r), rng)
-    optimizers = make_optimizers(config, abstract_params)
-    abstract_state = jax.eval_shape(lambda p, r: create_state(config, p, optimizers, r),
+    abstract_params = jax.eval_shape(task.init_params, rng)
+    optimizers = task.make_optimizers(abstract_params)
+    abstract_state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r),
                                     abstract_params, rng)
     state_sh = sharding.tree_shardings(abstract_state, mesh, config.sharding)
     batch_sh = sharding.batch_sharding(mesh, config.mesh.batch_axes)
     repl = sharding.replicated(mesh)
+    shardings = split_step.StepShardings(state_sh, batch_sh, repl)
     # ---- input
-    iterator = input_lib.train_iterator(config, jax.process_index(), jax.process_count())
+    iterator = input_lib.train_iterator(config, task.fields, jax.process_index(),
+                                        jax.process_count())
     # ---- state: restore or initialise
     os.makedirs(workdir, exist_ok=True)
-    checkpointing.save_config(workdir, config, cfg)
+    if warmup_note:
+        reporting.log_line(warmup_note)
+    checkpointing.save_config(workdir, config)
     ckpts = checkpointing.Checkpoints(
         workdir, int(config.checkpoint.keep), bool(config.checkpoint.keep_best),
-        bool(config.checkpoint.async_save), "val_psnr" if config.stage == "deblur" else None)
+        bool(config.checkpoint.async_save), task.best_metric)
     log = reporting.MetricsLog(workdir)
     restored = ckpts.restore_latest(_with_shardings(abstract_state, state_sh), iterator)
     if restored is not None:
@@ -159,28 +138,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         log.truncate_after(start)
         reporting.log_line(f"resumed from {workdir}/checkpoints/{start}")
     else:
-        state, start = _init_state(config, model, cfg, optimizers, state_sh, rng), 0
-    # ---- steps
-    if config.stage == "deblur":
-        gradients_fn = functools.partial(steps.deblur_gradients, model=model, config=config)
-        eval_step = functools.partial(steps.deblur_eval_step, model=model)
-    else:
-        gradients_fn = functools.partial(steps.depth_gradients, model=model, config=config)
-        eval_step = functools.partial(steps.depth_eval_step, model=model)
-    update_fn = functools.partial(steps.apply_gradients, optimizers=optimizers,
-                                  ema_decay=float(tc.ema_decay))
-    jit_step = functools.partial(jax.jit, in_shardings=(state_sh, batch_sh),
-                                 out_shardings=(state_sh, repl), donate_argnums=(0,))
-    if split_step.use_split_step(tc.split_step):
-        train_step = split_step.SplitStep(gradients_fn, update_fn, state_sh, batch_sh, repl)
-    else:
-        train_step = jit_step(functools.partial(split_step.compose, gradients_fn, update_fn))
-    exit_steps = int(config.exit.steps) if config.stage == "deblur" else 0
-    exit_step = (jit_step(functools.partial(steps.exit_train_step, model=model,
-                                            optimizers=optimizers)) if exit_steps else None)
-    eval_fn = jax.jit(eval_step, out_shardings=repl)
+        state, start = _init_state(config, task, optimizers, state_sh, rng), 0
+    # ---- steps: the main phase, then the task's extra phases
+    main = task.train_step(optimizers, split=split_step.use_split_step(tc.split_step),
+                           shardings=shardings)
+    phases = [Phase("main", int(tc.num_steps), main)] + [
+        p._replace(step=split_step.jit_step(p.step, shardings))
+        for p in task.extra_phases(optimizers)]
+    phase_ends = list(np.cumsum([p.num_steps for p in phases]))
+    eval_fn = jax.jit(task.eval_step, out_shardings=repl)
     # ---- loop
-    total = int(tc.num_steps) + exit_steps
+    total = int(phase_ends[-1])
     progress = reporting.Progress(total, start, int(tc.batch_size))
     window: dict[str, list[float]] = {}
     stop = _StopFlag()
@@ -200,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         for step in range(start, total):
             done = step + 1
             batch = sharding.global_batch(next(iterator), batch_sh)
-            state, metrics = (train_step if step < tc.num_steps else exit_step)(state, batch)
+            phase = phases[int(np.searchsorted(phase_ends, step, side="right"))]
+            state, metrics = phase.step(state, batch)
             if pending is not None:
                 process(*pending)
             elif step == start:  # rates exclude compilation: count from the first step's end
@@ -208,8 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 progress.restart(done)
             pending = (done, metrics)
             is_log = done % tc.log_every == 0 or done == total
-            is_eval = tc.eval_every and (done % tc.eval_every == 0 or done in (tc.num_steps,
-                                                                                 total))
+            is_eval = tc.eval_every and (done % tc.eval_every == 0 or done in phase_ends)
             is_ckpt = done % tc.checkpoint_every == 0 or done == total
             preempted = stop.set or ckpts.reached_preemption(done)
             if not (is_log or is_eval or is_ckpt or preempted):
@@ -225,15 +193,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 window.clear()
             if is_eval:
                 params = state.ema_params if config.eval.use_ema else state.params
-                scalars.update(_evaluate(config, eval_fn, params, mesh, batch_devices, done,
-                                         log, workdir))
+                scalars.update(_evaluate(config, task, eval_fn, params, mesh, batch_devices,
+                                         done, log, workdir))
             if scalars:
                 log.write(done, scalars)
                 reporting.log_line(progress.line(done, scalars) + "".join(
                     f" {k} {v:.4g}" for k, v in scalars.items() if k.startswith("val_")))
             if is_ckpt or preempted:
                 ckpts.save(done, state, iterator)
-            if is_eval and "val_psnr" in scalars:
+            if is_eval and task.best_metric in scalars:
                 ckpts.save_best(done, {"params": state.params,
                                        "ema_params": state.ema_params}, scalars)
             if preempted:

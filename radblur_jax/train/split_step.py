@@ -1,15 +1,14 @@
-"""A train step as two executables, gradients then update, compiled concurrently.
+"""The train step as the loop (and the benchmark) compiles it: one program, or two.
 
-Compiling one program keeps a second core busy only during code generation: tracing, lowering
-and XLA's HLO passes run on one (`tiny`'s one-program step: ~51 CPU-s of compile in ~34 s of
-wall time on 2 cores, ~4,150 fusion kernels). Split at the gradient, the two programs compile
-in parallel threads: the backward pass, and the optimiser update (one kernel per parameter
-leaf and moment, ~1,100 for `tiny`). Together they compute what the single-program step
-computes; the gradients pass between them as one extra buffer per parameter (freed after the
-update; not donated, since no output of the update could reuse them).
+XLA:CPU compiles one program on one core: tracing, lowering and the HLO passes are serial, and a
+second core helps only during code generation. Split at the gradient, the step is two programs
+that compile in parallel threads: the backward pass, and the optimiser update (one kernel per
+parameter leaf and moment). Together they compute what the one-program step computes; the
+gradients pass between them as one extra buffer per parameter (freed after the update; not
+donated, since no output of the update could reuse them).
 
-    step = SplitStep(gradients, update, state_shardings, batch_sharding, replicated)
-    state, metrics = step(state, batch)   # compiles both on the first call
+    step = train_step(gradients, update, split=use_split_step("auto"), shardings=shardings)
+    state, metrics = step(state, batch)   # compiles on the first call
 
 `gradients(state, batch) -> (grads, metrics)`, `update(state, grads) -> (state, metrics)`;
 grads are shaped (and sharded) like `state.params` (`params_of(state)`). Shapes are fixed by
@@ -20,14 +19,22 @@ the update with the backward pass).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
 from radblur_jax.models.configs import check_choice
 
 SPLIT_STEP_CHOICES = ("auto", "on", "off")
+
+
+class StepShardings(NamedTuple):
+    """Shardings of a step's state, batch and (replicated) metrics."""
+    state: Any
+    batch: Any
+    metrics: Any
 
 
 def use_split_step(choice: str) -> bool:
@@ -92,3 +99,21 @@ class SplitStep:
         if self._compiled is None:
             self.compile(state, batch)
         return compose(*self._compiled, state, batch)
+
+
+def jit_step(step: Callable, shardings: StepShardings | None = None) -> Callable:
+    """`step(state, batch) -> (state, metrics)` jitted with the state donated, and placed by
+    `shardings` when given (else the arguments' placement decides)."""
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
+                   out_shardings=(shardings.state, shardings.metrics), donate_argnums=(0,))
+
+
+def train_step(gradients: Callable, update: Callable, *, split: bool,
+               shardings: StepShardings | None = None) -> Callable:
+    """The step `compose(gradients, update)`: a `SplitStep` if `split`, else one jitted
+    program (`jit_step`). Either donates the state."""
+    if split:
+        return SplitStep(gradients, update, *(shardings or (None, None, None)))
+    return jit_step(functools.partial(compose, gradients, update), shardings)

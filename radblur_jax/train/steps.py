@@ -6,12 +6,11 @@ size. Metrics are scalars (means over the batch). Bind the static arguments with
 `functools.partial`, then `jax.jit` (the loop adds shardings and donation).
 
 Each main train step is two halves, `*_gradients(state, batch) -> (grads, metrics)` and
-`apply_gradients(state, grads) -> (state, metrics)`; `*_train_step` composes them, and
-`split_step.SplitStep` runs them as two executables compiled concurrently.
+`apply_gradients(state, grads) -> (state, metrics)`; `split_step.train_step` runs them as one
+program or as two compiled concurrently. The stage's task (radblur_jax/train/tasks) binds them.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +25,6 @@ from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train import losses
 from radblur_jax.train.depth_losses import depth_loss
 from radblur_jax.train.optimizer import ema_update
-from radblur_jax.train.split_step import compose
 from radblur_jax.train.state import Optimizers, TrainState
 
 
@@ -80,15 +78,6 @@ def deblur_gradients(state: TrainState, batch: dict[str, jax.Array], *, model: R
     return grads, {"loss": loss, **aux}
 
 
-def deblur_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
-                      optimizers: Optimizers, config: ml_collections.ConfigDict
-                      ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """`deblur_gradients`, then `apply_gradients`: one stage-B update."""
-    return compose(functools.partial(deblur_gradients, model=model, config=config),
-                   functools.partial(apply_gradients, optimizers=optimizers,
-                                     ema_decay=float(config.train.ema_decay)), state, batch)
-
-
 def exit_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: RADBlur,
                     optimizers: Optimizers) -> tuple[TrainState, dict[str, jax.Array]]:
     """Exit-head phase: cross-entropy of the blur-degree classes (from the blurry/sharp PSNR);
@@ -130,15 +119,6 @@ def depth_gradients(state: TrainState, batch: dict[str, jax.Array], *, model: nn
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return grads, {"loss": loss}
-
-
-def depth_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-                     optimizers: Optimizers, config: ml_collections.ConfigDict
-                     ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """`depth_gradients`, then `apply_gradients`: one stage-A update."""
-    return compose(functools.partial(depth_gradients, model=model, config=config),
-                   functools.partial(apply_gradients, optimizers=optimizers,
-                                     ema_decay=float(config.train.ema_decay)), state, batch)
 
 
 def deblur_eval_step(params: Any, batch: dict[str, jax.Array], *, model: RADBlur
