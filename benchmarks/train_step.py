@@ -1,12 +1,14 @@
 """CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate.
 
-One AdamW step (deblur loss over the K outputs, `jax.value_and_grad`, params and optimizer
-state donated) on random images, per preset and compute dtype, compiled as training on a CPU
-compiles it: gradients and update as two programs, compiled concurrently
-(radblur_jax/train/split_step.py; `--no_split`: one program). `compile_s` is the wall time
-until the step is ready (tracing, lowering and XLA compile). Prints a markdown table;
-`--json PATH` writes the rows (a JSON list); `--profile` adds a per-op breakdown of one step
-from a `jax.profiler` trace.
+The step training runs: the deblur recipe of each preset (configs/deblur.py) with the batch,
+crop and compute dtype given here, its task's gradients and update (radblur_jax/train/tasks:
+deep-supervision + FFT loss, AdamW with clipping and the frozen exit head, EMA; the state
+donated), built and compiled by the code the training loop uses (`DeblurTask.train_step`,
+radblur_jax/train/split_step.py): on a CPU gradients and update as two programs compiled
+concurrently (`--no_split`: one program). A change to the training step shows here.
+`compile_s` is the wall time until the step is ready (tracing, lowering and XLA compile).
+Prints a markdown table; `--json PATH` writes the rows (a JSON list); `--profile` adds a
+per-op breakdown of one step from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_flops] \
@@ -34,68 +36,53 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 from xla_profile import print_profile, profile_compiled  # noqa: E402
 
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
-from radblur_jax.models.configs import radblur_config, radblur_names, validate_config  # noqa: E402
-from radblur_jax.models.radblur import RADBlur, init_radblur  # noqa: E402
-from radblur_jax.train.losses import deblur_loss  # noqa: E402
+from radblur_jax.models.configs import radblur_names  # noqa: E402
+from radblur_jax.train.config_base import check_config, load_config  # noqa: E402
 from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
+from radblur_jax.train.tasks import DeblurTask  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
 
-def preset_config(preset: str, dtype: str, conv_impl: str | None, *, reversible: bool = True,
-                  unroll: bool = False):
-    """The preset's config with the compute dtype (and conv implementation when given) set."""
-    cfg = radblur_config(preset)
-    cfg.dtype = dtype
+def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, *,
+                 reversible: bool = True, unroll: bool = False):
+    """The preset's training config (configs/deblur.py) with this batch, crop, compute dtype
+    (and convolution implementation when given); checked as training checks it."""
+    config = load_config(os.path.join(REPO, "configs", "deblur.py"), preset)
+    config.model.dtype = dtype
     if conv_impl is not None:
-        cfg.conv_impl = conv_impl
-    cfg.decoder.reversible = reversible
-    cfg.decoder.unroll = unroll
-    return validate_config(cfg)
+        config.model.conv_impl = conv_impl
+    config.model.decoder.reversible = reversible
+    config.model.decoder.unroll = unroll
+    config.train.batch_size, config.input.crop_size = batch, size
+    check_config(config)
+    return config
 
 
-def make_halves(model: RADBlur, tx: optax.GradientTransformation):
-    """The step's two halves over `state = (params, opt_state)`, `batch = (blurry, sharp)`:
-    `gradients(state, batch) -> (grads, {"loss"})`, `update(state, grads) -> (state, {})`."""
-    def gradients(state, batch):
-        blurry, sharp = batch
-        loss_fn = lambda p: deblur_loss(model.apply({"params": p}, blurry).restored, sharp)
-        loss, grads = jax.value_and_grad(loss_fn)(state[0])
-        return grads, {"loss": loss}
-
-    def update(state, grads):
-        params, opt_state = state
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), {}
-    return gradients, update
-
-
-def make_step(model: RADBlur, tx: optax.GradientTransformation):
-    """The whole step as one function: `step(state, batch) -> (state, metrics)`."""
-    return functools.partial(compose, *make_halves(model, tx))
-
-
-def _abstract_inputs(model: RADBlur, tx, batch: int, size: int):
-    params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
-                            jax.random.key(0))
+def _abstract(task: DeblurTask, batch: int, size: int):
+    """(abstract state, abstract batch, optimizers) of `task` at this batch and crop."""
+    rng = jax.random.key(0)
+    params = jax.eval_shape(task.init_params, rng)
+    optimizers = task.make_optimizers(params)
+    state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r), params, rng)
     image = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    return params, jax.eval_shape(tx.init, params), image
+    return state, {"blur": image, "sharp": image}, optimizers
 
 
 def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int) -> float:
     """FLOPs of one train step from the CPU lowering (scan unrolled, plain autodiff)."""
-    model = RADBlur(preset_config(preset, dtype, conv_impl, reversible=False, unroll=True))
-    tx = optax.adamw(1e-4)
-    params, opt_state, image = _abstract_inputs(model, tx, batch, size)
-    cost = jax.jit(make_step(model, tx)).lower((params, opt_state),
-                                               (image, image)).cost_analysis()
+    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=False,
+                                   unroll=True))
+    state, images, optimizers = _abstract(task, batch, size)
+    step = functools.partial(compose, task.gradients, task.update(optimizers))
+    cost = jax.jit(step).lower(state, images).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
@@ -128,21 +115,22 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
           steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
           split: bool = True) -> dict:
     """Compiles and times the train step; returns one result row."""
-    model = RADBlur(preset_config(preset, dtype, conv_impl))
-    tx = optax.adamw(1e-4)
-    params = init_radblur(model, jax.random.key(0))
-    opt_state = tx.init(params)
+    config = bench_config(preset, dtype, conv_impl, batch_size, size)
+    task = DeblurTask(config)
+    params = task.load_initial_params(jax.random.key(0))
+    optimizers = task.make_optimizers(params)
+    state = task.create_state(params, optimizers, jax.random.key(1))
     rng = np.random.default_rng(0)
     sharp = jnp.asarray(rng.random((batch_size, size, size, 3), np.float32))
     blurry = jnp.asarray(np.clip(np.asarray(sharp) + 0.05 * rng.standard_normal(sharp.shape),
                                  0, 1).astype(np.float32))
-    state, batch = (params, opt_state), (blurry, sharp)
+    batch = {"blur": blurry, "sharp": sharp}
     t0, c0 = time.perf_counter(), time.process_time()
-    if split:
-        step = SplitStep(*make_halves(model, tx), params_of=lambda st: st[0]).compile(state, batch)
-        executables = step.executables
+    step = task.train_step(optimizers, split=split)
+    if isinstance(step, SplitStep):
+        executables = step.compile(state, batch).executables
     else:
-        step = jax.jit(make_step(model, tx), donate_argnums=(0,)).lower(state, batch).compile()
+        step = step.lower(state, batch).compile()
         executables = (step,)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     # The halves run one after the other: the step's peak is the larger temp buffer.
@@ -162,7 +150,8 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
     step_s = float(np.median(times))
     flops = count_flops(preset, dtype, conv_impl, batch_size, size) if flops else float("nan")
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
-               size=size, split=split, steps=steps, warmup=warmup, step_s=step_s,
+               size=size, split=split, remat=bool(config.model.encoder.remat), steps=steps,
+               warmup=warmup, step_s=step_s,
                step_min_s=float(min(times)), step_cpu_s=float(np.median(cpu_times)),
                compile_s=compile_s, compile_cpu_s=compile_cpu_s,
                images_per_s=batch_size / step_s, temp_bytes_per_image=temp_bytes / batch_size,

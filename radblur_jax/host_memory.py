@@ -1,12 +1,11 @@
 """Transparent huge pages for XLA:CPU's buffers (glibc's `glibc.malloc.hugetlb` tunable).
 
-XLA:CPU allocates every execution's temporary buffer with `malloc`, which glibc serves with a
-fresh `mmap` (~770 MiB for the `tiny` train step at batch 8 on 128x128 crops) and unmaps when
-the step ends. Touching it again costs one page fault per 4 KiB page: ~210,000 faults and 0.4-2 s
-of kernel time per step, measured on the 2-core CPU machine, where the whole step takes
-1.2-1.8 s with huge pages. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35)
-malloc asks the kernel for transparent huge pages (2 MiB) on its mmaps: ~650 faults per step
-measured instead of ~210,000 (docs/benchmarks.md).
+XLA:CPU allocates every execution's temporary buffer with `malloc`; a buffer that large is
+served by a fresh `mmap` and unmapped when the step ends, so each step touches it anew and pays
+one page fault per 4 KiB page: kernel time that grows with the step's working set and can rival
+the step's compute. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35) malloc asks
+the kernel for transparent huge pages (2 MiB) on its mmaps: up to 512 times fewer faults for the
+same buffer (measured figures: docs/benchmarks.md).
 
 glibc reads tunables once, at process start, so `reexec_with_huge_pages()` re-executes the
 running program with the tunable added; the entry points (`python -m radblur_jax.main`,

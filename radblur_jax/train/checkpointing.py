@@ -196,15 +196,18 @@ def load_params_for_inference(path: str, *, use_ema: bool = True
     workdir, step_dir = _step_dir(path)
     config = read_config(workdir)
     key = "ema_params" if use_ema else "params"
-    ckptr = ocp.PyTreeCheckpointer()
+    # Read the step directory the way CheckpointManager wrote it (a composite of named items,
+    # its metadata file at the step level), so orbax finds every item and warns about none.
+    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+        state=ocp.PyTreeCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
+        metrics=ocp.JsonCheckpointHandler()))
     try:
-        meta = ckptr.metadata(os.path.join(step_dir, "state"))
-        tree = getattr(meta, "item_metadata", None) or meta
+        tree = ckptr.metadata(step_dir).item_metadata["state"]
         tree = getattr(tree, "tree", tree)
         sub = tree[key]
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
-        restored = ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item={key: sub}, restore_args={key: restore_args}, partial_restore=True))
+        restored = ckptr.restore(step_dir, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={key: sub}, restore_args={key: restore_args}, partial_restore=True)))
     finally:
         ckptr.close()
-    return config, restored[key]
+    return config, restored["state"][key]
