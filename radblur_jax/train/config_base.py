@@ -106,7 +106,7 @@ def parse_arg(arg: str | None, recipes: dict[str, Recipe], where: str
     return name, dataclasses.replace(recipe, **changes)
 
 
-def model_config(preset: str, recipe: Recipe) -> ml_collections.ConfigDict:
+def _model_config(preset: str, recipe: Recipe) -> ml_collections.ConfigDict:
     """The RADBlur config of `preset` with the recipe's compute dtype and remat (not validated:
     `check_config` validates it after the command line's overrides)."""
     cfg = radblur_config(preset)
@@ -123,7 +123,7 @@ def training_config(stage: str, preset: str, recipe: Recipe, *, dataset: str
     """
     c = ml_collections.ConfigDict()
     c.stage = stage
-    c.model = model_config(preset, recipe)
+    c.model = _model_config(preset, recipe)
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(name=dataset, root="", split="train"))
