@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images
+from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images, save_png
 
 _ORIENTATION_TAG = 0x0112
 
@@ -191,10 +191,10 @@ def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                 x = np.concatenate([x, np.repeat(x[-1:], batch - len(photos), axis=0)])
             restored, disparity = restorer(x)
             for j, (p, photo) in enumerate(photos):
-                reports.save_png(outs[p], encode_photo(restored[j], photo))
+                save_png(outs[p], encode_photo(restored[j], photo))
                 if depth:
                     stem = os.path.splitext(outs[p])[0]
-                    reports.save_png(stem + "_depth.png", reports.colorize_disparity(disparity[j]))
+                    save_png(stem + "_depth.png", reports.colorize_disparity(disparity[j]))
                     _save_npy(stem + "_depth.npy", disparity[j])
                 bar.set_postfix_str(os.path.basename(p))
                 bar.update(1)

@@ -83,7 +83,7 @@ def initial_params(config: ml_collections.ConfigDict, model: nn.Module,
     if config.init.checkpoint and config.init.pretrained:
         raise ValueError("config.init: give checkpoint or pretrained, not both")
     if config.init.checkpoint:
-        from radblur_jax.train.checkpointing import load_params_for_inference
+        from radblur_jax.workdir import load_params_for_inference
         src_config, src = load_params_for_inference(config.init.checkpoint, use_ema=True)
         if src_config.stage == "deblur":
             src = src["depth"]
