@@ -24,13 +24,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.eval.inference import InferenceOptions, Restorer  # noqa: E402
-from radblur_jax.eval.loading import random_params, with_dtype  # noqa: E402
+from radblur_jax.eval.loading import sampled_params, with_dtype  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
 
 
 def bench(preset: str, mode: str, args: argparse.Namespace) -> dict:
     model = build_radblur(with_dtype(preset, args.dtype))
-    params = random_params(model, 0)
+    params = sampled_params(model, 0)
     tile = args.tile if mode == "tiles" else 0
     options = InferenceOptions(tile=tile, overlap=args.overlap, tile_batch=args.tile_batch)
     restorer = Restorer(model, params, options)

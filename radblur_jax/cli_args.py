@@ -1,8 +1,35 @@
-"""argparse value types shared by the command-line tools: errors name the flag through argparse."""
+"""Shared by the command-line tools: a one-line-error parser, argparse value types (errors name
+the flag through argparse) and the output-directory check."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (`prog: error: argument --flag: ...`), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def output_dir_problem(path: str) -> str | None:
+    """Why `path` cannot serve as an output directory, or None when it is a writable directory
+    or can be created as one (nothing is created here)."""
+    target = os.path.abspath(path)
+    probe = target
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return ("exists and is not a directory" if probe == target
+                else f"cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

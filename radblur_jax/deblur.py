@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images
+from radblur_jax.cli_args import OneLineParser, output_dir_problem
+from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images, save_png
 
 _ORIENTATION_TAG = 0x0112
 
@@ -191,10 +192,10 @@ def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                 x = np.concatenate([x, np.repeat(x[-1:], batch - len(photos), axis=0)])
             restored, disparity = restorer(x)
             for j, (p, photo) in enumerate(photos):
-                reports.save_png(outs[p], encode_photo(restored[j], photo))
+                save_png(outs[p], encode_photo(restored[j], photo))
                 if depth:
                     stem = os.path.splitext(outs[p])[0]
-                    reports.save_png(stem + "_depth.png", reports.colorize_disparity(disparity[j]))
+                    save_png(stem + "_depth.png", reports.colorize_disparity(disparity[j]))
                     _save_npy(stem + "_depth.npy", disparity[j])
                 bar.set_postfix_str(os.path.basename(p))
                 bar.update(1)
@@ -214,7 +215,7 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from radblur_jax.models.configs import radblur_names
 
-    p = argparse.ArgumentParser(prog="python -m radblur_jax.deblur",
+    p = OneLineParser(prog="python -m radblur_jax.deblur",
                                 description="Deblur photos with a trained RADBlur.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training workdir (latest checkpoint) or a checkpoint "
@@ -252,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from radblur_jax.eval.loading import CheckpointLoadError, load_checkpoint, load_random
 
     try:
+        problem = output_dir_problem(args.output)
+        if problem:
+            raise PhotoError(f"--output {args.output}: {problem}")
         inputs = list_inputs(args.input)
         output_paths(inputs, args.output)  # refuse to overwrite inputs before loading anything
         if args.random_init:

@@ -26,6 +26,7 @@ import numpy as np
 
 from radblur_jax import preprocess
 from radblur_jax.atomic_io import write_atomic
+from radblur_jax.cli_args import OneLineParser, output_dir_problem
 from radblur_jax.data import image_io
 from radblur_jax.models.configs import PATCH_SIZE, dinov2_names, radblur_names
 from radblur_jax.preprocess import ImageError
@@ -123,17 +124,10 @@ def resize_to(disparity: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def check_output_dir(out_dir: str) -> None:
-    """ImageError unless `out_dir` is a directory or can be created as one."""
-    probe = os.path.abspath(out_dir)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        what = "exists and is not a directory" if probe == os.path.abspath(out_dir) else (
-            f"cannot be created: {probe} is a file")
-        raise ImageError(f"--output {out_dir}: {what}")
+    """ImageError unless `out_dir` is a writable directory or can be created as one."""
+    problem = output_dir_problem(out_dir)
+    if problem:
+        raise ImageError(f"--output {out_dir}: {problem}")
 
 
 def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str], out_dir: str,
@@ -199,16 +193,9 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse errors as one line (`prog: error: argument --flag: ...`), exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     suffixes = ", ".join(s.lstrip(".") for s in preprocess.IMAGE_SUFFIXES)
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="python -m radblur_jax.depth",
         description="Relative depth (disparity) maps with a converted Depth Anything V2 model.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -240,8 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_dir(args.output)
         images = list_images(args.input)
         if args.random_init:
-            print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test of the "
-                  "pipeline; the depth maps are meaningless.", file=sys.stderr)
             module, params = random_depth_model(args.random_init, args.seed)
         else:
             from radblur_jax.convert.checkpoint import load_pretrained
@@ -254,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.size != "native" and int(args.size) % patch:
             raise ImageError(f"--size {args.size}: expected 'native' or a positive multiple of "
                              f"the model's patch size {patch}")
+        if args.random_init:  # after the argument checks: an error stays one line
+            print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test of the "
+                  "pipeline; the depth maps are meaningless.", file=sys.stderr)
         run_depth(make_predictor(module, params), images, args.output, size=args.size,
                   batch=args.batch, patch_size=patch)
     except (ImageError, CheckpointError) as e:

@@ -83,8 +83,7 @@ def _evaluate(config, workdir: str) -> None:
 def _check_training(config) -> None:
     """The training config and its data sets, checked before anything is written."""
     from radblur_jax.data.image_io import DataError
-    from radblur_jax.data.sources import make_source
-    from radblur_jax.train import input as input_lib
+    from radblur_jax.data.sources import make_source, resolve_spec
     from radblur_jax.train.config_base import check_config
     try:
         check_config(config)
@@ -92,7 +91,7 @@ def _check_training(config) -> None:
         fail(f"--{e}" if str(e).startswith("config.") else f"--config: {e}")
     for key in ("data", "eval_data"):
         try:
-            make_source(input_lib.resolve_spec(config[key]))
+            make_source(resolve_spec(config[key]))
         except (ValueError, KeyError, TypeError, DataError, FileNotFoundError) as e:
             fail(f"--config.{key}: {e}")
 

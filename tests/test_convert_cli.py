@@ -14,13 +14,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+import safetensors.torch as st
+import torch
+from conftest import rel_err, to_nchw
 
-torch = pytest.importorskip("torch")
-st = pytest.importorskip("safetensors.torch")
-
-from conftest import rel_err, to_nchw  # noqa: E402
-
-from radblur_jax.convert import CheckpointError, convert_checkpoint, load_pretrained, read_config  # noqa: E402
+from radblur_jax.convert import CheckpointError, convert_checkpoint, load_pretrained, read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
@@ -278,10 +276,59 @@ def test_metric_head_flag_converts_a_metric_pth(tmp_path):
         want = torch_metric(to_nchw(x))
     assert float(want.min()) >= 0.0 and float(want.max()) <= 20.0
     assert rel_err(got, want) <= TOL
-    # Without --head the same file converts as relative, and the printout says it was assumed.
+    # Without --head, under a name that is not an official one, it converts as relative, and
+    # both the printout and a warning block on stderr say it was assumed and how to change it.
     proc = run_tool("--input", src, "--output", tmp_path / "assumed")
     assert proc.returncode == 0, proc.stderr
     assert "head=relative, ASSUMED" in proc.stdout and "--head metric --max-depth" in proc.stdout
+    warning = [ln for ln in proc.stderr.splitlines() if ln.startswith("WARNING: ")]
+    assert len(warning) >= 4 and "ASSUMED 'relative'" in proc.stderr, proc.stderr
+    assert "--head metric --max-depth M" in proc.stderr and "--head relative" in proc.stderr
+    info = json.loads((tmp_path / "assumed" / "conversion.json").read_text())
+    assert (info["head"], info["head_source"]) == ("relative", "assumed")
+
+
+@pytest.mark.parametrize("dataset,max_depth", [("hypersim", 20.0), ("vkitti", 80.0)])
+def test_metric_head_from_official_file_name(tmp_path, dataset, max_depth):
+    """An official metric file name gives the head and max depth; no warning."""
+    torch_metric = _torch_metric_da(max_depth)
+    src = tmp_path / f"depth_anything_v2_metric_{dataset}_vits.pth"  # tiny weights, official name
+    torch.save(torch_metric.state_dict(), src)
+    out = tmp_path / "metric"
+    proc = run_tool("--input", src, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"head=metric (max_depth={max_depth:g} m), from the official Depth Anything V2 file " \
+        "name" in proc.stdout, proc.stdout
+    assert "WARNING" not in proc.stderr and "ASSUMED" not in proc.stdout, proc.stderr
+    info = json.loads((out / "conversion.json").read_text())
+    assert (info["head"], info["max_depth"], info["head_source"]) == \
+        ("metric", max_depth, "filename")
+    module, params, config = load_pretrained(out)
+    assert (config["dpt"]["head"], config["dpt"]["max_depth"]) == ("metric", max_depth)
+    x = _images(70, 84, seed=3)
+    with torch.no_grad():
+        want = torch_metric(to_nchw(x))
+    assert rel_err(jax.jit(module.apply)({"params": params}, x).disparity, want) <= TOL
+
+
+def test_head_from_name_rules(da_pth, tmp_path):
+    from radblur_jax.convert.detect import head_from_name
+    assert head_from_name("/a/depth_anything_v2_metric_hypersim_vitl.pth") == ("metric", 20.0)
+    assert head_from_name("depth_anything_v2_metric_vkitti_vitb.safetensors") == ("metric", 80.0)
+    assert head_from_name("depth_anything_v2_vitb.pth") == ("relative", None)
+    for other in ("depth_anything_v2_metric_nyu_vits.pth", "my_model.pth",
+                  "depth_anything_v2_vitsmall.pth", "depth_anything_v2_tiny.pth"):
+        assert head_from_name(other) is None, other
+    # An official relative name: relative without the warning; --head still wins over a name.
+    src = tmp_path / "depth_anything_v2_vits.pth"
+    src.write_bytes(da_pth.read_bytes())
+    det = convert_checkpoint(src, tmp_path / "rel").detection
+    assert (det.dpt_cfg.head, det.head_source, det.assumption_warning()) == \
+        ("relative", "filename", None)
+    metric = tmp_path / "depth_anything_v2_metric_vkitti_vits.pth"
+    metric.write_bytes(da_pth.read_bytes())
+    det = convert_checkpoint(metric, tmp_path / "given", head="relative").detection
+    assert (det.dpt_cfg.head, det.head_source) == ("relative", "given")
 
 
 def test_head_flag_errors(da_pth, tmp_path):
@@ -290,8 +337,9 @@ def test_head_flag_errors(da_pth, tmp_path):
                          (("--max-depth", "20"), "--max-depth"),
                          (("--head", "metric", "--max-depth", "-1"), "--max-depth")):
         proc = run_tool("--input", da_pth, "--output", out, *args)
-        assert proc.returncode == 2 and needle in proc.stderr.strip().splitlines()[-1], proc.stderr
-        assert "Traceback" not in proc.stderr and not out.exists()
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        assert not out.exists()
     from torch_reference import TorchDinoViT
     vit = tmp_path / "vit.pth"
     torch.save(TorchDinoViT().state_dict(), vit)

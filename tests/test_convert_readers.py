@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import safetensors.torch as st
+import torch
 
-torch = pytest.importorskip("torch")
-st = pytest.importorskip("safetensors.torch")
-
-from radblur_jax.convert import detect  # noqa: E402
-from radblur_jax.convert.readers import CheckpointError, load_checkpoint, load_state_dict  # noqa: E402
+from radblur_jax.convert import detect
+from radblur_jax.convert.readers import CheckpointError, load_checkpoint, load_state_dict
 
 
 @pytest.fixture()

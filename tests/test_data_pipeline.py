@@ -6,6 +6,7 @@ import json
 
 import grain
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import test_data_fakes as F
 
@@ -140,7 +141,6 @@ def test_orbax_checkpoint_of_iterator_gives_exact_next_batches(synth, tmp_path):
     """MaxText-style: the grain iterator as one item of an orbax CheckpointManager, through grain's
     own handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`); resumes on the exact next
     batches, across an epoch boundary (8 examples, batches of 3)."""
-    ocp = pytest.importorskip("orbax.checkpoint")
     mk = lambda: iter(P.train_dataset(synth, batch_size=3, crop_size=16, seed=5, shard_index=0,
                                       shard_count=1))
     ref = _take(mk(), 9)

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import test_data_fakes as F
 
-from radblur_jax.data import image_io
+from radblur_jax.data import image_io, tfds_builders
 from radblur_jax.data import pipeline as P
 from radblur_jax.data.sources import make_source
-
-tfds_builders = pytest.importorskip("radblur_jax.data.tfds_builders")
+from radblur_jax.data.synthetic import SyntheticParams, writer
 
 
 def test_build_synthetic_and_read_with_grain(tmp_path):
@@ -55,8 +54,6 @@ def test_missing_tfds_dataset_message(tmp_path):
 
 def test_real_synthetic_generator_output(tmp_path):
     """The synthetic engineer's writer output reads through the file source and the TFDS build."""
-    writer = pytest.importorskip("radblur_jax.data.synthetic.writer")
-    from radblur_jax.data.synthetic import SyntheticParams  # pylint: disable=all
     root = str(tmp_path / "syn")
     writer.write_dataset(root, 3, 2, SyntheticParams(height=40, width=48), seed=0,
                          frames_per_scene=2)

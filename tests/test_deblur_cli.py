@@ -98,24 +98,48 @@ def test_orientation_matches_pil(orientation):
     np.testing.assert_array_equal(deblur.apply_orientation(img, orientation), want)
 
 
+def _one_error_line(capsys, *needles) -> str:
+    """The CLI's stderr: exactly one line, holding every needle."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def test_never_overwrites_inputs(photo_dir, capsys):
     d, _ = photo_dir
     before = {p: p.read_bytes() for p in d.iterdir()}
     code = deblur.main(["--random-init", "tiny", "--input", str(d), "--output", str(d),
                         "--no-progress"])
     assert code == 2
-    assert "would overwrite an input" in capsys.readouterr().err
+    _one_error_line(capsys, "would overwrite an input", "--output")
     assert {p: p.read_bytes() for p in d.iterdir()} == before
 
 
 def test_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "o"
     with pytest.raises(SystemExit) as e:
-        deblur.main(["--random-init", "tiny", "--input", str(tmp_path), "--output",
-                     str(tmp_path / "o"), "--tile", "32", "--overlap", "32"])
+        deblur.main(["--random-init", "tiny", "--input", str(tmp_path), "--output", str(out),
+                     "--tile", "32", "--overlap", "32"])
     assert e.value.code == 2
+    _one_error_line(capsys, "--overlap")
     assert deblur.main(["--random-init", "tiny", "--input", str(tmp_path / "missing.png"),
-                        "--output", str(tmp_path / "o")]) == 2
-    assert "missing.png: no such file" in capsys.readouterr().err
+                        "--output", str(out)]) == 2
+    _one_error_line(capsys, "missing.png: no such file")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_naming_a_file_is_one_line(photo_dir, tmp_path, capsys):
+    d, _ = photo_dir
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    for out in (taken, taken / "sub"):
+        assert deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"),
+                            "--output", str(out), "--no-progress"]) == 2
+        _one_error_line(capsys, "--output", taken)
+    assert taken.read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["in", "taken.txt"]
 
 
 @pytest.mark.slow

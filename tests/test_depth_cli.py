@@ -8,15 +8,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+import skimage
+import torch
+from conftest import rel_err, to_nchw
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-skimage = pytest.importorskip("skimage")
-
-from conftest import rel_err, to_nchw  # noqa: E402
-
-from radblur_jax import depth, preprocess  # noqa: E402
-from radblur_jax.convert import convert_checkpoint, load_pretrained  # noqa: E402
+from radblur_jax import depth, preprocess
+from radblur_jax.convert import convert_checkpoint, load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKDATA = os.path.join(os.path.dirname(skimage.__file__), "data")
@@ -127,8 +125,9 @@ def test_corrupt_image_names_file(tmp_path, ckpt, capsys):
     src.write_bytes(data[: len(data) // 2])
     assert depth.main(["--checkpoint", str(ckpt), "--input", str(src),
                        "--output", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "broken.png" in err and "cannot decode" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0] and "cannot decode" in err[0], err
+    assert not (tmp_path / "out").exists()
     (tmp_path / "junk.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(preprocess.ImageError, match="junk.jpg"):
         preprocess.load_rgb(tmp_path / "junk.jpg")
@@ -166,7 +165,9 @@ def test_encoder_only_checkpoint_rejected(tmp_path, capsys):
     Image.fromarray(photo("chelsea.png")[:28, :28]).save(tmp_path / "c.png")
     assert depth.main(["--checkpoint", str(tmp_path / "vit"), "--input", str(tmp_path / "c.png"),
                        "--output", str(tmp_path / "out")]) == 2
-    assert "without a depth head" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without a depth head" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_colorize():
@@ -208,7 +209,7 @@ def test_size_not_multiple_of_patch_is_one_line(tmp_path, capsys):
     assert depth.main(["--random-init", "tiny", "--input", str(tmp_path / "c.png"),
                        "--output", str(out), "--size", "500"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: --size 500") and "patch size 14" in err[-1]
+    assert len(err) == 1 and err[0].startswith("error: --size 500") and "patch size 14" in err[0]
     assert not out.exists()
 
 

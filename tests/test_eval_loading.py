@@ -23,7 +23,7 @@ def _workdir(path: str, stage: str = "deblur"):
     model_cfg.decoder.fft = False
     checkpointing.save_config(path, ml_collections.ConfigDict(dict(stage=stage, model="tiny")),
                               model_cfg)
-    raw = loading.random_params(build_radblur(model_cfg), seed=1)
+    raw = loading.sampled_params(build_radblur(model_cfg), seed=1)
     ema = jax.tree.map(lambda a: a * 0.5, raw)
     ckpts = checkpointing.Checkpoints(path, keep=2, keep_best=False, async_save=False,
                                       best_metric=None)
@@ -61,9 +61,9 @@ def test_errors_name_the_path(tmp_path):
         loading.load_checkpoint(str(tmp_path / "depth"))
 
 
-def test_random_params_match_init_shapes():
+def test_sampled_params_match_init_shapes():
     model = build_radblur("tiny")
-    params = loading.random_params(model)
+    params = loading.sampled_params(model)
     shapes = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
                             jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(shapes)

@@ -64,13 +64,25 @@ def test_export_reload_without_model_code(tmp_path):
         assert rel_err(got_d, np.asarray(want_d)[:b]) < 1e-5
 
 
+def _one_line_exit(capsys, argv, *needles):
+    with pytest.raises(SystemExit) as e:
+        export.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for needle in needles:
+        assert str(needle) in err[0], (needle, err[0])
+
+
 def test_export_cli_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        export.main(["--random-init", "tiny", "--height", "0", "--width", "8", "--output",
-                     str(tmp_path)])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        export.main(["--random-init", "tiny", "--height", "8", "--width", "8", "--output",
-                     str(tmp_path), "--platforms", "cpu,metal"])
-    assert e.value.code == 2
-    assert "metal" in capsys.readouterr().err
+    out = tmp_path / "out"
+    _one_line_exit(capsys, ["--random-init", "tiny", "--height", "0", "--width", "8",
+                            "--output", str(out)], "--height")
+    _one_line_exit(capsys, ["--random-init", "tiny", "--height", "8", "--width", "8",
+                            "--output", str(out), "--platforms", "cpu,metal"], "metal")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    for target in (taken, taken / "sub"):
+        _one_line_exit(capsys, ["--random-init", "tiny", "--height", "8", "--width", "8",
+                                "--output", str(target)], "--output", taken)
+    assert taken.read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["taken.txt"]

@@ -12,14 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import skimage  # noqa: F401  (a hard dependency: photo_shake reads its photos from skimage/data)
 
 from radblur_jax.data.sources import make_source
 from radblur_jax.data.synthetic import photo_shake
 from radblur_jax.data.synthetic.photo_shake import shake_pair, shake_photo, write_photo_shake_set
 from radblur_jax.data.synthetic.render import SyntheticParams
 from radblur_jax.data.synthetic.scene import srgb_to_linear
-
-pytest.importorskip("skimage")
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "tools" / "make_photo_shake_set.py"

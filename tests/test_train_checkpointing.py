@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from radblur_jax.train import checkpointing, reporting
+from radblur_jax.workdir import load_params_for_inference
 
 
 def _iterator():
@@ -100,14 +101,13 @@ def test_best_keeps_the_highest_metric_and_inference_loading(tmp_path):
     ckpts.wait()
     ckpts.close()
     assert os.listdir(os.path.join(tmp_path, "best")) == ["2"]
-    cfg, params = checkpointing.load_params_for_inference(str(tmp_path))  # latest, EMA
+    cfg, params = load_params_for_inference(str(tmp_path))  # latest, EMA
     assert cfg.stage == "deblur" and cfg.model_config.name == "t"
     np.testing.assert_array_equal(params["w"], [-3.0, -3.0])
-    _, raw = checkpointing.load_params_for_inference(os.path.join(tmp_path, "best", "2"),
-                                                     use_ema=False)
+    _, raw = load_params_for_inference(os.path.join(tmp_path, "best", "2"), use_ema=False)
     assert isinstance(raw["w"], np.ndarray) and raw["w"].tolist() == [2.0, 2.0]
     with pytest.raises(FileNotFoundError, match="neither a training workdir"):
-        checkpointing.load_params_for_inference(str(tmp_path / "best"))
+        load_params_for_inference(str(tmp_path / "best"))
 
 
 def test_metrics_log_truncates_after_resume(tmp_path):

@@ -71,7 +71,7 @@ def _metrics(workdir) -> dict[int, dict]:
 def _params(workdir) -> np.ndarray:
     import jax
 
-    from radblur_jax.train.checkpointing import load_params_for_inference
+    from radblur_jax.workdir import load_params_for_inference
     _, params = load_params_for_inference(str(workdir), use_ema=False)
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
 
@@ -229,8 +229,8 @@ def test_stage_a_then_stage_b_init(env, tmp_path):
     import jax
     from train_helpers import load_config
 
-    from radblur_jax.train.checkpointing import load_params_for_inference
     from radblur_jax.train.tasks import make_task
+    from radblur_jax.workdir import load_params_for_inference
     config = load_config("deblur.py", "tiny")
     config.init.checkpoint = str(stage_a)
     params = make_task(config).load_initial_params(jax.random.key(0))

@@ -3,7 +3,9 @@
 
     python tools/convert_weights.py --input depth_anything_v2_vits.pth --output ckpt/da_vits
     python tools/convert_weights.py --input depth_anything_v2_metric_hypersim_vits.pth \
-        --output ckpt/da_metric_vits --head metric --max-depth 20
+        --output ckpt/da_metric_vits     # metric, max depth 20 m: read from the official name
+    python tools/convert_weights.py --input my_metric.pth --output ckpt/m \
+        --head metric --max-depth 80     # a renamed file: say what it is
 
 Inputs: .pth/.pt/.bin (torch.load weights_only), .safetensors, or a transformers model directory.
 See docs/conversion.md.
@@ -18,12 +20,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from radblur_jax.cli_args import OneLineParser  # noqa: E402
 from radblur_jax.convert import FORMATS, CheckpointError, convert_checkpoint  # noqa: E402
 from radblur_jax.models.configs import DPT_HEADS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True,
                    help="checkpoint file (.pth/.pt/.bin/.safetensors) or transformers model dir")
     p.add_argument("--output", required=True, help="directory to create (written atomically)")
@@ -31,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source layout; 'auto' detects it from the keys (default)")
     p.add_argument("--head", choices=DPT_HEADS,
                    help="Depth Anything head type, which original .pth files do not record: "
-                        "'relative' (disparity, the default assumption) or 'metric' (depth in "
-                        "metres, needs --max-depth; DA V2 metric models: 20 indoor, 80 outdoor)")
+                        "'relative' (disparity) or 'metric' (depth in metres, needs --max-depth; "
+                        "DA V2 metric models: 20 indoor, 80 outdoor). Default: from a "
+                        "transformers config.json or an official file name "
+                        "(depth_anything_v2_metric_{hypersim,vkitti}_vit*.pth: metric, 20 / 80), "
+                        "else relative with a warning")
     p.add_argument("--max-depth", type=float, metavar="M",
                    help="metric head only: the model's max_depth in metres")
     p.add_argument("--overwrite", action="store_true",
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     det = result.detection
+    warning = det.assumption_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"detected: {det.summary()}")
     enc = det.encoder_cfg
     print(f"encoder:  embed_dim={enc.embed_dim} depth={enc.depth} heads={enc.num_heads} "

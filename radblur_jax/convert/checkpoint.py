@@ -225,6 +225,8 @@ def hf_hints(hf_config: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
         if hf_config.get("depth_estimation_type") == "metric":
             hints["head"] = "metric"
             hints["max_depth"] = float(hf_config.get("max_depth") or 1.0)
+        elif hf_config.get("depth_estimation_type") == "relative":
+            hints["head"] = "relative"
     return hints
 
 
@@ -244,8 +246,10 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
     """Read a PyTorch checkpoint, detect its format and size, convert and write it to `output`.
 
     The depth head type (relative disparity or metric depth) is not in the weights: it comes
-    from `head`/`max_depth` when given, else from a transformers `config.json`, else it is
-    assumed relative (`detection.head_source` says which).
+    from `head`/`max_depth` when given, else from a transformers `config.json`, else from an
+    official Depth Anything V2 file name (`depth_anything_v2_metric_hypersim_vits.pth`: metric,
+    20 m; `..._vkitti_...`: 80 m; `depth_anything_v2_vits.pth`: relative), else it is assumed
+    relative (`detection.head_source` says which; `detection.assumption_warning()`).
     """
     from radblur_jax.convert import keymaps
 
@@ -270,8 +274,14 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
         if head == "metric":
             dpt_cfg.max_depth = float(max_depth)
     elif dpt_cfg is not None and "head" in hints:
-        dpt_cfg.head, dpt_cfg.max_depth = hints["head"], hints["max_depth"]
-        head_source = "detected"
+        dpt_cfg.head, head_source = hints["head"], "detected"
+        if hints["head"] == "metric":
+            dpt_cfg.max_depth = hints["max_depth"]
+    elif dpt_cfg is not None and detect.head_from_name(source):
+        dpt_cfg.head, named_max_depth = detect.head_from_name(source)
+        head_source = "filename"
+        if named_max_depth is not None:
+            dpt_cfg.max_depth = named_max_depth
     detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source)
     n_params = count_params(params)
     n_arrays = len(jax.tree.leaves(params))

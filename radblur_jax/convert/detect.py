@@ -12,6 +12,8 @@ Sizes (vits/vitb/...) come from `keymaps.infer_config`.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,26 @@ _SIGNATURES = {
 }
 
 
+# The official Depth Anything V2 releases: relative `depth_anything_v2_vit{s,b,l,g}.pth`, metric
+# `depth_anything_v2_metric_{hypersim,vkitti}_vit{s,b,l}.pth` (indoor max depth 20 m, outdoor 80 m,
+# as in their model cards). The head type is in the name only, not in the weights.
+_RELATIVE_NAME = re.compile(r"^depth_anything_v2_vit[sblg](?![a-z0-9])")
+_METRIC_NAME = re.compile(r"^depth_anything_v2_metric_(hypersim|vkitti)_vit[sblg](?![a-z0-9])")
+METRIC_MAX_DEPTH = {"hypersim": 20.0, "vkitti": 80.0}
+
+
+def head_from_name(source: str) -> tuple[str, float | None] | None:
+    """`(head, max_depth)` from an official Depth Anything V2 file name (`max_depth` None for
+    "relative"), or None when the name is not one of them."""
+    name = os.path.basename(os.fspath(source).rstrip("/\\")).lower()
+    m = _METRIC_NAME.match(name)
+    if m:
+        return "metric", METRIC_MAX_DEPTH[m.group(1)]
+    if _RELATIVE_NAME.match(name):
+        return "relative", None
+    return None
+
+
 class UnknownFormatError(CheckpointError):
     """The state dict is not one of the supported DINOv2 / Depth Anything V2 layouts."""
 
@@ -47,7 +69,9 @@ class Detection:
     pos_embed_mode: str
     encoder_cfg: Any
     dpt_cfg: Any | None
-    head_source: str | None = None  # "detected" | "given" | "assumed"; None without a DPT
+    # How the head type was decided: "detected" (transformers config.json), "given" (--head),
+    # "filename" (an official Depth Anything V2 file name) or "assumed"; None without a DPT.
+    head_source: str | None = None
 
     def summary(self) -> str:
         regs = f"{self.num_registers} registers" if self.num_registers else "no registers"
@@ -62,9 +86,25 @@ class Detection:
                                     if self.dpt_cfg.head == "metric" else "")
         why = {"detected": "detected from the transformers config.json",
                "given": "given by --head",
+               "filename": "from the official Depth Anything V2 file name",
                "assumed": "ASSUMED: the weights do not say; for a metric Depth Anything V2 "
                           "model pass --head metric --max-depth M"}[self.head_source]
         return f"head={head}, {why}"
+
+    def assumption_warning(self) -> str | None:
+        """A warning block for stderr when the head type was assumed, else None."""
+        if self.head_source != "assumed":
+            return None
+        rule = "WARNING: " + "=" * 70
+        return "\n".join([
+            rule,
+            f"WARNING: depth head ASSUMED {self.dpt_cfg.head!r} (disparity): the weights do not",
+            "WARNING: record it, and the file name is not an official Depth Anything V2 name.",
+            "WARNING: A metric model converted as relative gives wrong outputs. For a metric",
+            "WARNING: model convert again with --head metric --max-depth M (M = 20 for the",
+            "WARNING: Hypersim (indoor) models, 80 for the Virtual KITTI (outdoor) ones), or",
+            "WARNING: pass --head relative to state that it is relative.",
+            rule])
 
 
 def _matches(fmt: str, keys: set[str]) -> bool:

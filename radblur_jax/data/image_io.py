@@ -1,4 +1,4 @@
-"""Image and depth reading with validation: every error names the file.
+"""Image and depth reading with validation (every error names the file); atomic PNG writing.
 
 Policy (tested in tests/test_data_image_io.py):
 - Decoding is cv2 `IMREAD_UNCHANGED`, BGR(A) -> RGB(A).
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+from radblur_jax.atomic_io import write_bytes_atomic
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_EXTS = (".npy", ".png", ".pfm")
@@ -141,3 +143,18 @@ def check_same_size(arrays: Sequence[np.ndarray], paths: Sequence[str]) -> None:
     if len(set(sizes)) > 1:
         detail = ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in zip(paths, sizes))
         raise DataError(f"size mismatch inside a pair: {detail}")
+
+
+def save_png(path: str, img: np.ndarray) -> None:
+    """Writes `(H, W)` gray, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16 as PNG, atomically
+    (temporary name, then rename); creates the parent directory."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed for an array of shape {img.shape}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomic(path, buf.tobytes())

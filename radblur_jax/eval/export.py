@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from radblur_jax.atomic_io import write_bytes_atomic, write_json_atomic
+from radblur_jax.cli_args import OneLineParser, output_dir_problem
 
 EXPORT_FILE = "inference.jaxexport"
 PARAMS_FILE = "params.msgpack"
@@ -86,7 +87,7 @@ def load_exported(export_dir: str) -> Callable[[np.ndarray], tuple[jax.Array, ja
 def build_parser() -> argparse.ArgumentParser:
     from radblur_jax.models.configs import radblur_names
 
-    p = argparse.ArgumentParser(prog="python -m radblur_jax.eval.export",
+    p = OneLineParser(prog="python -m radblur_jax.eval.export",
                                 description="Serialise RADBlur inference with jax.export.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training workdir or checkpoint step directory")
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad or not platforms:
         parser.error(f"--platforms: unknown {bad or args.platforms!r}; "
                      "expected cpu, cuda, rocm, tpu")
+    problem = output_dir_problem(args.output)
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
     try:
         options = InferenceOptions(tile=args.tile, overlap=args.overlap,
                                    self_ensemble=args.self_ensemble)

@@ -10,6 +10,7 @@ import numpy as np
 
 from radblur_jax.models.configs import radblur_config
 from radblur_jax.models.radblur import RADBlur, build_radblur
+from radblur_jax.workdir import load_params_for_inference
 
 
 class CheckpointLoadError(ValueError):
@@ -24,8 +25,9 @@ class LoadedModel:
     description: str
 
 
-def random_params(model: RADBlur, seed: int = 0) -> Any:
-    """Random `params` for `model` without compiling `init` (smoke tests, benchmarks).
+def sampled_params(model: RADBlur, seed: int = 0) -> Any:
+    """Random `params` for `model` drawn in numpy, without compiling `init` (smoke runs,
+    benchmarks); training initialises with `model.init` instead (`train/tasks`).
 
     Shapes from `jax.eval_shape(model.init)`; kernels ~ N(0, 1/fan_in) (a leading stacked
     sub-decoder axis is not fan-in), coupling alphas 0.5, norm scales 1, other leaves
@@ -63,23 +65,19 @@ def with_dtype(cfg: Any, dtype: str | None) -> Any:
 
 
 def load_random(preset: str, seed: int = 0, *, dtype: str | None = None) -> LoadedModel:
-    """Preset with random weights (`random_params`): for smoke runs only."""
+    """Preset with random weights (`sampled_params`): for smoke runs only."""
     model = build_radblur(with_dtype(preset, dtype))
-    return LoadedModel(model, random_params(model, seed), f"RADBlur-{preset} (RANDOM weights)")
+    return LoadedModel(model, sampled_params(model, seed), f"RADBlur-{preset} (RANDOM weights)")
 
 
 def load_checkpoint(path: str, *, use_ema: bool = True,
                     dtype: str | None = None) -> LoadedModel:
     """Model + params from a training workdir (latest checkpoint) or a checkpoint step dir.
 
-    Uses the training package's `load_params_for_inference`; the network is rebuilt from the
-    model config saved with the checkpoint (compute dtype replaced by `dtype` if given).
+    Weights from `workdir.load_params_for_inference`; the network is rebuilt from the model
+    config saved with the checkpoint (compute dtype replaced by `dtype` if given).
     Raises CheckpointLoadError naming `path`.
     """
-    try:
-        from radblur_jax.train.checkpointing import load_params_for_inference
-    except ImportError as e:  # training code not installed / older checkout
-        raise CheckpointLoadError(f"{path}: cannot load checkpoints: {e}") from None
     try:
         config, params = load_params_for_inference(path, use_ema=use_ema)
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:

@@ -23,20 +23,6 @@ def to_uint(img: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.round(np.clip(np.asarray(img, np.float64), 0.0, 1.0) * top).astype(dtype)
 
 
-def save_png(path: str, img: np.ndarray) -> None:
-    """Writes `(H, W)`, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16 as PNG, atomically."""
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed for an array of shape {img.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_bytes_atomic(path, buf.tobytes())
-
-
 def write_rows(out_dir: str, stem: str, rows: Sequence[dict[str, Any]],
                fields: Sequence[str]) -> tuple[str, str]:
     """`<stem>.csv` (columns `fields`) and `<stem>.json` (the rows as a list); returns paths."""
@@ -60,7 +46,7 @@ def _fmt(v: Any) -> Any:
 
 def summary_table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]],
                   notes: Sequence[str] = ()) -> str:
-    """Markdown table in the layout of notes/benchmarks.md: `| method | col ... |`."""
+    """Markdown table, one row per method and one cell per column: `| method | col ... |`."""
     lines = [f"## {title}", "", "| method | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]
     lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in rows]

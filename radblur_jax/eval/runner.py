@@ -5,7 +5,8 @@ configs/eval.py). Writes under `config.output_dir` (default `WORKDIR/eval/<datas
 
     per_image.csv / per_image.json   one row per image: restored and identity (blurry input)
                                      PSNR/SSIM, depth AbsRel/delta1 where the set has depth
-    summary.json, summary.md         means, in the table layout of notes/benchmarks.md
+    summary.json, summary.md         means: a markdown table, one row per method, one
+                                     `PSNR / SSIM` column per set (the papers' layout)
     restored/<name>.png              8-bit restored images (the files that were scored)
     comparison_{best,median,worst}.png   blurry | restored | sharp | depth, with zoomed crops
 """
@@ -21,27 +22,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from radblur_jax.data.image_io import DataError
+from radblur_jax.data.image_io import DataError, save_png
+from radblur_jax.data.sources import make_source, resolve_spec
 from radblur_jax.eval import protocols, reports
 from radblur_jax.eval.inference import InferenceOptions, Restorer
 from radblur_jax.eval.loading import CheckpointLoadError, LoadedModel, load_checkpoint, load_random
 from radblur_jax.eval.metrics import depth_metrics
 
-_SYNTHETIC = ("synthetic", "synthetic_depth")
-
 
 class ConfigError(ValueError):
     """An eval config field is invalid; the message names the field."""
-
-
-def resolve_data_spec(spec: Any) -> dict:
-    """The dataset spec as a dict; an empty `root` of the synthetic set means the built-in one
-    (generated on first use)."""
-    out = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-    if out.get("name") in _SYNTHETIC and not out.get("root") and out.get("format") != "tfds":
-        from radblur_jax.data.synthetic import ensure_default_synthetic
-        out["root"] = str(ensure_default_synthetic())
-    return out
 
 
 def load_model(config: Any, workdir: str) -> LoadedModel:
@@ -70,7 +60,6 @@ def _saturated_names(spec: dict) -> set[str] | None:
     """RSBlur: names in the official saturation test list (None when not available)."""
     if spec.get("name") != "rsblur" or spec.get("subset", "all") != "all":
         return None
-    from radblur_jax.data.sources import make_source
     try:
         sat = make_source({**spec, "subset": "saturation"})
     except (DataError, ValueError):
@@ -116,7 +105,7 @@ def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
         if saturated is not None:
             row["saturated"] = item["name"] in saturated
         if save_images:
-            reports.save_png(_restored_path(out_dir, item["name"]), reports.to_uint(restored[j]))
+            save_png(_restored_path(out_dir, item["name"]), reports.to_uint(restored[j]))
         rows.append(row)
     return rows
 
@@ -133,7 +122,7 @@ def _grids(rows: list[dict], source: Any, restorer: Restorer, batch_size: int,
             item["blur"], restored[0], item["sharp"], disparity[0],
             captions=[f"{row['identity_psnr']:.2f} dB", f"{row['psnr']:.2f} dB", "", ""])
         path = os.path.join(out_dir, f"comparison_{rank}.png")
-        reports.save_png(path, grid)
+        save_png(path, grid)
         written.append(path)
     return written
 
@@ -169,7 +158,7 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
 
 
 def summary_markdown(summary: dict) -> str:
-    """The summary as a markdown table (notes/benchmarks.md layout) with its notes."""
+    """The summary as a markdown table (`reports.summary_table`) with its notes."""
     col = f"{summary['dataset']} ({summary['split']})"
     columns, cells_r, cells_i = [col], [reports.psnr_ssim_cell(summary["restored"])], \
         [reports.psnr_ssim_cell(summary["identity"])]
@@ -204,12 +193,11 @@ def summary_markdown(summary: dict) -> str:
 def run_evaluation(config: Any, workdir: str,
                    log: Callable[[str], None] = logging.info) -> dict:
     """Evaluates and writes the reports; returns the summary dict (also in summary.json)."""
-    from radblur_jax.data.sources import make_source
 
     try:
         protocols.check_protocol(config.protocol, config.get("ssim_mode", "3d"))
         options = inference_options(config)
-        spec = resolve_data_spec(config.data)
+        spec = resolve_spec(config.data)
         source = make_source(spec)
     except ValueError as e:
         if isinstance(e, DataError):

@@ -9,7 +9,8 @@ Layout of a training workdir:
     WORKDIR/corrupt_checkpoints/<step>  checkpoints that failed to restore (moved aside)
 
 Saves are asynchronous (`wait()` before exiting). Restoring takes an abstract state whose leaves
-carry the shardings of the current mesh, so a run resumes on a different mesh shape.
+carry the shardings of the current mesh, so a run resumes on a different mesh shape. Reading a
+workdir for inference or init (its config, one checkpoint's weights): `radblur_jax.workdir`.
 """
 from __future__ import annotations
 
@@ -23,12 +24,10 @@ from typing import Any
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from radblur_jax.atomic_io import write_json_atomic
-
-CONFIG_FILE = "config.json"
+from radblur_jax.workdir import CONFIG_FILE
 
 
 class _IteratorSnapshot:
@@ -53,20 +52,6 @@ def save_config(workdir: str, config: ml_collections.ConfigDict,
         write_json_atomic(os.path.join(workdir, CONFIG_FILE),
                           {"config": json.loads(config.to_json_best_effort()),
                            "model_config": json.loads(model_cfg.to_json_best_effort())})
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The training config saved in `workdir`, with the resolved model config as
-    `config.model_config`."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    try:
-        with open(path) as f:
-            blob = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; expected a training workdir") from None
-    config = ml_collections.ConfigDict(blob["config"])
-    config.model_config = ml_collections.ConfigDict(blob["model_config"])
-    return config
 
 
 class Checkpoints:
@@ -165,49 +150,3 @@ class Checkpoints:
         logging.warning(msg)
         self.manager.close()
         self.manager = self._manager("checkpoints", self._keep, None)
-
-
-def _step_dir(path: str) -> tuple[str, str]:
-    """(workdir, checkpoint step directory) for a workdir or a step directory."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, "state")):
-        return os.path.dirname(os.path.dirname(path)), path
-    ckpt_root = os.path.join(path, "checkpoints")
-    if not os.path.isdir(ckpt_root):
-        raise FileNotFoundError(f"{path}: neither a training workdir (no checkpoints/) nor a "
-                                "checkpoint step directory (no state/)")
-    steps = sorted(int(s) for s in os.listdir(ckpt_root)
-                   if s.isdigit() and os.path.isdir(os.path.join(ckpt_root, s, "state")))
-    if not steps:
-        raise FileNotFoundError(f"{ckpt_root}: no finished checkpoint")
-    return path, os.path.join(ckpt_root, str(steps[-1]))
-
-
-def load_params_for_inference(path: str, *, use_ema: bool = True
-                              ) -> tuple[ml_collections.ConfigDict, Any]:
-    """`(config, params)` from a training workdir (its latest checkpoint) or one checkpoint
-    step directory (`WORKDIR/checkpoints/<step>` or `WORKDIR/best/<step>`).
-
-    `config` is the training config (`stage`, `model`, ...) with the resolved model config in
-    `config.model_config` (build the network with `build_radblur(config.model_config)`; for
-    stage "depth" params are the Depth Anything tree, `DepthAnything(cfg.encoder, cfg.dpt)`).
-    `params` are host numpy float32 arrays: the EMA weights if `use_ema`, else the raw ones.
-    """
-    workdir, step_dir = _step_dir(path)
-    config = read_config(workdir)
-    key = "ema_params" if use_ema else "params"
-    # Read the step directory the way CheckpointManager wrote it (a composite of named items,
-    # its metadata file at the step level), so orbax finds every item and warns about none.
-    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
-        state=ocp.PyTreeCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
-        metrics=ocp.JsonCheckpointHandler()))
-    try:
-        tree = ckptr.metadata(step_dir).item_metadata["state"]
-        tree = getattr(tree, "tree", tree)
-        sub = tree[key]
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
-        restored = ckptr.restore(step_dir, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={key: sub}, restore_args={key: restore_args}, partial_restore=True)))
-    finally:
-        ckptr.close()
-    return config, restored["state"][key]

@@ -18,19 +18,7 @@ import numpy as np
 
 from radblur_jax.data import pipeline
 from radblur_jax.data.pipeline import PairedAugment, eval_dataset
-from radblur_jax.data.sources import make_source
-
-_SYNTHETIC = ("synthetic", "synthetic_depth")
-
-
-def resolve_spec(spec: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The spec as a dict; the built-in synthetic set (generated on first use) when its root
-    is empty."""
-    out = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-    if out.get("name") in _SYNTHETIC and not out.get("root") and out.get("format") != "tfds":
-        from radblur_jax.data.synthetic import ensure_default_synthetic
-        out["root"] = str(ensure_default_synthetic())
-    return out
+from radblur_jax.data.sources import make_source, resolve_spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from radblur_jax.compile_options import init_compiler_options
+from radblur_jax.data import image_io
 from radblur_jax.train import checkpointing, reporting, sharding, split_step
 from radblur_jax.train import input as input_lib
 from radblur_jax.train.config_base import check_config, fit_warmup
@@ -86,7 +87,7 @@ def _evaluate(config, task: Task, eval_fn, params, mesh, batch_devices: int, ste
         grid = reporting.image_grid(cols)
         log.write_images(step, {"val/grid": grid})
         if jax.process_index() == 0:
-            reporting.save_png(os.path.join(workdir, "images", f"val_{step:07d}.png"), grid)
+            image_io.save_png(os.path.join(workdir, "images", f"val_{step:07d}.png"), grid)
     return scalars
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from radblur_jax.eval.metrics import psnr
 from radblur_jax.models.configs import EXIT_PSNR_EDGES, PIXEL_LOSSES, check_choice
 
 PSNR_EDGES = EXIT_PSNR_EDGES
@@ -19,13 +20,6 @@ PSNR_EDGES = EXIT_PSNR_EDGES
 
 def _f32(x: jax.Array) -> jax.Array:
     return jnp.asarray(x).astype(jnp.float32)
-
-
-def psnr(pred: jax.Array, target: jax.Array, eps: float = 1e-10) -> jax.Array:
-    """Per-image PSNR in dB (peak 1) over all pixels and channels: `(B,)`."""
-    pred, target = _f32(pred), _f32(target)
-    mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
-    return -10.0 * jnp.log10(mse + eps)
 
 
 def fft_l1(pred: jax.Array, target: jax.Array) -> jax.Array:

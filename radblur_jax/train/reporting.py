@@ -12,7 +12,7 @@ import cv2
 import jax
 import numpy as np
 
-from radblur_jax.atomic_io import write_atomic, write_bytes_atomic
+from radblur_jax.atomic_io import write_bytes_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -116,16 +116,6 @@ def image_grid(columns: list[np.ndarray]) -> np.ndarray:
         rows.append(np.concatenate([colorize_disparity(c[i]) if c.ndim == 3 else _u8(c[i])
                                     for c in columns], axis=1))
     return np.concatenate(rows, axis=0)
-
-
-def save_png(path: str, rgb: np.ndarray) -> None:
-    """Writes an `(H, W, 3)` uint8 RGB image atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-
-    def write(tmp: str) -> None:
-        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: could not write PNG")
-    write_atomic(path, write)
 
 
 def log_line(msg: str) -> None:

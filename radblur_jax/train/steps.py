@@ -62,7 +62,7 @@ def deblur_gradients(state: TrainState, batch: dict[str, jax.Array], *, model: R
         out = model.apply({"params": params}, blur)
         pixel = losses.deblur_loss(out.restored, sharp, pixel=config.loss.pixel,
                                    fft_weight=float(config.loss.fft_weight))
-        aux = {"pixel_loss": pixel, "psnr": jnp.mean(losses.psnr(out.restored[-1], sharp))}
+        aux = {"pixel_loss": pixel, "psnr": jnp.mean(eval_metrics.psnr(out.restored[-1], sharp))}
         total = pixel
         if distill_w > 0:
             student = model.apply({"params": params}, sharp, method=_depth_on_sharp)

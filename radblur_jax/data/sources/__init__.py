@@ -1,4 +1,5 @@
-"""`make_source(config)`: a grain random-access source by dataset name.
+"""`make_source(config)`: a grain random-access source by dataset name; `resolve_spec(config)`
+fills in the built-in synthetic set's root.
 
 config fields (dict or ConfigDict): `name`, `root` (or `data_dir` for TFDS), `split`, plus the
 dataset function's keyword arguments (e.g. `blur_dir`, `jpeg`, `variant`, `subset`,
@@ -24,6 +25,8 @@ DEBLUR_NAMES = ("gopro", "hide", "reds", "rsblur", "realblur_j", "realblur_r", "
 DEPTH_NAMES = ("synthetic_depth", "nyu_depth_v2", "depth_folder")
 NAMES = DEBLUR_NAMES + DEPTH_NAMES
 
+SYNTHETIC_NAMES = ("synthetic", "synthetic_depth")
+
 _DEFAULT_SPLIT = {"hide": "test", "nyu_depth_v2": "train"}
 
 _BUILDERS: dict[str, Callable[..., Any]] = {
@@ -40,6 +43,17 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 }
 
 _TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
+
+
+def resolve_spec(spec: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The dataset spec (dict or ConfigDict) as a dict; an empty `root` of a synthetic set (not
+    the TFDS form) becomes the built-in set's directory, generated on first use."""
+    out = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+    if (out.get("name") in SYNTHETIC_NAMES and not out.get("root")
+            and out.get("format") != "tfds"):
+        from radblur_jax.data.synthetic import ensure_default_synthetic
+        out["root"] = str(ensure_default_synthetic())
+    return out
 
 
 def make_source(config: Mapping[str, Any] | Any) -> Any:

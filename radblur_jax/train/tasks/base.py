@@ -110,7 +110,7 @@ class Task:
         params = jax.jit(self.init_params, compiler_options=init_compiler_options())(rng)
         init = self.config.init
         if init.checkpoint:
-            from radblur_jax.train.checkpointing import load_params_for_inference
+            from radblur_jax.workdir import load_params_for_inference
             src_config, src = load_params_for_inference(init.checkpoint, use_ema=True)
             logging.info("init: encoder + depth branch from %s", init.checkpoint)
             params = self.splice_depth(params, TASKS[src_config.stage].depth_tree(src))
