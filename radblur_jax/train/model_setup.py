@@ -15,7 +15,7 @@ import ml_collections
 
 from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.models.configs import DTYPES, check_choice, radblur_config, validate_config
-from radblur_jax.models.depth_anything import DepthAnything
+from radblur_jax.models.depth_anything import build_depth_anything
 from radblur_jax.models.radblur import build_radblur
 from radblur_jax.train.pretrained import splice_depth_params
 
@@ -45,7 +45,7 @@ def build_model(config: ml_collections.ConfigDict, cfg: ml_collections.ConfigDic
                 ) -> nn.Module:
     """The module a stage trains."""
     if config.stage == "depth":
-        return DepthAnything(cfg.encoder, cfg.dpt)
+        return build_depth_anything(cfg)
     return build_radblur(cfg)
 
 
