@@ -106,8 +106,8 @@ def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
     """Sum of `x (..., C)` over all leading axes -> `(C,)`.
 
     Folds halves with elementwise adds while the row count is even, then reduces the rest:
-    XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply about
-    8x slower than these vectorised, multi-threaded adds.
+    XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply
+    much slower than these vectorised, multi-threaded adds.
     """
     x = x.reshape(-1, x.shape[-1])
     while x.shape[0] > min_rows and x.shape[0] % 2 == 0:
@@ -257,9 +257,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     if strides == (1, 1) and kh * kw * cout <= 2 * cin:  # few outputs: the decoder's head
         return taps_then_shift(x, kernel, pads)
     # Other full convolutions (3x3, 3x3 stride 2): XLA:CPU's own convolution, whose forward
-    # and gradients measured as fast as or faster than im2col + matmul at every shape in the
-    # network (the im2col concatenation is a pass over kh*kw times the input), and compiles to
-    # one library call instead of a dozen fused kernels.
+    # and gradients run as fast as im2col + matmul or faster at the network's shapes (the
+    # im2col concatenation is a pass over kh*kw times the input), and compile to one library
+    # call instead of a dozen fused kernels.
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
 
 
