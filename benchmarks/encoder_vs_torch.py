@@ -65,6 +65,7 @@ def build_vit(attention_impl: str):
     import transformers
 
     from radblur_jax.convert import keymaps
+    from radblur_jax.models.backends import resolve_backend
     from radblur_jax.models.vit import DinoViT
 
     model = transformers.Dinov2Model(transformers.Dinov2Config(
@@ -72,7 +73,7 @@ def build_vit(attention_impl: str):
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     params, cfg, _ = keymaps.convert_state_dict("dinov2_hf", sd)
     cfg.attention_impl = attention_impl
-    net = DinoViT(cfg)
+    net = DinoViT(cfg, resolve_backend())  # the form training runs here (fast on the CPU)
     flax_fn = jax.jit(lambda p, x: net.apply({"params": p}, x).last_hidden)
 
     def torch_fn(x):
@@ -86,6 +87,7 @@ def build_depth(attention_impl: str):
     import transformers
 
     from radblur_jax.convert import keymaps
+    from radblur_jax.models.backends import resolve_backend
     from radblur_jax.models.depth_anything import DepthAnything
 
     backbone = transformers.Dinov2Config(**_vit_config_kw(), out_indices=[3, 6, 9, 12],
@@ -104,7 +106,7 @@ def build_depth(attention_impl: str):
     if (dpt.features, tuple(dpt.out_channels)) != (64, (48, 96, 192, 384)):
         raise RuntimeError(f"converted DPT config {dpt} is not DA V2-S")
     enc.attention_impl = attention_impl
-    net = DepthAnything(enc, dpt)
+    net = DepthAnything(enc, dpt, resolve_backend())
     flax_fn = jax.jit(lambda p, x: net.apply({"params": p}, x, return_features=False).disparity)
 
     def torch_fn(x):

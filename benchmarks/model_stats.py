@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.configs import radblur_config, radblur_names  # noqa: E402
-from radblur_jax.models.radblur import RADBlur  # noqa: E402
+from radblur_jax.models.radblur import build_radblur  # noqa: E402
 
 
 def count_params(tree) -> int:
@@ -31,7 +31,7 @@ def preset_stats(name: str, sizes: list[tuple[int, int]]) -> dict:
     """Params per part and forward GFLOPs per (width, height) for preset `name`."""
     cfg = radblur_config(name)
     cfg.decoder.unroll = True
-    model = RADBlur(cfg)
+    model = build_radblur(cfg)
     params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
                             jax.random.key(0))
     row = dict(preset=name, vit=cfg.encoder.embed_dim, K=cfg.decoder.num_sub_decoders,

@@ -20,7 +20,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.configs import radblur_config  # noqa: E402
-from radblur_jax.models.radblur import RADBlur  # noqa: E402
+from radblur_jax.models.radblur import build_radblur  # noqa: E402
 from radblur_jax.train.losses import deblur_loss, exit_cross_entropy, exit_labels  # noqa: E402
 
 MiB = 2 ** 20
@@ -33,7 +33,7 @@ def train_step_memory(num_sub_decoders: int, mode: str, size: int, batch: int) -
     cfg.decoder.num_sub_decoders = num_sub_decoders
     cfg.decoder.reversible = mode != "plain"
     cfg.decoder.anchor_every = num_sub_decoders if mode == "pure-inversion" else 2
-    model = RADBlur(cfg)
+    model = build_radblur(cfg)
     image = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
                             jax.random.key(0))

@@ -82,10 +82,11 @@ def random_depth_model(preset: str, seed: int = 0) -> tuple[Any, Any]:
     N(0, 1/fan_in), scales 1, biases/tokens N(0, 0.02)): far faster than compiling `init`.
     """
     from radblur_jax.models import configs
+    from radblur_jax.models.backends import resolve_backend
     from radblur_jax.models.depth_anything import DepthAnything
 
     enc = configs.encoder_config(preset)
-    module = DepthAnything(enc, configs.dpt_config(preset))
+    module = DepthAnything(enc, configs.dpt_config(preset), resolve_backend())
     side = 2 * enc.patch_size
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]

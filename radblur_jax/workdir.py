@@ -61,7 +61,7 @@ def load_params_for_inference(path: str, *, use_ema: bool = True
 
     `config` is the training config (`stage`, `model`, ...) with the resolved model config in
     `config.model_config` (build the network with `build_radblur(config.model_config)`; for
-    stage "depth" params are the Depth Anything tree, `DepthAnything(cfg.encoder, cfg.dpt)`).
+    stage "depth" params are the Depth Anything tree, `build_depth_anything(cfg)`).
     `params` are host numpy float32 arrays: the EMA weights if `use_ema`, else the raw ones.
     Only that one subtree is read (a partial restore), not the optimiser state.
     """

@@ -87,11 +87,16 @@ def test_conv2d_lax_impl_is_the_reference(rng):
                                   _reference(x, kernel, (1, 1), 1, 1))
 
 
-def test_resolve_impl():
-    assert conv_ops.resolve_impl("auto") == ("fast" if jax.default_backend() == "cpu" else "lax")
-    assert conv_ops.resolve_impl("lax") == "lax"
-    with pytest.raises(ValueError, match="unknown conv impl 'cudnn'"):
-        conv_ops.resolve_impl("cudnn")
+def test_resolve_backend():
+    from radblur_jax.models.backends import FAST, LAX, resolve_backend
+    assert resolve_backend("auto") is (FAST if jax.default_backend() == "cpu" else LAX)
+    assert resolve_backend("lax") is LAX and resolve_backend("fast") is FAST
+    assert (FAST.conv.keywords, FAST.norm.keywords) == ({"impl": "fast"}, {"impl": "fast"})
+    assert LAX.conv_transpose.keywords == {"impl": "lax"}
+    with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+        resolve_backend("cudnn")
+    with pytest.raises(ValueError, match="unknown conv impl 'auto'"):
+        conv_ops.conv2d(jnp.zeros((1, 3, 3, 1)), jnp.zeros((1, 1, 1, 1)), impl="auto")
 
 
 @pytest.mark.parametrize("kw", [
@@ -122,9 +127,10 @@ def test_conv_module_is_a_drop_in_for_nn_conv(kw, rng):
 
 @pytest.mark.parametrize("impl", ["fast", "lax"])
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
-def test_conv_channel_pieces_equal_the_concatenation(kind, impl, rng):
-    """A tuple input means its concatenation on channels and `out_pieces=n` the n equal
-    channel slices of the output: same values and gradients as nn.Conv on whole arrays."""
+def test_conv_channel_pieces_and_gate_equal_the_concatenation(kind, impl, rng):
+    """A tuple input means its concatenation on channels, and `gate=True` the product of the
+    output's two channel halves (SimpleGate): same values and gradients as nn.Conv on the
+    concatenation, then split and multiplied; for pieces and for one whole input."""
     pieces = [jnp.asarray(rng.standard_normal((2, 7, 11, c)), jnp.float32) for c in (6, 6)]
     whole = jnp.concatenate(pieces, -1)
     kw = (dict(features=8, kernel_size=(1, 1)) if kind == "pointwise" else
@@ -133,25 +139,31 @@ def test_conv_channel_pieces_equal_the_concatenation(kind, impl, rng):
     params = nn.Conv(**kw).init(jax.random.key(0), whole)
     params = jax.tree_util.tree_map(
         lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-    mod = conv_ops.Conv(**kw, impl=impl)
+    plain, gated = conv_ops.Conv(**kw, impl=impl), conv_ops.Conv(**kw, gate=True, impl=impl)
     weights = jnp.asarray(rng.standard_normal((2, 7, 11, kw["features"])), jnp.float32)
+    half = kw["features"] // 2
 
-    def loss_pieces(p, a, b):
-        out = jnp.concatenate(mod.apply(p, (a, b), out_pieces=2), -1)
-        return jnp.sum(out * weights), out
+    def loss(outs):
+        full, gate_pieces, gate_whole = outs
+        return (jnp.sum(full * weights) + jnp.sum(gate_pieces * weights[..., :half])
+                + jnp.sum(gate_whole * weights[..., half:])), outs
 
-    def loss_whole(p, a, b):
-        out = nn.Conv(**kw).apply(p, jnp.concatenate([a, b], -1))
-        return jnp.sum(out * weights), out
+    def loss_module(p, a, b):
+        return loss((plain.apply(p, (a, b)), gated.apply(p, (a, b)),
+                     gated.apply(p, jnp.concatenate([a, b], -1))))
+
+    def loss_reference(p, a, b):
+        y = nn.Conv(**kw).apply(p, jnp.concatenate([a, b], -1))
+        return loss((y, y[..., :half] * y[..., half:], y[..., :half] * y[..., half:]))
 
     got, want = (jax.jit(jax.grad(f, (0, 1, 2), has_aux=True))(params, *pieces)
-                 for f in (loss_pieces, loss_whole))
+                 for f in (loss_module, loss_reference))
+    assert [o.shape[-1] for o in got[1]] == [kw["features"], half, half]
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         assert rel_err(a, b) <= 1e-5
-    single = mod.apply(params, whole, out_pieces=2)
-    assert isinstance(single, tuple) and [t.shape[-1] for t in single] == [kw["features"] // 2] * 2
-    with pytest.raises(ValueError, match="not divisible into 5 pieces"):
-        mod.apply(params, whole, out_pieces=5)
+    if kind == "pointwise":
+        with pytest.raises(ValueError, match="gate=True needs an even number of outputs"):
+            conv_ops.Conv(7, (1, 1), gate=True, impl=impl).init(jax.random.key(0), whole)
 
 
 def test_conv_module_bfloat16_compute(rng):

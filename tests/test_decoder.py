@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import rel_err
-from test_reversible import random_params
+from test_reversible import BACKEND, random_params
 
 from radblur_jax.models.ada import AdaptiveDepthAttention
+from radblur_jax.models.backends import FAST, LAX
 from radblur_jax.models.blocks import NAFBlock, pixel_shuffle
 from radblur_jax.models.decoder import BlurStem, ReversibleDecoder, clamp_alpha, level_channels
 
@@ -31,7 +32,7 @@ def test_ada_is_identity_at_zero_scale_and_gated_otherwise():
     rng = np.random.default_rng(0)
     z = jnp.asarray(rng.normal(size=(1, 5, 7, 8)), jnp.float32)
     d = jnp.asarray(rng.normal(size=(1, 5, 7, 8)), jnp.float32)
-    ada = AdaptiveDepthAttention()
+    ada = AdaptiveDepthAttention(backend=BACKEND)
     params = jax.jit(ada.init)(jax.random.key(0), z, d)
     np.testing.assert_array_equal(ada.apply(params, z, d), z)
     p = params["params"]
@@ -43,14 +44,14 @@ def test_ada_is_identity_at_zero_scale_and_gated_otherwise():
 
 def test_stem_and_decoder_shapes_and_prefix_exit():
     image = jax.random.uniform(jax.random.key(0), (1, 32, 48, 3))
-    stem = BlurStem(4)
+    stem = BlurStem(width=4, backend=BACKEND)
     states, bottleneck = jax.jit(stem.apply)(
         random_params(jax.eval_shape(stem.init, jax.random.key(0), image), 1), image)
     assert [s.shape for s in states] == [(1, 4, 6, 32), (1, 8, 12, 16), (1, 16, 24, 8),
                                          (1, 32, 48, 4)]
     assert bottleneck.shape == (1, 2, 3, 64) and level_channels(4) == (32, 16, 8, 4)
     depth = tuple(jnp.ones(s.shape[:3] + (3,)) for s in states)
-    decoder = ReversibleDecoder(4, 3, fft=False)
+    decoder = ReversibleDecoder(width=4, num_sub_decoders=3, fft=False, backend=BACKEND)
     params = random_params(jax.eval_shape(decoder.init, jax.random.key(0), states, bottleneck,
                                           depth, image), 2)
     assert params["params"]["sub_decoders"]["alpha_0"].shape == (3, 32)
@@ -71,17 +72,17 @@ def _grads_of(module, params, *inputs):
 
 
 def test_naf_block_and_ada_fast_forms_equal_the_lax_formulation():
-    """NAF block (with FFT branch) and ADA with conv_impl="fast" (matmul / shifted convs,
-    custom-VJP LayerNorm, gated halves as channel pieces) equal conv_impl="lax" (lax convs,
-    flax's LayerNorm formula, concatenate and split): outputs and every gradient."""
+    """NAF block (with FFT branch) and ADA on the FAST backend (matmul / shifted convs,
+    custom-VJP LayerNorm, gated halves as channel pieces) equal LAX (lax convs, flax's
+    LayerNorm formula, concatenate and split): outputs and every gradient."""
     rng = np.random.default_rng(5)
     z = jnp.asarray(rng.normal(size=(2, 10, 14, 8)), jnp.float32)
     d = jnp.asarray(rng.normal(size=(2, 10, 14, 8)), jnp.float32)
-    for make, inputs in ((lambda impl: NAFBlock(fft=True, conv_impl=impl), (z,)),
-                         (lambda impl: AdaptiveDepthAttention(conv_impl=impl), (z, d))):
-        params = random_params(jax.eval_shape(make("lax").init, jax.random.key(0), *inputs), 6)
-        (g_fast, out_fast), (g_lax, out_lax) = (_grads_of(make(i), params, *inputs)
-                                                for i in ("fast", "lax"))
+    for make, inputs in ((lambda b: NAFBlock(fft=True, backend=b), (z,)),
+                         (lambda b: AdaptiveDepthAttention(backend=b), (z, d))):
+        params = random_params(jax.eval_shape(make(LAX).init, jax.random.key(0), *inputs), 6)
+        (g_fast, out_fast), (g_lax, out_lax) = (_grads_of(make(b), params, *inputs)
+                                                for b in (FAST, LAX))
         assert rel_err(out_fast, out_lax) <= 1e-6
         for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_lax)):
             assert rel_err(a, b) <= 1e-5

@@ -13,6 +13,7 @@ import torch_reference as tr  # noqa: E402
 from conftest import rel_err, to_nhwc  # noqa: E402
 
 from radblur_jax.convert import keymaps  # noqa: E402
+from radblur_jax.models.backends import resolve_backend  # noqa: E402
 from radblur_jax.models.depth_anything import DepthAnything  # noqa: E402
 
 TOL = 1e-5
@@ -28,7 +29,10 @@ def _images(seed: int, hw) -> np.ndarray:
 
 
 def _run(params, enc, dpt, x):
-    return jax.jit(DepthAnything(enc, dpt).apply)({"params": params}, jnp.asarray(x))
+    """The model with the backend training resolves here ("auto"; converted checkpoints run the
+    default LAX form, checked against PyTorch by test_convert_cli)."""
+    module = DepthAnything(enc, dpt, resolve_backend())
+    return jax.jit(module.apply)({"params": params}, jnp.asarray(x))
 
 
 def _check(out, depth, paths, tokens, hw):

@@ -40,7 +40,7 @@ def test_fast_layer_norm_equals_flax(shape, offset):
             assert rel_err(a, b) <= (1e-5 if impl == "fast" else 1e-6), impl
 
 
-def test_layer_norm_casts_to_float32_and_resolves_auto():
+def test_layer_norm_casts_to_float32_and_checks_impl():
     x = jnp.ones((1, 2, 3, 4), jnp.bfloat16) * jnp.arange(4, dtype=jnp.bfloat16)
     mod = norms.LayerNorm()
     y = mod.apply(mod.init(jax.random.key(0), x), x)

@@ -14,7 +14,7 @@ import pytest
 from radblur_jax.eval.adaptive_exit import adaptive_exit_for, deblur_adaptive, exit_depth
 from radblur_jax.models.configs import radblur_config, radblur_names
 from radblur_jax.models.layers import region_bilinear_matrix
-from radblur_jax.models.radblur import RADBlur, build_radblur, init_radblur
+from radblur_jax.models.radblur import build_radblur, init_radblur
 from radblur_jax.train.losses import deblur_loss
 from radblur_jax.train.pretrained import splice_depth_params
 
@@ -50,7 +50,7 @@ def test_output_shapes_any_size_and_zero_init_ada(tiny):
     assert 1e-4 < float(jnp.abs(out.restored - blurry).mean()) < 0.5  # head starts small
     cfg = radblur_config("tiny")
     cfg.decoder.depth_fusion = "none"
-    plain = RADBlur(cfg)
+    plain = build_radblur(cfg)
     out_none = jax.jit(lambda p, x: plain.apply({"params": p}, x))(_without_ada(params), blurry)
     np.testing.assert_array_equal(out_none.restored, out.restored)
 
@@ -59,7 +59,7 @@ def test_ada_matters_after_one_optimiser_step(tiny):
     model, params = tiny
     cfg = radblur_config("tiny")
     cfg.decoder.depth_fusion = "none"
-    plain = RADBlur(cfg)
+    plain = build_radblur(cfg)
     blurry = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
     sharp = jnp.clip(blurry + 0.1, 0, 1)
     tx = optax.adam(1e-3)

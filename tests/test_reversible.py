@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
+from radblur_jax.models.backends import resolve_backend
 from radblur_jax.models.decoder import BlurStem, ReversibleDecoder, SubDecoder, sub_decoder_backward
 from radblur_jax.models.reversible import inverting_backward, segment_length
 
 WIDTH = 4
+BACKEND = resolve_backend()  # what training runs here: the fast forms on the CPU
 
 
 def random_params(abstract, seed: int, scale_std: float = 0.1):
@@ -47,8 +49,9 @@ def _decoder_grads(num_sub_decoders: int, height: int, width: int, seed: int):
     pyramid and bottleneck (what the stem back-propagates from) and the depth features, with
     reversible backprop on and off. The pyramid is a real stem's output on a random image."""
     image = jax.random.uniform(jax.random.key(seed), (2, height, width, 3))
-    stem = BlurStem(WIDTH)
-    make = lambda rev: ReversibleDecoder(WIDTH, num_sub_decoders, reversible=rev)
+    stem = BlurStem(width=WIDTH, backend=BACKEND)
+    make = lambda rev: ReversibleDecoder(width=WIDTH, num_sub_decoders=num_sub_decoders,
+                                         reversible=rev, backend=BACKEND)
     stem_params = random_params(jax.eval_shape(stem.init, jax.random.key(0), image), seed + 1)
     states, bottleneck = jax.jit(stem.apply)(stem_params, image)
     depth = tuple(jax.random.normal(jax.random.key(seed + 2 + k), s.shape[:3] + (5,))
@@ -84,7 +87,7 @@ def test_inverse_rebuilds_previous_states():
     depth = tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
     context = (jnp.asarray(rng.normal(size=(2, 2, 3, 64)), jnp.float32), depth,
                jnp.asarray(rng.uniform(size=(2, 32, 48, 3)), jnp.float32))
-    module = SubDecoder(WIDTH)
+    module = SubDecoder(width=WIDTH, backend=BACKEND)
     params = random_params(jax.eval_shape(module.init, jax.random.key(0), states, context), 4)
 
     @jax.jit
@@ -108,7 +111,7 @@ def test_fused_backward_step_equals_inverse_then_vjp():
     states = tuple(normal(s) for s in shapes)
     context = (normal((2, 2, 3, 64)), tuple(normal(s) for s in shapes),
                jnp.asarray(rng.uniform(size=(2, 32, 48, 3)), jnp.float32))
-    module = SubDecoder(WIDTH)
+    module = SubDecoder(width=WIDTH, backend=BACKEND)
     params = random_params(jax.eval_shape(module.init, jax.random.key(0), states, context),
                            8)["params"]
     step = lambda p, s, c: module.apply({"params": p}, s, c)

@@ -13,6 +13,7 @@ import torch_reference as tr  # noqa: E402
 from conftest import rel_err  # noqa: E402
 
 from radblur_jax.convert import keymaps  # noqa: E402
+from radblur_jax.models.backends import resolve_backend  # noqa: E402
 from radblur_jax.models.vit import DinoViT, swiglu_hidden  # noqa: E402
 
 TOL = 1e-5
@@ -28,7 +29,9 @@ def _images(seed: int, hw, batch: int = 2) -> np.ndarray:
 
 
 def _run_flax(params, cfg, x):
-    return jax.jit(DinoViT(cfg).apply)({"params": params}, jnp.asarray(x))
+    """The ViT with the backend training resolves here ("auto"; converted checkpoints run the
+    default LAX form, checked against PyTorch by test_convert_cli)."""
+    return jax.jit(DinoViT(cfg, resolve_backend()).apply)({"params": params}, jnp.asarray(x))
 
 
 def _check(out, ref_taps, ref_cls, ref_last, hw, patch=14):

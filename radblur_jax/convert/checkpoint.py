@@ -139,14 +139,16 @@ def model_config(kind: str, encoder_cfg: Any, dpt_cfg: Any | None) -> dict[str, 
 
 
 def build_model(config: dict[str, Any]) -> Any:
-    """The Flax module described by a `config.json` dict: `DinoViT` or `DepthAnything`."""
+    """The Flax module described by a `config.json` dict: `DinoViT` or `DepthAnything`, computed
+    with this platform's backend (`resolve_backend("auto")`)."""
+    from radblur_jax.models.backends import resolve_backend
     encoder_cfg = _to_config(config["encoder"])
     if config["model"] == "dinov2":
         from radblur_jax.models.vit import DinoViT
-        return DinoViT(encoder_cfg)
+        return DinoViT(encoder_cfg, resolve_backend())
     if config["model"] == "depth_anything":
         from radblur_jax.models.depth_anything import DepthAnything
-        return DepthAnything(encoder_cfg, _to_config(config["dpt"]))
+        return DepthAnything(encoder_cfg, _to_config(config["dpt"]), resolve_backend())
     raise ValueError(f"unknown model kind {config['model']!r}; expected one of {MODEL_KINDS}")
 
 

@@ -12,8 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from radblur_jax.models.conv_ops import Conv
-from radblur_jax.models.norms import LayerNorm
+from radblur_jax.models.backends import LAX, Backend
 
 
 class AdaptiveDepthAttention(nn.Module):
@@ -22,11 +21,10 @@ class AdaptiveDepthAttention(nn.Module):
     Args of `__call__`: `z (B, h, w, C)` blur-stream features, `depth (B, h, w, C)` depth
     features already projected to `C` channels. Returns `(B, h, w, C)` in `dtype`.
     Params (float32): `norm`, `gate` (1x1 conv, 2C -> C), `value` (1x1 conv, C -> C),
-    `scale (C,)` zeros. The norm and the sigmoid run in float32, the convs in `dtype`
-    (`conv_impl`: see conv_ops).
+    `scale (C,)` zeros. The norm and the sigmoid run in float32, the convs in `dtype`.
     """
     dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
+    backend: Backend = LAX
 
     @nn.compact
     def __call__(self, z: jax.Array, depth: jax.Array) -> jax.Array:
@@ -34,12 +32,11 @@ class AdaptiveDepthAttention(nn.Module):
         if depth.shape != z.shape:
             raise ValueError(f"ADA: depth features {depth.shape} must match blur features "
                              f"{z.shape}")
-        zn = LayerNorm(1e-6, self.conv_impl, name="norm")(z).astype(self.dtype)
+        conv = self.backend.conv
+        zn = self.backend.norm(name="norm")(z).astype(self.dtype)
         depth = depth.astype(self.dtype)
-        # [LN(z), d] as channel pieces: the fast 1x1 conv never builds the concatenation.
-        gate = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="gate")(
-            (zn, depth))
+        gate = conv(channels, (1, 1), dtype=self.dtype, name="gate")((zn, depth))  # [LN(z), d]
         gate = nn.sigmoid(gate.astype(jnp.float32)).astype(self.dtype)
-        value = Conv(channels, (1, 1), dtype=self.dtype, impl=self.conv_impl, name="value")(depth)
+        value = conv(channels, (1, 1), dtype=self.dtype, name="value")(depth)
         scale = self.param("scale", nn.initializers.zeros, (channels,), jnp.float32)
         return z.astype(self.dtype) + scale.astype(self.dtype) * gate * value

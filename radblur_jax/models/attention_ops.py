@@ -7,14 +7,14 @@ softmax scale `Dh ** -0.5`, no mask. `impl`:
   - "blocked": head- and query-tiled exact attention for CPU (see `blocked_attention`).
   - "auto":    cudnn on GPU for bf16/fp16, blocked on CPU, else xla.
 
-Why "blocked" on CPU (2-core x86-64, jaxlib 0.10.2, ViT-S at 518 px: 8 x 6 heads, 1370 tokens,
-Dh 64; docs/benchmarks.md): the XLA path materialises all `B*H` score matrices (360 MB) and runs
-at ~36 GFLOP/s; looping over heads with `lax.map` keeps one `T x T` score matrix (7.5 MB) hot
-in cache, and XLA CPU lowers each step's dot + max + exp into one YNNPACK fusion; ~150-180
-GFLOP/s unloaded (PyTorch's fused SDPA: ~240). Batching all heads or query chunks into one big
-batched dot (the "query-chunked" reshape) measured 2-5x slower than the loop on XLA CPU, as did
-several heads per step at 1370 tokens; so the loop is over heads, then query tiles of a head.
-Online softmax over key tiles is not needed: a query tile with all keys fits in cache.
+Why "blocked" on CPU: the XLA path materialises all `B*H` score matrices at once (hundreds of
+MB for ViT-S at 518 px) and runs far below the machine's matmul rate; looping over heads with
+`lax.map` keeps one `T x T` score matrix hot in cache, and XLA:CPU lowers each step's dot + max
++ exp into one fusion. Batching all heads or query chunks into one big batched dot (the
+"query-chunked" reshape) ran slower than the loop on XLA:CPU, as did several heads per step on
+long sequences; so the loop is over heads, then query tiles of a head. Online softmax over key
+tiles is not needed: a query tile with all keys fits in cache. Measurements:
+benchmarks/attention_cpu.py and docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import jax.numpy as jnp
 IMPLS = ("auto", "xla", "cudnn", "blocked")
 
 # Score elements one `lax.map` step may hold (`heads x query rows x keys`): queries are split
-# into the fewest equal tiles that fit, short sequences batch several heads per step.
-# Measured on the 2-core CPU above (benchmarks/attention_cpu.py): tiles of 229..685 rows at 1370
-# tokens were within noise of each other and ~5% ahead of untiled heads; 1370 -> 2 tiles of 685.
+# into the fewest equal tiles that fit, short sequences batch several heads per step. Tile
+# sizes over a wide range ran alike (benchmarks/attention_cpu.py); the budget keeps one step's
+# scores cache-sized.
 SCORE_TILE_ELEMS = 1_000_000
 
 

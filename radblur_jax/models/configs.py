@@ -13,12 +13,11 @@ RADBlur config fields (docs/conventions.md has the encoder/DPT ones):
 ```
 dtype:      compute dtype of every module ("float32" | "bfloat16" | "float16"); params stay
             float32; norms, softmax, FFT and losses run in float32. `encoder.dtype` follows it.
-conv_impl:  how convolutions and the stem/decoder LayerNorms are computed ("auto" | "fast" |
-            "lax"; models/conv_ops.py, models/norms.py): "fast" = matmul / shifted-add forms
-            and a closed-form LayerNorm VJP (fast on XLA:CPU), "lax" =
-            `lax.conv_general_dilated` and flax's LayerNorm formula, "auto" = fast on the CPU
-            backend, lax elsewhere. The same function either way. `encoder.conv_impl`,
-            `dpt.conv_impl`, `decoder.conv_impl` follow it.
+conv_impl:  the backend of the convolutions and the stem/decoder LayerNorms ("auto" | "fast" |
+            "lax"; models/backends.py), resolved once by `build_radblur` /
+            `build_depth_anything`: "fast" = matmul / shifted-add forms and closed-form VJPs
+            (fast on XLA:CPU), "lax" = `lax.conv_general_dilated` and flax's LayerNorm formula,
+            "auto" = fast on the CPU backend, lax elsewhere. The same function either way.
 encoder, dpt
 decoder:    width (channels at full resolution), num_sub_decoders (K), stem_blocks,
             fft (FFT branch in the coupling blocks), depth_fusion ("attention" | "none"),
@@ -121,44 +120,41 @@ def check_choice(field: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def encoder_config(name: str, *, num_registers: int = 0, pos_grid: int = 37,
-                   pos_embed_mode: str = "offset", dtype: Any = "float32",
-                   conv_impl: Any = "auto") -> ml_collections.ConfigDict:
-    """DINOv2 ViT config for a size (`tiny`, `s`/`vits`, ...). `dtype` and `conv_impl` may be
-    FieldReferences."""
+                   pos_embed_mode: str = "offset", dtype: Any = "float32"
+                   ) -> ml_collections.ConfigDict:
+    """DINOv2 ViT config for a size (`tiny`, `s`/`vits`, ...). `dtype` may be a
+    FieldReference."""
     row = size(name)
     return ml_collections.ConfigDict(dict(
         embed_dim=row.embed_dim, depth=row.depth, num_heads=row.num_heads, mlp_ratio=4.0,
         ffn=row.ffn, num_registers=num_registers, patch_size=PATCH_SIZE, pos_grid=pos_grid,
         pos_embed_mode=pos_embed_mode, taps=row.taps, attention_impl="auto", remat=False,
-        dtype=dtype, conv_impl=conv_impl))
+        dtype=dtype))
 
 
-def dpt_config(name: str, *, head: str = "relative", max_depth: float = 20.0,
-               conv_impl: Any = "auto") -> ml_collections.ConfigDict:
-    """Depth Anything V2 DPT neck/head config for a size (`conv_impl` may be a FieldReference)."""
+def dpt_config(name: str, *, head: str = "relative", max_depth: float = 20.0
+               ) -> ml_collections.ConfigDict:
+    """Depth Anything V2 DPT neck/head config for a size."""
     row = size(name)
     return ml_collections.ConfigDict(dict(
         features=row.dpt_features, out_channels=row.dpt_out_channels, head=head,
-        max_depth=max_depth, conv_impl=conv_impl))
+        max_depth=max_depth))
 
 
 def radblur_config(name: str) -> ml_collections.ConfigDict:
     """RADBlur config for `name` in tiny/s/b/l/g (DINOv2 names accepted); `cfg.dtype` drives
-    `cfg.encoder.dtype` (one FieldReference); `cfg.conv_impl` drives the encoder's, DPT's and
-    decoder's `conv_impl` the same way."""
+    `cfg.encoder.dtype` (one FieldReference)."""
     row = size(name)
     dtype = ml_collections.FieldReference("float32")
-    conv_impl = ml_collections.FieldReference("auto")
     return ml_collections.ConfigDict(dict(
         name=next(k for k, v in PRESETS.items() if v is row),
         dtype=dtype,
-        conv_impl=conv_impl,
-        encoder=encoder_config(name, dtype=dtype, conv_impl=conv_impl),
-        dpt=dpt_config(name, conv_impl=conv_impl),
+        conv_impl="auto",
+        encoder=encoder_config(name, dtype=dtype),
+        dpt=dpt_config(name),
         decoder=dict(width=row.decoder_width, num_sub_decoders=row.num_sub_decoders,
                      stem_blocks=1, fft=True, depth_fusion="attention", reversible=True,
-                     anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False,
-                     conv_impl=conv_impl),
+                     anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False),
         vit_input="pad",
         exit=dict(psnr_edges=EXIT_PSNR_EDGES, hidden=128),
     ))
@@ -170,7 +166,6 @@ def validate_encoder(enc: ml_collections.ConfigDict, prefix: str = "encoder") ->
     check_choice(f"{prefix}.pos_embed_mode", enc.pos_embed_mode, POS_EMBED_MODES)
     check_choice(f"{prefix}.attention_impl", enc.attention_impl, ATTENTION_IMPLS)
     check_choice(f"{prefix}.dtype", enc.dtype, DTYPES)
-    check_choice(f"{prefix}.conv_impl", enc.get("conv_impl", "auto"), CONV_IMPLS)
     if any(not 0 <= int(t) < enc.depth for t in enc.taps):
         raise ValueError(f"config {prefix}.taps={tuple(enc.taps)}: out of range for depth "
                          f"{enc.depth}")
@@ -183,10 +178,6 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         raise ValueError(f"config encoder.dtype={cfg.encoder.dtype!r} differs from "
                          f"dtype={cfg.dtype!r}; set cfg.dtype only")
     check_choice("conv_impl", cfg.conv_impl, CONV_IMPLS)
-    for part in ("encoder", "dpt", "decoder"):
-        if cfg[part].conv_impl != cfg.conv_impl:
-            raise ValueError(f"config {part}.conv_impl={cfg[part].conv_impl!r} differs from "
-                             f"conv_impl={cfg.conv_impl!r}; set cfg.conv_impl only")
     validate_encoder(cfg.encoder)
     if len(cfg.encoder.taps) != 4:
         raise ValueError(f"config encoder.taps={tuple(cfg.encoder.taps)}: Depth Anything needs 4")

@@ -1,8 +1,8 @@
-"""Convolutions in the forms XLA's CPU backend runs well, NHWC / HWIO.
+"""Convolutions in the forms XLA's CPU backend runs well, NHWC / HWIO (`backends.FAST`).
 
-XLA:CPU lowers some convolutions and their gradients slowly (a grouped depthwise conv's
-backward is tens of times slower than the same sum written as shifted multiply-adds; a 1x1
-conv is slower than the matmul it is). `conv2d(..., impl="fast")` computes the same function as
+XLA:CPU lowers some convolutions and their gradients slowly: a grouped depthwise conv's backward
+is much slower than the same sum written as shifted multiply-adds, and a 1x1 conv slower than
+the matmul it is. `conv2d(..., impl="fast")` computes the same function as
 `lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups)` as:
 
 - 1x1, stride 1: one 2-D matmul `(B*H*W, I) @ (I, O)`;
@@ -13,15 +13,15 @@ conv is slower than the matmul it is). `conv2d(..., impl="fast")` computes the s
   and computes the input gradient as one more shifted pass;
 - stride-1 full convs with few outputs (`kh*kw*O <= 2*I`: the decoder's 3-channel head):
   `taps_then_shift`, one matmul to every tap's output and a shifted sum. Inside the decoder's
-  scan XLA:CPU keeps such a conv's gradients with non-canonical dimension labels and ran them
-  ~12x slower than the same conv outside a loop;
-- other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, measured as fast as
-  im2col + matmul or faster here, forward and gradients.
+  scan XLA:CPU keeps such a conv's gradients with non-canonical dimension labels, and runs them
+  far slower than the same conv outside a loop;
+- other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, which XLA:CPU runs
+  as fast as im2col + matmul or faster, forward and gradients, as one library call.
 
-Gradients of the matmul forms are 2-D matmuls by construction. `impl="auto"` picks "fast" on
-the CPU and "lax" (cuDNN/TPU convolutions) elsewhere. `Conv` and `ConvTranspose` are Linen
+Gradients of the matmul forms are 2-D matmuls by construction. `impl="lax"` is
+`lax.conv_general_dilated` throughout (`backends.LAX`). `Conv` and `ConvTranspose` are Linen
 modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`; `Conv` also
-takes and returns channel pieces (see its docstring).
+takes channel pieces and can end in a SimpleGate (see its docstring).
 """
 from __future__ import annotations
 
@@ -34,19 +34,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from radblur_jax.models.configs import CONV_IMPLS
 from radblur_jax.models.params import param
 
 _DN = ("NHWC", "HWIO", "NHWC")
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
 
-def resolve_impl(impl: str) -> str:
-    """"fast" or "lax" for `impl` in CONV_IMPLS ("auto": fast on the CPU backend only)."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
-    if impl == "auto":
-        return "fast" if jax.default_backend() == "cpu" else "lax"
+IMPLS = ("fast", "lax")
+
+
+def check_impl(impl: str) -> str:
+    """`impl` if it is "fast" or "lax" (`backends.resolve_backend` resolves "auto")."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; expected one of {IMPLS}")
     return impl
 
 
@@ -106,8 +106,8 @@ def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
     """Sum of `x (..., C)` over all leading axes -> `(C,)`.
 
     Folds halves with elementwise adds while the row count is even, then reduces the rest:
-    XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply about
-    8x slower than these vectorised, multi-threaded adds.
+    XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply
+    much slower than these vectorised, multi-threaded adds.
     """
     x = x.reshape(-1, x.shape[-1])
     while x.shape[0] > min_rows and x.shape[0] % 2 == 0:
@@ -226,7 +226,7 @@ depthwise_same.defvjp(_depthwise_same_fwd, _depthwise_same_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
-           padding: PaddingLike = "SAME", groups: int = 1, impl: str = "auto") -> jax.Array:
+           padding: PaddingLike = "SAME", groups: int = 1, impl: str = "fast") -> jax.Array:
     """`lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups)`.
 
     `x (B, H, W, I)`, `kernel (kh, kw, I / groups, O)` -> `(B, Ho, Wo, O)`, computed in the
@@ -237,7 +237,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     cin = x.shape[-1]
     pads = _pairs(padding, x.shape[1:3], (kh, kw), strides)
     depthwise = groups == cin and kin == 1 and groups > 1
-    if resolve_impl(impl) == "lax" or (groups != 1 and not depthwise):
+    if check_impl(impl) == "lax" or (groups != 1 and not depthwise):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
     if depthwise:
@@ -257,9 +257,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     if strides == (1, 1) and kh * kw * cout <= 2 * cin:  # few outputs: the decoder's head
         return taps_then_shift(x, kernel, pads)
     # Other full convolutions (3x3, 3x3 stride 2): XLA:CPU's own convolution, whose forward
-    # and gradients measured as fast as or faster than im2col + matmul at every shape in the
-    # network (the im2col concatenation is a pass over kh*kw times the input), and compiles to
-    # one library call instead of a dozen fused kernels (docs/benchmarks.md).
+    # and gradients run as fast as im2col + matmul or faster at the network's shapes (the
+    # im2col concatenation is a pass over kh*kw times the input), and compile to one library
+    # call instead of a dozen fused kernels.
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
 
 
@@ -289,14 +289,14 @@ def taps_then_shift(x: jax.Array, kernel: jax.Array,
     return y
 
 
-def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "fast") -> jax.Array:
     """torch `ConvTranspose2d` with kernel == stride, no padding: `x (B, h, w, I)`, kernel
     `(k, k, I, O)` (torch weight `.transpose(2, 3, 0, 1)`) -> `(B, k*h, k*w, O)`.
 
     Fast form: one matmul to `(B, h, w, k*k*O)` + depth-to-space.
     """
     k, k2, cin, cout = kernel.shape
-    if resolve_impl(impl) == "lax":
+    if check_impl(impl) == "lax":
         return lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1),
                                         ((k - 1, k - 1), (k2 - 1, k2 - 1)),
                                         lhs_dilation=(k, k2), dimension_numbers=_DN)
@@ -311,64 +311,82 @@ class Conv(nn.Module):
     """Drop-in `nn.Conv` (params `kernel (kh, kw, I/groups, O)`, `bias (O,)`) over `conv2d`.
 
     `dtype=None` computes in the inputs' and params' promoted dtype, as `nn.Conv` does.
+    `kernel_size` and `strides` take ints (square) or pairs; `padding` as `nn.Conv`.
 
-    Channel pieces: `x` may be a tuple of arrays, meaning their concatenation on channels, and
-    `out_pieces=n` returns the output as a tuple of n equal channel slices. The fast forms then
-    never build the concatenation or slice the result: a 1x1 conv sums one matmul per input
-    piece with the matching kernel rows for each output piece's columns, a depthwise conv runs
-    per piece. (A concatenate or split is one more pass over the activations, and its backward
-    another.) Other convolutions, and `impl="lax"`, concatenate and split.
+    `x` may be a tuple of arrays, meaning their concatenation on channels (ADA's `[LN(z), d]`),
+    and `gate=True` returns NAFNet's SimpleGate of the output, the product of its two channel
+    halves. The fast form never builds that concatenation or slices the output: a 1x1 conv sums
+    one matmul per input piece with the matching kernel rows, per output half; a depthwise conv
+    runs per channel half. A concatenate or split is one more pass over the activations, and
+    its backward another. `impl="lax"` concatenates, convolves and splits.
     """
     features: int
-    kernel_size: Sequence[int]
-    strides: Sequence[int] = (1, 1)
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = (1, 1)
     padding: PaddingLike = "SAME"
     feature_group_count: int = 1
     use_bias: bool = True
+    gate: bool = False
     dtype: Any | None = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
-    impl: str = "auto"
+    impl: str = "fast"
 
     @nn.compact
-    def __call__(self, x: Pieces, out_pieces: int = 1) -> Pieces:
+    def __call__(self, x: Pieces) -> jax.Array:
         pieces = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        kh, kw = self.kernel_size
+        kh, kw = _int_pair(self.kernel_size)
         cin = sum(p.shape[-1] for p in pieces)
         groups = self.feature_group_count
         if cin % groups:
             raise ValueError(f"Conv: {cin} input channels not divisible by "
                              f"feature_group_count={groups}")
+        out_pieces = 2 if self.gate else 1
         if self.features % out_pieces:
-            raise ValueError(f"Conv: {self.features} outputs not divisible into {out_pieces} "
-                             "pieces")
+            raise ValueError(f"Conv: gate=True needs an even number of outputs, got "
+                             f"{self.features}")
         kernel = param(self, "kernel", self.kernel_init, (kh, kw, cin // groups, self.features),
                        self.param_dtype)
         bias = (param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         *pieces, kernel, bias = nn.dtypes.promote_dtype(*pieces, kernel, bias, dtype=self.dtype)
-        strides = ((self.strides, self.strides) if isinstance(self.strides, int)
-                   else tuple(self.strides))
-        fast = resolve_impl(self.impl) == "fast"
+        outs = self._pieces(pieces, kernel, bias, out_pieces)
+        return outs[0] * outs[1] if self.gate else outs[0]
+
+    def _pieces(self, pieces: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array | None,
+                out_pieces: int) -> list[jax.Array]:
+        """The conv of the concatenated `pieces` as `out_pieces` equal channel slices."""
+        (kh, kw), strides = kernel.shape[:2], _int_pair(self.strides)
+        groups, cin = self.feature_group_count, sum(p.shape[-1] for p in pieces)
+        fast = check_impl(self.impl) == "fast"
         pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and groups == 1 and not any(
             map(any, _pairs(self.padding, pieces[0].shape[1:3], (1, 1), strides)))
         depthwise = groups == cin == self.features and groups > 1
         if fast and pointwise and (len(pieces) > 1 or out_pieces > 1):
-            outs = _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
-        elif fast and depthwise and len(pieces) == out_pieces > 1:
+            return _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
+        if fast and depthwise and (len(pieces) > 1 or out_pieces > 1):
+            # Channel c of the output reads channel c of the input only: convolve per slice.
+            if [p.shape[-1] for p in pieces] != [cin // out_pieces] * out_pieces:
+                pieces = jnp.split(_concat(pieces), out_pieces, axis=-1)
             outs, at = [], 0
             for piece in pieces:
                 c = piece.shape[-1]
                 out = conv2d(piece, kernel[..., at:at + c], strides, self.padding, c, self.impl)
                 outs.append(out if bias is None else out + bias[at:at + c])
                 at += c
-        else:
-            whole = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
-            y = conv2d(whole, kernel, strides, self.padding, groups, self.impl)
-            y = y if bias is None else y + bias
-            return y if out_pieces == 1 else tuple(jnp.split(y, out_pieces, axis=-1))
-        return tuple(outs) if out_pieces > 1 else outs[0]
+            return outs
+        y = conv2d(_concat(pieces), kernel, strides, self.padding, groups, self.impl)
+        y = y if bias is None else y + bias
+        return [y] if out_pieces == 1 else jnp.split(y, out_pieces, axis=-1)
+
+
+def _concat(pieces: Sequence[jax.Array]) -> jax.Array:
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+
+
+def _int_pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _pointwise_pieces(pieces: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array | None,
@@ -398,7 +416,7 @@ class ConvTranspose(nn.Module):
     padding: int = 0
     use_bias: bool = True
     dtype: Any = jnp.float32
-    impl: str = "auto"
+    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -414,10 +432,3 @@ class ConvTranspose(nn.Module):
             y = y + bias.astype(self.dtype)
         return y
 
-
-def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_bias: bool = True,
-         dtype=jnp.float32, impl: str = "auto", name: str | None = None) -> Conv:
-    """`Conv` with torch-style explicit symmetric padding (as `layers.conv`, plus `impl`)."""
-    return Conv(features, (kernel, kernel), strides=(stride, stride),
-                padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name)

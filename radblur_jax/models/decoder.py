@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from radblur_jax.models.ada import AdaptiveDepthAttention
-from radblur_jax.models.blocks import Down, NAFBlock, Up, conv1x1, conv3x3, down2x2
+from radblur_jax.models.backends import LAX, Backend
+from radblur_jax.models.blocks import Down, NAFBlock, Up
 from radblur_jax.models.conv_ops import sum_rows
 from radblur_jax.models.reversible import reversible_sequence
 
@@ -43,7 +44,7 @@ def clamp_alpha(alpha: jax.Array) -> jax.Array:
     return sign * jnp.maximum(jnp.abs(alpha), ALPHA_MIN)
 
 
-class BlurStem(nn.Module):
+class BlurStem(nn.Module, kw_only=True):
     """Shallow conv pyramid: `(B, H, W, 3)`, H and W multiples of 16 -> (states, bottleneck).
 
     states: `c^0` at 1/8, 1/4, 1/2, 1 (coarse to fine, `level_channels(width)`); bottleneck
@@ -52,26 +53,27 @@ class BlurStem(nn.Module):
     width: int
     blocks: int = 1
     dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
+    backend: Backend = LAX
 
     @nn.compact
     def __call__(self, image: jax.Array) -> tuple[States, jax.Array]:
         if image.shape[1] % 16 or image.shape[2] % 16:
             raise ValueError(f"BlurStem: H, W must be multiples of 16, got {image.shape}")
-        impl = self.conv_impl
-        x = conv3x3(self.width, self.dtype, "intro", impl=impl)(image)
+        conv, dt = self.backend.conv, self.dtype
+        x = conv(self.width, (3, 3), padding=1, dtype=dt, name="intro")(image)
         fine_to_coarse = []
         for s in range(NUM_LEVELS + 1):
             for j in range(self.blocks):
-                x = NAFBlock(dtype=self.dtype, conv_impl=impl, name=f"scale{s}_block{j}")(x)
+                x = NAFBlock(dtype=dt, backend=self.backend, name=f"scale{s}_block{j}")(x)
             if s == NUM_LEVELS:
                 break
             fine_to_coarse.append(x.astype(jnp.float32))
-            x = down2x2(2 * x.shape[-1], self.dtype, f"down{s}", impl=impl)(x)
+            x = conv(2 * x.shape[-1], (2, 2), strides=2, padding="VALID", dtype=dt,
+                     name=f"down{s}")(x)
         return tuple(reversed(fine_to_coarse)), x.astype(jnp.float32)
 
 
-class SubDecoder(nn.Module):
+class SubDecoder(nn.Module, kw_only=True):
     """One reversible sub-decoder: all 4 levels, coarse to fine, plus its output head.
 
     The head (3x3 conv) starts with 10x smaller weights than LeCun init, so every output
@@ -89,20 +91,20 @@ class SubDecoder(nn.Module):
     dw_expand: int = 2
     ffn_expand: int = 2
     dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
+    backend: Backend = LAX
 
     def setup(self) -> None:
-        chans, dt, impl = level_channels(self.width), self.dtype, self.conv_impl
-        self.ups = [Up(c, dt, impl) for c in chans]
-        self.downs = [Down(c, dt, impl) for c in chans[:-1]]
-        self.blocks = [NAFBlock(self.dw_expand, self.ffn_expand, self.fft, dt, impl)
-                       for _ in chans]
+        chans, dt, backend = level_channels(self.width), self.dtype, self.backend
+        self.ups = [Up(c, dtype=dt, backend=backend) for c in chans]
+        self.downs = [Down(c, dtype=dt, backend=backend) for c in chans[:-1]]
+        self.blocks = [NAFBlock(dw_expand=self.dw_expand, ffn_expand=self.ffn_expand,
+                                fft=self.fft, dtype=dt, backend=backend) for _ in chans]
         if self.depth_attention:
-            self.ada = [AdaptiveDepthAttention(dt, impl) for _ in chans]
+            self.ada = [AdaptiveDepthAttention(dtype=dt, backend=backend) for _ in chans]
         self.alphas = [self.param(f"alpha_{k}", nn.initializers.constant(0.5), (c,), jnp.float32)
                        for k, c in enumerate(chans)]
         small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
-        self.head = conv3x3(3, dt, kernel_init=small, impl=impl)
+        self.head = backend.conv(3, (3, 3), padding=1, kernel_init=small, dtype=dt)
 
     def coupling(self, k: int, coarse_new: jax.Array, fine_old: jax.Array | None,
                  depth_k: jax.Array | None) -> jax.Array:
@@ -209,7 +211,7 @@ def sub_decoder_backward(module: SubDecoder, params: dict, new: States, anchor: 
     return tuple(old), g_params, tuple(g_old), g_context
 
 
-class ReversibleDecoder(nn.Module):
+class ReversibleDecoder(nn.Module, kw_only=True):
     """K sub-decoders sharing one pyramid; their params are stacked on a leading K axis.
 
     `__call__(states, bottleneck, depth_features, blurry, num_active=None)`:
@@ -234,12 +236,12 @@ class ReversibleDecoder(nn.Module):
     ffn_expand: int = 2
     unroll: bool = False
     dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
+    backend: Backend = LAX
 
     def _sub_decoder_kwargs(self) -> dict:
         return dict(width=self.width, fft=self.fft, depth_attention=self.depth_attention,
                     dw_expand=self.dw_expand, ffn_expand=self.ffn_expand, dtype=self.dtype,
-                    conv_impl=self.conv_impl)
+                    backend=self.backend)
 
     def _create_stacked(self) -> None:
         """Creates `sub_decoders/...` params, `(K, ...)` each, with `nn.vmap` (init only)."""
@@ -259,10 +261,10 @@ class ReversibleDecoder(nn.Module):
         if self.depth_attention:
             if depth_features is None:
                 raise ValueError("ReversibleDecoder with depth attention needs depth_features")
-            depth = tuple(conv1x1(c, self.dtype, f"depth_proj_{k}", impl=self.conv_impl)(f)
-                          .astype(jnp.float32)
-                          for k, (c, f) in enumerate(zip(level_channels(self.width),
-                                                         depth_features)))
+            chans = level_channels(self.width)
+            depth = tuple(
+                self.backend.conv(c, (1, 1), dtype=self.dtype, name=f"depth_proj_{k}")(f)
+                .astype(jnp.float32) for k, (c, f) in enumerate(zip(chans, depth_features)))
         if self.is_initializing():
             self._create_stacked()
         stacked = self.variables["params"]["sub_decoders"]

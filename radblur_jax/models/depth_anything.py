@@ -1,4 +1,8 @@
-"""Depth Anything V2: DINOv2 encoder (`pretrained/`) + DPT depth branch (`depth_head/`)."""
+"""Depth Anything V2: DINOv2 encoder (`pretrained/`) + DPT depth branch (`depth_head/`).
+
+`build_depth_anything(cfg)` is the stage-A depth model of a RADBlur config (the tree RADBlur keeps
+under `params["depth"]`), its backend resolved from `cfg.conv_impl`.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -8,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from radblur_jax.models.backends import LAX, Backend, resolve_backend
 from radblur_jax.models.dpt import DPTHead
 from radblur_jax.models.vit import DinoViT
 
@@ -26,17 +31,26 @@ class DepthOutput(NamedTuple):
 
 
 class DepthAnything(nn.Module):
-    """`DepthAnything(encoder_cfg, dpt_cfg)`; configs from `configs` (docs/conventions.md)."""
+    """`DepthAnything(encoder_cfg, dpt_cfg)`; configs from `configs` (docs/conventions.md).
+    Convolutions come from `backend` (models/backends.py)."""
     encoder_cfg: ml_collections.ConfigDict
     dpt_cfg: ml_collections.ConfigDict
+    backend: Backend = LAX
 
     @nn.compact
     def __call__(self, images: jax.Array, return_features: bool = True) -> DepthOutput:
         """`images (B, H, W, 3)` ImageNet-normalised, `H, W` multiples of the patch size."""
         if len(self.encoder_cfg.taps) != 4:
             raise ValueError(f"Depth Anything needs 4 encoder taps, got {self.encoder_cfg.taps}")
-        enc = DinoViT(self.encoder_cfg, name="pretrained")(images)
-        head = DPTHead(self.dpt_cfg, jnp.dtype(self.encoder_cfg.dtype),
-                       int(self.encoder_cfg.patch_size), name="depth_head")
+        enc = DinoViT(self.encoder_cfg, self.backend, name="pretrained")(images)
+        head = DPTHead(cfg=self.dpt_cfg, dtype=jnp.dtype(self.encoder_cfg.dtype),
+                       patch_size=int(self.encoder_cfg.patch_size), backend=self.backend,
+                       name="depth_head")
         depth, feats = head(enc.taps)
         return DepthOutput(depth, feats if return_features else None, enc.taps[-1])
+
+
+def build_depth_anything(cfg: ml_collections.ConfigDict) -> DepthAnything:
+    """The Depth Anything V2 model of a RADBlur config (`cfg.encoder`, `cfg.dpt`), computed with
+    the backend of `cfg.conv_impl`."""
+    return DepthAnything(cfg.encoder, cfg.dpt, resolve_backend(cfg.conv_impl))

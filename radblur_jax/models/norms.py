@@ -15,8 +15,8 @@ from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_bar
 the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
 inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
 broadcasts that slice to a full activation-sized buffer for the fused backward.
-`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `impl="auto"` picks fast on the
-CPU backend, as for convolutions.
+`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `backends.FAST` / `backends.LAX`
+hand the network this module with `impl` bound.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from radblur_jax.models.conv_ops import resolve_impl, sum_rows
+from radblur_jax.models.conv_ops import check_impl, sum_rows
 from radblur_jax.models.params import param
 
 
@@ -70,9 +70,9 @@ _fast.defvjp(_fast_fwd, _fast_bwd)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6,
-               impl: str = "auto") -> jax.Array:
+               impl: str = "fast") -> jax.Array:
     """LayerNorm of `x (..., C)` over C with `scale`, `bias (C,)`; float32 in and out."""
-    if resolve_impl(impl) == "fast":
+    if check_impl(impl) == "fast":
         return _fast(x, scale, bias, float(eps))
     return _reference(x, scale, bias, eps)
 
@@ -81,7 +81,7 @@ class LayerNorm(nn.Module):
     """`nn.LayerNorm(epsilon, dtype=float32)` over channels, params `scale`, `bias (C,)`
     float32; returns float32 whatever the input dtype. `impl` as in `layer_norm`."""
     epsilon: float = 1e-6
-    impl: str = "auto"
+    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -5,6 +5,9 @@
 float32 whatever `cfg.dtype`. Padding happens inside: the blur stem sees the image reflect-padded
 to a multiple of 16, the ViT that image padded (reflect) or resized to a multiple of the patch
 size; outputs are cropped back to (H, W).
+
+`build_radblur(cfg_or_name)` is the way to build it: it validates the config and resolves the
+backend (models/backends.py) once from `cfg.conv_impl`.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from radblur_jax.models import configs
+from radblur_jax.models.backends import Backend, resolve_backend
 from radblur_jax.models.decoder import NUM_LEVELS, BlurStem, ReversibleDecoder
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD, DepthAnything
 from radblur_jax.models.layers import (
@@ -57,17 +61,25 @@ class ExitHead(nn.Module):
 
 
 class RADBlur(nn.Module):
-    """The assembled network; `cfg` from `configs.radblur_config` (validated in `setup`)."""
+    """The assembled network; `cfg` from `configs.radblur_config` (validated in `setup`).
+
+    `backend`: the convolutions' and LayerNorms' backend; None (a module constructed directly)
+    resolves `cfg.conv_impl` as `build_radblur` does.
+    """
     cfg: ml_collections.ConfigDict
+    backend: Backend | None = None
 
     def setup(self) -> None:
         cfg = configs.validate_config(self.cfg)
         d, dtype = cfg.decoder, jnp.dtype(cfg.dtype)
-        self.depth = DepthAnything(cfg.encoder, cfg.dpt)
-        self.stem = BlurStem(d.width, d.stem_blocks, dtype, d.conv_impl)
+        backend = self.backend if self.backend is not None else resolve_backend(cfg.conv_impl)
+        self.depth = DepthAnything(cfg.encoder, cfg.dpt, backend)
+        self.stem = BlurStem(width=d.width, blocks=d.stem_blocks, dtype=dtype, backend=backend)
         self.decoder = ReversibleDecoder(
-            d.width, d.num_sub_decoders, d.fft, configs.uses_depth_attention(cfg), d.reversible,
-            d.anchor_every, d.dw_expand, d.ffn_expand, d.unroll, dtype, d.conv_impl)
+            width=d.width, num_sub_decoders=d.num_sub_decoders, fft=d.fft,
+            depth_attention=configs.uses_depth_attention(cfg), reversible=d.reversible,
+            anchor_every=d.anchor_every, dw_expand=d.dw_expand, ffn_expand=d.ffn_expand,
+            unroll=d.unroll, dtype=dtype, backend=backend)
         self.exit_head = ExitHead(len(cfg.exit.psnr_edges) + 1, cfg.exit.hidden, dtype)
 
     def _vit_input(self, padded: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
@@ -119,9 +131,11 @@ class RADBlur(nn.Module):
 
 
 def build_radblur(config: ml_collections.ConfigDict | str) -> RADBlur:
-    """The model for a config or a size name (tiny/s/b/l/g); the config is validated here."""
-    cfg = configs.radblur_config(config) if isinstance(config, str) else config
-    return RADBlur(configs.validate_config(cfg))
+    """The model for a config or a size name (tiny/s/b/l/g); the config is validated and the
+    backend resolved from `cfg.conv_impl` here."""
+    cfg = configs.validate_config(
+        configs.radblur_config(config) if isinstance(config, str) else config)
+    return RADBlur(cfg, resolve_backend(cfg.conv_impl))
 
 
 def init_radblur(model: RADBlur, rng: jax.Array,

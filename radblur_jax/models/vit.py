@@ -2,7 +2,8 @@
 
 `DinoViT(cfg)` takes the encoder `ConfigDict` of `configs.encoder_config` (see
 docs/conventions.md) and maps ImageNet-normalised images `(B, H, W, 3)`, sides multiples of the
-patch size, to a `ViTOutput`.
+patch size, to a `ViTOutput`. The patch embedding's conv comes from `backend`
+(models/backends.py); the transformer is `nn.Dense` / `nn.LayerNorm`.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from radblur_jax.models import conv_ops, layers
+from radblur_jax.models import layers
 from radblur_jax.models.attention_ops import attention
+from radblur_jax.models.backends import LAX, Backend
 
 LN_EPS = 1e-6
 
@@ -72,18 +74,18 @@ def resize_pos_embed(pos: jax.Array, grid: tuple[int, int], mode: str) -> jax.Ar
     return y[0]
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(nn.Module, kw_only=True):
     """Non-overlapping patch projection `(B, H, W, 3) -> (B, H/p, W/p, D)` (param `proj`)."""
     embed_dim: int
     patch_size: int
     dtype: jnp.dtype = jnp.float32
-    conv_impl: str = "auto"
+    backend: Backend = LAX
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = self.patch_size
-        return conv_ops.conv(self.embed_dim, p, p, 0, dtype=self.dtype, impl=self.conv_impl,
-                             name="proj")(x.astype(self.dtype))
+        return self.backend.conv(self.embed_dim, (p, p), strides=p, padding="VALID",
+                                 dtype=self.dtype, name="proj")(x.astype(self.dtype))
 
 
 class Attention(nn.Module):
@@ -133,7 +135,7 @@ class LayerScale(nn.Module):
         return x * gamma.astype(x.dtype)
 
 
-class Block(nn.Module):
+class Block(nn.Module, kw_only=True):
     """Pre-norm transformer block with LayerScale."""
     num_heads: int
     mlp_hidden: int
@@ -144,17 +146,18 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _layer_norm("norm1", self.dtype)(x)
-        y = Attention(self.num_heads, self.attention_impl, self.dtype, name="attn")(y)
+        y = Attention(self.num_heads, impl=self.attention_impl, dtype=self.dtype, name="attn")(y)
         x = x + LayerScale(name="ls1")(y)
         y = _layer_norm("norm2", self.dtype)(x)
         ffn = SwiGLU if self.ffn == "swiglu" else Mlp
-        y = ffn(self.mlp_hidden, self.dtype, name="mlp")(y)
+        y = ffn(self.mlp_hidden, dtype=self.dtype, name="mlp")(y)
         return x + LayerScale(name="ls2")(y)
 
 
 class DinoViT(nn.Module):
     """DINOv2 ViT; `cfg` is an encoder ConfigDict (docs/conventions.md)."""
     cfg: ml_collections.ConfigDict
+    backend: Backend = LAX
 
     @nn.compact
     def __call__(self, images: jax.Array) -> ViTOutput:
@@ -170,8 +173,8 @@ class DinoViT(nn.Module):
         if any(not 0 <= t < cfg.depth for t in taps):
             raise ValueError(f"taps {taps} out of range for depth {cfg.depth}")
 
-        x = PatchEmbed(d, p, dtype, cfg.get("conv_impl", "auto"), name="patch_embed")(
-            images).reshape(b, h * w, d)
+        x = PatchEmbed(embed_dim=d, patch_size=p, dtype=dtype, backend=self.backend,
+                       name="patch_embed")(images).reshape(b, h * w, d)
         init = nn.initializers.normal
         cls = self.param("cls_token", init(1e-6), (1, 1, d), jnp.float32)
         pos = self.param("pos_embed", init(0.02), (1, 1 + m * m, d), jnp.float32)
@@ -190,8 +193,8 @@ class DinoViT(nn.Module):
         norm = _layer_norm("norm", dtype)
         tapped = {}
         for i in range(cfg.depth):
-            x = block_cls(cfg.num_heads, hidden, cfg.ffn, cfg.attention_impl, dtype,
-                          name=f"blocks_{i}")(x)
+            x = block_cls(num_heads=cfg.num_heads, mlp_hidden=hidden, ffn=cfg.ffn,
+                          attention_impl=cfg.attention_impl, dtype=dtype, name=f"blocks_{i}")(x)
             if i in taps:
                 tapped[i] = norm(x)
         return ViTOutput(tuple(tapped[t][:, 1 + r:].reshape(b, h, w, d) for t in taps),

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from radblur_jax.models.depth_anything import DepthAnything
+from radblur_jax.models.depth_anything import build_depth_anything
 from radblur_jax.train import steps
 from radblur_jax.train.pretrained import splice_depth_params
 from radblur_jax.train.state import TrainState
@@ -25,7 +25,7 @@ class DepthTask(Task):
 
     @staticmethod
     def build_model(cfg: ml_collections.ConfigDict) -> nn.Module:
-        return DepthAnything(cfg.encoder, cfg.dpt)
+        return build_depth_anything(cfg)
 
     @staticmethod
     def depth_tree(params: Any) -> Any:

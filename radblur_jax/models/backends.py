@@ -1,0 +1,73 @@
+"""Backends: the module factories the network builds its convolutions and LayerNorms from.
+
+The model files (blocks, decoder, ADA, DPT, ViT patch embedding) never ask which backend they
+run on: every module takes a `Backend` (as flax's `examples/imagenet` takes `conv: ModuleDef`)
+and calls its factories. The backend is resolved ONCE, where the model is built
+(`radblur.build_radblur`, `depth_anything.build_depth_anything`), from the config's one
+`conv_impl` field; a module constructed without one computes with `LAX`.
+
+- `FAST`: matmul / shifted-add convolutions and closed-form depthwise and LayerNorm VJPs
+  (models/conv_ops.py, models/norms.py). XLA:CPU lowers some convolutions and their gradients
+  (depthwise, 1x1, the decoder head inside the reversible scan) far slower than these forms.
+- `LAX`: `lax.conv_general_dilated` and flax's LayerNorm formula: what cuDNN and the TPU
+  compilers are built for.
+
+Both compute the same function with the same parameters (names, shapes, init). Another form (a
+Pallas kernel, a TPU layout) is one more `Backend` and one more name in `BACKENDS`.
+
+The factories (keyword arguments as `flax.linen.Conv`):
+  conv(features, kernel_size, *, strides=1, padding="SAME", feature_group_count=1,
+       use_bias=True, kernel_init, dtype=None, gate=False, name=None)
+      params `kernel (kh, kw, I/groups, O)`, `bias (O,)`. Called on an array or a tuple of
+      channel pieces (their concatenation); `gate=True` returns NAFNet's SimpleGate of the
+      output (the product of its two channel halves).
+  conv_transpose(features, kernel_size, stride, *, dtype, name=None)
+      torch `ConvTranspose2d` with kernel == stride; params `kernel (k, k, I, O)`, `bias (O,)`.
+  norm(*, epsilon=1e-6, name=None)
+      LayerNorm over channels in float32, params `scale`, `bias (C,)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+
+from radblur_jax.models import conv_ops, norms
+from radblur_jax.models.configs import CONV_IMPLS
+
+ModuleDef = Callable[..., nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """How the network computes its convolutions and channel LayerNorms (factories above)."""
+    name: str
+    conv: ModuleDef
+    conv_transpose: ModuleDef
+    norm: ModuleDef
+
+
+def _backend(impl: str) -> Backend:
+    return Backend(name=impl,
+                   conv=functools.partial(conv_ops.Conv, impl=impl),
+                   conv_transpose=functools.partial(conv_ops.ConvTranspose, impl=impl),
+                   norm=functools.partial(norms.LayerNorm, impl=impl))
+
+
+FAST = _backend("fast")
+LAX = _backend("lax")
+BACKENDS = {"fast": FAST, "lax": LAX}
+
+
+def resolve_backend(conv_impl: str = "auto") -> Backend:
+    """The backend for a config's `conv_impl`: "fast", "lax", or "auto" (FAST on the CPU
+    backend, LAX elsewhere). ValueError for any other value."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"config conv_impl={conv_impl!r}: expected one of "
+                         f"{', '.join(CONV_IMPLS)}")
+    if conv_impl == "auto":
+        return FAST if jax.default_backend() == "cpu" else LAX
+    return BACKENDS[conv_impl]
