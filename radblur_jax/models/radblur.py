@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from radblur_jax.models import configs
-from radblur_jax.models.backends import Backend, resolve_backend
+from radblur_jax.models.backends import LAX, Backend, resolve_backend
 from radblur_jax.models.decoder import NUM_LEVELS, BlurStem, ReversibleDecoder
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD, DepthAnything
 from radblur_jax.models.layers import (
@@ -63,16 +63,16 @@ class ExitHead(nn.Module):
 class RADBlur(nn.Module):
     """The assembled network; `cfg` from `configs.radblur_config` (validated in `setup`).
 
-    `backend`: the convolutions' and LayerNorms' backend; None (a module constructed directly)
-    resolves `cfg.conv_impl` as `build_radblur` does.
+    `backend`: the convolutions' and LayerNorms' factories (`build_radblur` resolves it from
+    `cfg.conv_impl`; a module constructed directly computes with `LAX`, like every module).
     """
     cfg: ml_collections.ConfigDict
-    backend: Backend | None = None
+    backend: Backend = LAX
 
     def setup(self) -> None:
         cfg = configs.validate_config(self.cfg)
         d, dtype = cfg.decoder, jnp.dtype(cfg.dtype)
-        backend = self.backend if self.backend is not None else resolve_backend(cfg.conv_impl)
+        backend = self.backend
         self.depth = DepthAnything(cfg.encoder, cfg.dpt, backend)
         self.stem = BlurStem(width=d.width, blocks=d.stem_blocks, dtype=dtype, backend=backend)
         self.decoder = ReversibleDecoder(
