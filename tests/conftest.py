@@ -1,10 +1,12 @@
-"""Shared test helpers: relative error and NHWC <-> NCHW at the PyTorch boundary."""
+"""Shared test helpers: relative error and NHWC <-> NCHW at the PyTorch boundary; the order
+in which pytest-xdist hands out the tests."""
 from __future__ import annotations
 
 import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -26,3 +28,13 @@ def to_nchw(x):
 def to_nhwc(t) -> np.ndarray:
     """torch NCHW tensor -> numpy NHWC."""
     return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow (compile-bound) tests first, each module kept together: with
+    `pytest -n 2 --dist loadgroup` (.ci/run) the long tests start early on both workers and the
+    quick ones fill in at the end, instead of one long test running alone at the end.
+    (xdist gives the largest `xdist_group`, test_train_loop.py's, out first.)"""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)  # stable: order kept otherwise

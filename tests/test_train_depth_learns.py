@@ -48,7 +48,8 @@ def _fixed_batches(config, split: str):
     c = config.copy_and_resolve_references()
     c.eval_data.split = split
     c.eval.batch_size = 4
-    return [{k: jnp.asarray(v) for k, v in b.items()} for b, _ in input_lib.eval_batches(c, ("image", "depth", "valid"), 14)]
+    batches = input_lib.eval_batches(c, ("image", "depth", "valid"), 14)
+    return [{k: jnp.asarray(v) for k, v in b.items()} for b, _ in batches]
 
 
 @pytest.mark.slow
