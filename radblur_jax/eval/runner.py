@@ -36,18 +36,18 @@ class ConfigError(ValueError):
 
 def load_model(config: Any, workdir: str) -> LoadedModel:
     """Random weights (`random_init`) or the checkpoint (default: the workdir's latest)."""
-    dtype = config.get("compute_dtype", "") or None
-    if config.get("random_init", False):
-        return load_random(config.model, config.get("seed", 0), dtype=dtype)
-    return load_checkpoint(config.get("checkpoint") or workdir,
-                           use_ema=config.get("use_ema", True), dtype=dtype)
+    dtype = config.compute_dtype or None
+    if config.random_init:
+        return load_random(config.model, config.seed, dtype=dtype)
+    return load_checkpoint(config.checkpoint or workdir,
+                           use_ema=config.use_ema, dtype=dtype)
 
 
 def inference_options(config: Any) -> InferenceOptions:
-    n = config.get("num_active", 0)
-    return InferenceOptions(tile=config.get("tile", 0), overlap=config.get("overlap", 32),
-                            tile_batch=config.get("tile_batch", 4),
-                            self_ensemble=config.get("self_ensemble", False),
+    n = config.num_active
+    return InferenceOptions(tile=config.tile, overlap=config.overlap,
+                            tile_batch=config.tile_batch,
+                            self_ensemble=config.self_ensemble,
                             num_active=n if n and n > 0 else None)
 
 
@@ -129,7 +129,7 @@ def _grids(rows: list[dict], source: Any, restorer: Restorer, batch_size: int,
 
 def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
              seconds: float) -> dict:
-    protocol, ssim_mode = config.protocol, config.get("ssim_mode", "3d")
+    protocol, ssim_mode = config.protocol, config.ssim_mode
     keys = ("psnr", "ssim", "abs_rel", "delta1")
     ident = [{"psnr": r["identity_psnr"], "ssim": r["identity_ssim"]} for r in rows]
     summary = {
@@ -138,8 +138,8 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
         "ssim": protocols.ssim_label(protocol, ssim_mode),
         "psnr": "RGB PSNR on outputs clipped and rounded to 8 bits" + (
             "" if protocol == "gopro" else ", masked after ECC alignment"),
-        "tile": config.get("tile", 0), "overlap": config.get("overlap", 32),
-        "self_ensemble": config.get("self_ensemble", False),
+        "tile": config.tile, "overlap": config.overlap,
+        "self_ensemble": config.self_ensemble,
         "restored": protocols.mean_scores(rows, keys),
         "identity": protocols.mean_scores(ident, ("psnr", "ssim")),
         "seconds_total": seconds, "devices": jax.device_count(),
@@ -195,7 +195,7 @@ def run_evaluation(config: Any, workdir: str,
     """Evaluates and writes the reports; returns the summary dict (also in summary.json)."""
 
     try:
-        protocols.check_protocol(config.protocol, config.get("ssim_mode", "3d"))
+        protocols.check_protocol(config.protocol, config.ssim_mode)
         options = inference_options(config)
         spec = resolve_spec(config.data)
         source = make_source(spec)
@@ -203,7 +203,7 @@ def run_evaluation(config: Any, workdir: str,
         if isinstance(e, DataError):
             raise
         raise ConfigError(str(e)) from None
-    batch_size = int(config.get("batch_size", 1))
+    batch_size = int(config.batch_size)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     loaded = load_model(config, workdir)
@@ -212,16 +212,16 @@ def run_evaluation(config: Any, workdir: str,
         log(f"batch_size {batch_size} is not a multiple of the {restorer.num_devices} devices; "
             "batches are padded")
     label = f"{spec.get('name')}_{spec.get('split', 'default')}"
-    out_dir = config.get("output_dir") or os.path.join(workdir, "eval", label)
+    out_dir = config.output_dir or os.path.join(workdir, "eval", label)
     os.makedirs(out_dir, exist_ok=True)
     saturated = _saturated_names(spec)
-    n = len(source) if not config.get("max_images") else min(len(source), config.max_images)
+    n = len(source) if not config.max_images else min(len(source), config.max_images)
     log(f"eval: {loaded.description} on {label} ({n} images), protocol {config.protocol}, "
         f"-> {out_dir}")
     rows: list[dict] = []
     pending: dict[tuple, list] = defaultdict(list)
-    args = (restorer, batch_size, config.protocol, config.get("ssim_mode", "3d"), out_dir,
-            config.get("save_images", True), saturated)
+    args = (restorer, batch_size, config.protocol, config.ssim_mode, out_dir,
+            config.save_images, saturated)
     t0 = time.perf_counter()
     for i in range(n):
         item = source[i]
@@ -239,7 +239,7 @@ def run_evaluation(config: Any, workdir: str,
                                               "abs_rel", "delta1") if rows and k in rows[0]]
     reports.write_rows(out_dir, "per_image", rows, fields + ["seconds"])
     summary = _summary(rows, config, loaded, spec, seconds)
-    if config.get("grids", True) and rows:
+    if config.grids and rows:
         summary["grids"] = _grids(rows, source, restorer, batch_size, out_dir)
     reports.write_json(os.path.join(out_dir, "summary.json"), summary)
     table = summary_markdown(summary)
