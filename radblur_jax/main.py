@@ -115,13 +115,15 @@ def main(argv):
     if config.stage not in JOBS:
         fail(f"--config.stage={config.stage!r}: expected one of {sorted(JOBS)}")
     check_workdir(FLAGS.workdir)
-    check, run = JOBS[config.stage]
-    check(config)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     enable_compilation_cache(FLAGS.compilation_cache)
+    # Before the config check: checking builds the task, and anything that asks JAX for its
+    # backend must come after jax.distributed.initialize.
     from radblur_jax.train.distributed import maybe_initialize
     maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    check, run = JOBS[config.stage]
+    check(config)
     run(config, FLAGS.workdir)
 
 

@@ -54,11 +54,24 @@ def save_config(workdir: str, config: ml_collections.ConfigDict,
                            "model_config": json.loads(model_cfg.to_json_best_effort())})
 
 
+def _save_replicas_whole_on_cpu() -> None:
+    """On the CPU backend, orbax writes a replicated array whole from its first replica.
+
+    Replica-parallel saving (each replica writes a slice) pays off where devices have their own
+    bandwidth; on simulated CPU devices it only compiles one small slicing program per array
+    shape and replica count before the first save. Other backends keep orbax's default.
+    """
+    if jax.default_backend() == "cpu":
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
     """Periodic (keep N) and best-by-metric checkpoint managers of one workdir."""
 
     def __init__(self, workdir: str, keep: int, keep_best: bool, async_save: bool,
                  best_metric: str | None):
+        _save_replicas_whole_on_cpu()
         self.workdir = workdir
         self.best_metric = best_metric if keep_best else None
         self._async = async_save
