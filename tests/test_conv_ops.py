@@ -227,6 +227,7 @@ def tiny_batch():
 def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
     """The whole `tiny` RADBlur (stem, ViT patch embedding, DPT, ADA, reversible decoder) with
     conv_impl="fast" equals conv_impl="lax": outputs and the loss gradient of every param."""
+    from radblur_jax.compile_options import init_compiler_options
     from radblur_jax.models.configs import radblur_config
     from radblur_jax.models.radblur import build_radblur, init_radblur
     from radblur_jax.train.losses import deblur_loss
@@ -238,7 +239,8 @@ def test_tiny_network_fast_convs_equal_lax(reversible, tiny_batch):
         cfg.conv_impl = impl
         cfg.decoder.reversible = reversible
         models[impl] = build_radblur(cfg)
-    params = init_radblur(models["lax"], jax.random.key(0))
+    params = init_radblur(models["lax"], jax.random.key(0),
+                          compiler_options=init_compiler_options())
     # Non-zero residual scales (beta, gamma, ADA scale start at 0) so every branch counts.
     noise = np.random.default_rng(1)
     params = jax.tree.map(

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.eval.adaptive_exit import adaptive_exit_for, deblur_adaptive, exit_depth
 from radblur_jax.models.configs import radblur_config, radblur_names
 from radblur_jax.models.layers import region_bilinear_matrix
@@ -29,7 +30,8 @@ def _without_ada(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def tiny():
     model = build_radblur("tiny")
-    return model, init_radblur(model, jax.random.key(0))
+    return model, init_radblur(model, jax.random.key(0),
+                               compiler_options=init_compiler_options())
 
 
 def test_presets():

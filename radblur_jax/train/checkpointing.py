@@ -25,6 +25,7 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from radblur_jax.atomic_io import write_json_atomic
 from radblur_jax.workdir import CONFIG_FILE
@@ -54,6 +55,9 @@ def save_config(workdir: str, config: ml_collections.ConfigDict,
                            "model_config": json.loads(model_cfg.to_json_best_effort())})
 
 
+_REPLICAS_WHOLE = False
+
+
 def _save_replicas_whole_on_cpu() -> None:
     """On the CPU backend, orbax writes a replicated array whole from its first replica.
 
@@ -61,9 +65,17 @@ def _save_replicas_whole_on_cpu() -> None:
     bandwidth; on simulated CPU devices it only compiles one small slicing program per array
     shape and replica count before the first save. Other backends keep orbax's default.
     """
-    if jax.default_backend() == "cpu":
+    global _REPLICAS_WHOLE
+    if _REPLICAS_WHOLE or jax.default_backend() != "cpu":
+        return
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns on any override
+    try:
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    _REPLICAS_WHOLE = True
 
 
 class Checkpoints:
