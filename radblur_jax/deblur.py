@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from radblur_jax.cli_args import OneLineParser, output_dir_problem
+from radblur_jax.data import image_io
 from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images, save_png
 
 _ORIENTATION_TAG = 0x0112
@@ -157,7 +158,6 @@ def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     `err`). Images of one upright size are batched (padded to `batch`: one compile per size)."""
     from tqdm import tqdm
 
-    from radblur_jax.eval import reports
 
     outs = output_paths(inputs, out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -195,7 +195,7 @@ def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                 save_png(outs[p], encode_photo(restored[j], photo))
                 if depth:
                     stem = os.path.splitext(outs[p])[0]
-                    save_png(stem + "_depth.png", reports.colorize_disparity(disparity[j]))
+                    save_png(stem + "_depth.png", image_io.colorize_disparity(disparity[j]))
                     _save_npy(stem + "_depth.npy", disparity[j])
                 bar.set_postfix_str(os.path.basename(p))
                 bar.update(1)

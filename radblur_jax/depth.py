@@ -39,15 +39,6 @@ def colormap_lut() -> np.ndarray:
     return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)[:, 0, ::-1])
 
 
-def colorize(disparity: np.ndarray) -> np.ndarray:
-    """`(H, W)` float -> `(H, W, 3)` uint8, min-max normalised per image (constant -> dark)."""
-    d = np.nan_to_num(np.asarray(disparity, np.float64))
-    lo, hi = float(d.min()), float(d.max())
-    t = (d - lo) / (hi - lo) if hi - lo > 1e-12 * max(1.0, abs(hi)) else np.zeros_like(d)
-    gray = np.clip(np.round(t * 255), 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
-
-
 def list_images(path: str) -> list[str]:
     """`image_io.list_images(path)`: an image file, or the images directly inside a directory;
     an empty directory is an ImageError."""
@@ -71,7 +62,8 @@ def save_outputs(out_dir: str, stem: str, disparity: np.ndarray) -> tuple[str, s
             np.save(f, np.asarray(disparity, np.float32))
 
     write_atomic(npy, write_npy)
-    write_atomic(png, lambda tmp: Image.fromarray(colorize(disparity)).save(tmp, format="PNG"))
+    colours = image_io.colorize_disparity(disparity)
+    write_atomic(png, lambda tmp: Image.fromarray(colours).save(tmp, format="PNG"))
     return npy, png
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from radblur_jax import depth, preprocess
 from radblur_jax.convert import convert_checkpoint, load_pretrained
+from radblur_jax.data import image_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKDATA = os.path.join(os.path.dirname(skimage.__file__), "data")
@@ -178,11 +179,12 @@ def test_colorize():
     np.testing.assert_array_equal(lut, bgr[:, ::-1])  # RGB order
     assert lut[0].sum() < 30 and lut[255].sum() > 600  # inferno: black (far) -> yellow (near)
     assert lut[255, 0] > lut[255, 2]  # red above blue at the bright end: RGB, not BGR
-    vis = depth.colorize(np.array([[0.0, 1.0], [2.0, 4.0]], np.float32))
+    vis = image_io.colorize_disparity(np.array([[0.0, 1.0], [2.0, 4.0]], np.float32))
     assert vis.shape == (2, 2, 3) and vis.dtype == np.uint8
     assert (vis[0, 0] == lut[0]).all() and (vis[1, 1] == lut[255]).all()
     assert (vis[0, 1] == lut[64]).all()  # 1/4 -> round(63.75)
-    assert (depth.colorize(np.full((3, 3), 5.0)) == lut[0]).all()  # constant input: no NaN
+    constant = image_io.colorize_disparity(np.full((3, 3), 5.0))
+    assert (constant == lut[0]).all()  # constant input: no NaN
 
 
 def _assert_clean_error(proc, *needles):

@@ -145,6 +145,16 @@ def check_same_size(arrays: Sequence[np.ndarray], paths: Sequence[str]) -> None:
         raise DataError(f"size mismatch inside a pair: {detail}")
 
 
+def colorize_disparity(disparity: np.ndarray) -> np.ndarray:
+    """`(H, W)` disparity -> `(H, W, 3)` uint8 RGB: OpenCV's inferno over the per-image min-max
+    range (near = bright; NaN as 0; a constant map is dark)."""
+    d = np.nan_to_num(np.asarray(disparity, np.float64))
+    lo, hi = float(d.min()), float(d.max())
+    t = (d - lo) / (hi - lo) if hi - lo > 1e-12 * max(1.0, abs(hi)) else np.zeros_like(d)
+    gray = np.clip(np.round(t * 255), 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+
+
 def save_png(path: str, img: np.ndarray) -> None:
     """Writes `(H, W)` gray, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16 as PNG, atomically
     (temporary name, then rename); creates the parent directory."""

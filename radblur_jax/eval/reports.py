@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from radblur_jax.atomic_io import write_bytes_atomic, write_json_atomic
+from radblur_jax.data import image_io
 
 
 def to_uint(img: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -66,15 +67,6 @@ def write_text(path: str, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def colorize_disparity(disparity: np.ndarray) -> np.ndarray:
-    """`(H, W)` -> `(H, W, 3)` uint8 RGB (OpenCV inferno, per-image min-max, near = bright)."""
-    d = np.nan_to_num(np.asarray(disparity, np.float64))
-    lo, hi = float(d.min()), float(d.max())
-    t = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
-    bgr = cv2.applyColorMap(np.round(t * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _zoom_box(blurry: np.ndarray, sharp: np.ndarray) -> tuple[int, int, int]:
     """(y, x, side) of a square where blurry and sharp differ most (local mean |diff|)."""
     h, w = sharp.shape[:2]
@@ -101,7 +93,7 @@ def comparison_grid(blurry: np.ndarray, restored: np.ndarray, sharp: np.ndarray,
     region where blur is strongest (red box in the top row). Inputs `(H, W, 3)` in [0, 1]."""
     imgs = [to_uint(blurry), to_uint(restored), to_uint(sharp)]
     if disparity is not None:
-        imgs.append(colorize_disparity(disparity))
+        imgs.append(image_io.colorize_disparity(disparity))
     names = ["blurry", "restored", "sharp", "depth (disparity)"][:len(imgs)]
     captions = list(captions) + [""] * (len(imgs) - len(captions))
     h, w = imgs[0].shape[:2]

@@ -8,11 +8,11 @@ import os
 import time
 from typing import Any
 
-import cv2
 import jax
 import numpy as np
 
 from radblur_jax.atomic_io import write_bytes_atomic
+from radblur_jax.data import image_io
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -96,14 +96,6 @@ class Progress:
                 f"ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}")
 
 
-def colorize_disparity(d: np.ndarray) -> np.ndarray:
-    """`(H, W)` disparity -> `(H, W, 3)` uint8 RGB (inferno, min-max per image)."""
-    d = np.asarray(d, np.float32)
-    lo, hi = np.nanmin(d), np.nanmax(d)
-    u8 = np.uint8(np.clip((d - lo) / max(hi - lo, 1e-8), 0, 1) * 255)
-    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
-
-
 def _u8(x: np.ndarray) -> np.ndarray:
     return np.uint8(np.clip(np.asarray(x, np.float32), 0, 1) * 255 + 0.5)
 
@@ -113,7 +105,7 @@ def image_grid(columns: list[np.ndarray]) -> np.ndarray:
     maps; returns `(N * H, len(columns) * W, 3)` uint8."""
     rows = []
     for i in range(len(columns[0])):
-        rows.append(np.concatenate([colorize_disparity(c[i]) if c.ndim == 3 else _u8(c[i])
+        rows.append(np.concatenate([image_io.colorize_disparity(c[i]) if c.ndim == 3 else _u8(c[i])
                                     for c in columns], axis=1))
     return np.concatenate(rows, axis=0)
 
