@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         parser.error("--tile and --overlap must be >= 0, with --overlap < --tile")
     from radblur_jax.eval.inference import InferenceOptions, Restorer
-    from radblur_jax.eval.loading import CheckpointLoadError, load_checkpoint, load_random
+    from radblur_jax.eval.loading import CheckpointLoadError, load_random, load_trained
 
     try:
         problem = output_dir_problem(args.output)
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "the pipeline; the outputs are meaningless.", file=sys.stderr)
             loaded = load_random(args.random_init, args.seed, dtype=args.dtype)
         else:
-            loaded = load_checkpoint(args.checkpoint, use_ema=not args.raw_weights,
+            loaded = load_trained(args.checkpoint, use_ema=not args.raw_weights,
                                      dtype=args.dtype)
     except (PhotoError, CheckpointLoadError) as e:
         print(f"error: {e}", file=sys.stderr)

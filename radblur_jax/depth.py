@@ -39,7 +39,7 @@ def colormap_lut() -> np.ndarray:
     return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)[:, 0, ::-1])
 
 
-def list_images(path: str) -> list[str]:
+def input_images(path: str) -> list[str]:
     """`image_io.list_images(path)`: an image file, or the images directly inside a directory;
     an empty directory is an ImageError."""
     try:
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_output_dir(args.output)
-        images = list_images(args.input)
+        images = input_images(args.input)
         if args.random_init:
             module, params = random_depth_model(args.random_init, args.seed)
         else:

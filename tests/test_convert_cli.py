@@ -18,7 +18,12 @@ import safetensors.torch as st
 import torch
 from conftest import rel_err, to_nchw
 
-from radblur_jax.convert import CheckpointError, convert_checkpoint, load_pretrained, read_config
+from radblur_jax.convert import (
+    CheckpointError,
+    convert_checkpoint,
+    load_pretrained,
+    read_converted_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
@@ -216,7 +221,7 @@ def test_existing_output_needs_overwrite(da_pth, da_converted, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     convert_checkpoint(da_pth, empty)
-    assert read_config(empty)["model"] == "depth_anything"
+    assert read_converted_config(empty)["model"] == "depth_anything"
 
 
 def test_failed_write_leaves_nothing(da_pth, tmp_path, monkeypatch):

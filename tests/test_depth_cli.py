@@ -141,7 +141,7 @@ def test_batching_matches_single(tmp_path, loaded):
     inp.mkdir()
     for i, name in enumerate(("camera.png", "astronaut.png", "coffee.png")):
         Image.fromarray(photo(name)[:70, 14 * i: 14 * i + 84]).save(inp / f"{i}.png")
-    imgs = depth.list_images(str(inp))
+    imgs = depth.input_images(str(inp))
     one = depth.run_depth(predict, imgs, str(tmp_path / "b1"), size="native", log=lambda s: None)
     two = depth.run_depth(predict, imgs, str(tmp_path / "b2"), size="native", batch=2,
                           log=lambda s: None)

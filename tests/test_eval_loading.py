@@ -44,21 +44,21 @@ def _same(a, b):
 
 def test_loads_ema_and_raw_with_the_saved_model_config(tmp_path):
     raw, ema = _workdir(str(tmp_path))
-    got = loading.load_checkpoint(str(tmp_path))
+    got = loading.load_trained(str(tmp_path))
     assert got.model.cfg.decoder.fft is False  # the checkpoint's model config, not the preset
     assert _same(got.params, ema) and "EMA" in got.description
     step_dir = os.path.join(str(tmp_path), "checkpoints", "7")
-    got_raw = loading.load_checkpoint(step_dir, use_ema=False, dtype="bfloat16")
+    got_raw = loading.load_trained(step_dir, use_ema=False, dtype="bfloat16")
     assert _same(got_raw.params, raw)
     assert got_raw.model.cfg.dtype == "bfloat16" and got_raw.model.cfg.decoder.fft is False
 
 
 def test_errors_name_the_path(tmp_path):
     with pytest.raises(loading.CheckpointLoadError, match=str(tmp_path / "nothing")):
-        loading.load_checkpoint(str(tmp_path / "nothing"))
+        loading.load_trained(str(tmp_path / "nothing"))
     _workdir(str(tmp_path / "depth"), stage="depth")
     with pytest.raises(loading.CheckpointLoadError, match="stage-'depth' checkpoint"):
-        loading.load_checkpoint(str(tmp_path / "depth"))
+        loading.load_trained(str(tmp_path / "depth"))
 
 
 def test_sampled_params_match_init_shapes():

@@ -9,7 +9,7 @@ from radblur_jax.convert.checkpoint import (
                                             build_model,
                                             convert_checkpoint,
                                             load_pretrained,
-                                            read_config,
+                                            read_converted_config,
                                             save_converted,
 )
 from radblur_jax.convert.detect import (
@@ -29,5 +29,6 @@ from radblur_jax.convert.readers import (
 __all__ = [
     "FORMATS", "CheckpointError", "ConversionResult", "Detection", "LoadedCheckpoint",
     "UnknownFormatError", "build_model", "check_format", "convert_checkpoint", "detect_format",
-    "load_checkpoint", "load_pretrained", "load_state_dict", "read_config", "save_converted",
+    "load_checkpoint", "load_pretrained", "load_state_dict", "read_converted_config",
+    "save_converted",
 ]

@@ -152,7 +152,7 @@ def build_model(config: dict[str, Any]) -> Any:
     raise ValueError(f"unknown model kind {config['model']!r}; expected one of {MODEL_KINDS}")
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     """`config.json` of a converted checkpoint directory, validated."""
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")
@@ -189,7 +189,7 @@ def load_pretrained(path: str | os.PathLike, *, check_shapes: bool = True
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(path))
-    config = read_config(path)
+    config = read_converted_config(path)
     module = build_model(config)
     ckptr = ocp.StandardCheckpointer()
     try:

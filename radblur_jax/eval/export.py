@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from radblur_jax.eval.inference import InferenceOptions
-    from radblur_jax.eval.loading import CheckpointLoadError, load_checkpoint, load_random
+    from radblur_jax.eval.loading import CheckpointLoadError, load_random, load_trained
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     try:
         loaded = (load_random(args.random_init, args.seed) if args.random_init
-                  else load_checkpoint(args.checkpoint))
+                  else load_trained(args.checkpoint))
     except CheckpointLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,7 +70,7 @@ def load_random(preset: str, seed: int = 0, *, dtype: str | None = None) -> Load
     return LoadedModel(model, sampled_params(model, seed), f"RADBlur-{preset} (RANDOM weights)")
 
 
-def load_checkpoint(path: str, *, use_ema: bool = True,
+def load_trained(path: str, *, use_ema: bool = True,
                     dtype: str | None = None) -> LoadedModel:
     """Model + params from a training workdir (latest checkpoint) or a checkpoint step dir.
 

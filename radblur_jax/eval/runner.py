@@ -26,7 +26,7 @@ from radblur_jax.data.image_io import DataError, save_png
 from radblur_jax.data.sources import make_source, resolve_spec
 from radblur_jax.eval import protocols, reports
 from radblur_jax.eval.inference import InferenceOptions, Restorer
-from radblur_jax.eval.loading import CheckpointLoadError, LoadedModel, load_checkpoint, load_random
+from radblur_jax.eval.loading import CheckpointLoadError, LoadedModel, load_random, load_trained
 from radblur_jax.eval.metrics import depth_metrics
 
 
@@ -39,7 +39,7 @@ def load_model(config: Any, workdir: str) -> LoadedModel:
     dtype = config.compute_dtype or None
     if config.random_init:
         return load_random(config.model, config.seed, dtype=dtype)
-    return load_checkpoint(config.checkpoint or workdir,
+    return load_trained(config.checkpoint or workdir,
                            use_ema=config.use_ema, dtype=dtype)
 
 
