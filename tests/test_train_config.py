@@ -85,3 +85,24 @@ def test_tasks_own_the_stage_parts():
     assert sorted(depth_params) == sorted(params["depth"])  # the tree RADBlur keeps in depth/
     assert depth.extra_phases(depth.make_optimizers(depth_params)) == []
     assert dataclasses.is_dataclass(config_base.Recipe)
+
+
+def test_stage_a_warns_of_gradient_matching_from_random_weights(tmp_path, caplog):
+    """The tiny recipe (random weights) trains without gradient matching; a recipe with it and
+    no init warns that the depth head can die."""
+    config = load_config("depth_pretrain.py", "tiny")
+    with caplog.at_level("WARNING"):
+        config_base.check_config(config)
+    assert config.loss.grad_weight == 0 and "grad_weight" not in caplog.text
+    config = load_config("depth_pretrain.py", "s")
+    with caplog.at_level("WARNING"):
+        config_base.check_config(config)
+    assert "config.loss.grad_weight=0.5 from random weights" in caplog.text
+    caplog.clear()
+    config.init.checkpoint = str(tmp_path)
+    with caplog.at_level("WARNING"):
+        config_base.check_config(config)
+    assert "grad_weight" not in caplog.text
+    config.loss.grad_weight = -1.0
+    with pytest.raises(ValueError, match="config.loss.grad_weight=-1.0"):
+        config_base.check_config(config)

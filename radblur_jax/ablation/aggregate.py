@@ -91,7 +91,9 @@ def t_stat(diffs: list[float]) -> float:
     if len(diffs) < 2:
         return float("nan")
     mean, std = _mean_std(diffs)
-    return mean / (std / math.sqrt(len(diffs))) if std > 0 else math.copysign(math.inf, mean)
+    if std > 0:
+        return mean / (std / math.sqrt(len(diffs)))
+    return math.copysign(math.inf, mean) if mean else float("nan")
 
 
 def verdict(diffs: list[float]) -> str:

@@ -68,8 +68,8 @@ def blur_by_depth(pairs: list[dict[str, np.ndarray]], share: float = 0.3) -> dic
     Over the pooled pixels of `pairs` (at half resolution, see `_luma_gradient_energy`), the
     nearest `share` (depth at or below its `share` quantile) and the farthest (at or above the
     `1 - share` quantile); in each, the removed share `1 - sum |grad blur|^2 / sum |grad
-    sharp|^2`. Returns `{near, far, ratio}` (ratio = near / far; noise adds gradient energy, so
-    a set with almost no far blur can have a far share near 0 or below it).
+    sharp|^2`. Returns `{near, far, ratio}` (ratio = near / far, NaN unless far > 0; noise adds
+    gradient energy, so a set with almost no far blur can have a far share near 0 or below).
     """
     def half(d: np.ndarray) -> np.ndarray:
         h, w = d.shape[0] // 2 * 2, d.shape[1] // 2 * 2
@@ -81,7 +81,8 @@ def blur_by_depth(pairs: list[dict[str, np.ndarray]], share: float = 0.3) -> dic
     near = depth <= np.quantile(depth, share)
     far = depth >= np.quantile(depth, 1.0 - share)
     removed = [float(1.0 - blur[m].sum() / sharp[m].sum()) for m in (near, far)]
-    return {"near": removed[0], "far": removed[1], "ratio": removed[0] / removed[1]}
+    ratio = removed[0] / removed[1] if removed[1] > 0 else float("nan")
+    return {"near": removed[0], "far": removed[1], "ratio": ratio}
 
 
 def _u8(x: np.ndarray) -> np.ndarray:

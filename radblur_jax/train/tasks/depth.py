@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from radblur_jax.models.depth_anything import build_depth_anything
 from radblur_jax.train import steps
@@ -22,6 +23,20 @@ class DepthTask(Task):
 
     stage = "depth"
     fields = ("image", "depth", "valid")
+
+    @staticmethod
+    def check_config(config: ml_collections.ConfigDict) -> None:
+        weight = config.loss.grad_weight
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"config.loss.grad_weight={weight!r}: expected a number >= 0")
+        if weight > 0 and not (config.init.checkpoint or config.init.pretrained):
+            # configs/depth_pretrain.py (DepthRecipe) says why: from random weights the
+            # gradient-matching term flattens the prediction and the head's ReLU dies.
+            logging.warning(
+                "config.loss.grad_weight=%s from random weights: gradient matching can "
+                "flatten a random prediction until the depth head's ReLU dies (zero "
+                "gradient); use grad_weight=0 without init.checkpoint / init.pretrained",
+                weight)
 
     @staticmethod
     def build_model(cfg: ml_collections.ConfigDict) -> nn.Module:
