@@ -71,6 +71,17 @@ def test_scores_of_an_identity_and_a_perfect_restorer():
     assert all(b[0] < 1e-10 for b in perfect["bins"].values())
 
 
+def test_flat_depth_floor():
+    depth = np.full((8, 8), 3.0)
+    assert measure.flat_scores(depth, depth > 0) == (0.0, 1.0)
+    depth[:, 4:] = 6.0  # disparities 1/3 and 1/6: the flat fit is 4 (harmonic mean)
+    abs_rel, delta1 = measure.flat_scores(depth, depth > 0)
+    assert abs_rel == pytest.approx((1 / 3 + 2 / 6) / 2) and delta1 == 0.0
+    d, valid = measure.motorcycle_depth()
+    assert d.shape == valid.shape == (500, 741) and 0.9 < valid.mean() < 0.95
+    assert 1500 < d[valid].min() < d[valid].max() < 6500  # mm: the bike and the wall behind
+
+
 def test_paired_verdicts():
     assert aggregate.verdict([0.0, 0.0, 0.0]) == "identical"
     assert aggregate.verdict([0.30, 0.31, 0.29]) == "better"
@@ -114,7 +125,9 @@ def _fake_results(plan: Plan, gain: dict[str, float]) -> None:
         (plan.out / "data").mkdir(exist_ok=True)
         (plan.out / "data" / f"{mix.name}.json").write_text(json.dumps(
             {"blur_by_depth": {"near": 0.5, "far": 0.25, "ratio": 2.0}, "test_pairs": 6,
-             "test_blurry_psnr": float(rng.uniform(20, 25))}))
+             "test_blurry_psnr": float(rng.uniform(20, 25)),
+             "flat_depth": {"synthetic": {"abs_rel": 0.6, "delta1": 0.1},
+                            "motorcycle": {"abs_rel": 0.23, "delta1": 0.49}}}))
 
 
 def test_report_from_saved_runs_is_reproducible(tmp_path):

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
         jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
         runner.prepare_data(plan)
+        runner.mix_info(plan)
         runner.run_all(plan)
     path = report.write_report(plan, args.report)
     print(f"wrote {path}")

@@ -193,19 +193,48 @@ def synthetic_depth_scores(predict: Any, pairs: list[dict[str, np.ndarray]], pat
             "delta1": float(np.mean([r[1] for r in rows]))}
 
 
+def flat_scores(depth: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """AbsRel / delta1 of the best constant prediction (the aligned disparity of a flat map is
+    the mean true disparity): the floor any depth branch must beat."""
+    g = depth[valid].astype(np.float64)
+    pred = 1.0 / np.mean(1.0 / g)
+    ratio = np.maximum(pred / g, g / pred)
+    return float(np.mean(np.abs(pred - g) / g)), float(np.mean(ratio < 1.25))
+
+
+def flat_depth_scores(pairs: list[dict[str, np.ndarray]], patch: int) -> dict[str, dict]:
+    """`flat_scores` on the synthetic test scenes (mean over images, the crops
+    `synthetic_depth_scores` uses) and on the motorcycle."""
+    rows = [flat_scores(_center_crop(p["depth"], patch),
+                        np.ones_like(_center_crop(p["depth"], patch), bool)) for p in pairs]
+    depth, valid = motorcycle_depth()
+    moto = flat_scores(depth, valid)
+    return {"synthetic": {"abs_rel": float(np.mean([r[0] for r in rows])),
+                          "delta1": float(np.mean([r[1] for r in rows]))},
+            "motorcycle": {"abs_rel": moto[0], "delta1": moto[1]}}
+
+
+def motorcycle_depth() -> tuple[np.ndarray, np.ndarray]:
+    """True depth (mm) `(500, 741)` of the motorcycle's left view and its valid mask."""
+    from skimage import data
+    disp = data.stereo_motorcycle()[2]
+    valid = np.isfinite(disp) & (disp > 0)
+    depth = np.where(valid, MOTORCYCLE_FOCAL_PX * MOTORCYCLE_BASELINE_MM
+                     / (np.where(valid, disp, 0.0) + MOTORCYCLE_DOFFS_PX), 0.0)
+    return depth.astype(np.float32), valid
+
+
 def motorcycle_scores(predict: Any) -> dict[str, float]:
     """AbsRel / delta1 on skimage's Middlebury motorcycle (left view, true depth from its
     disparity and calibration): the image resized to `MOTORCYCLE_INPUT`, the predicted
     disparity resized back (bilinear), scale and shift fitted in disparity."""
     from skimage import data
-    left, _, disp = data.stereo_motorcycle()
-    h, w = disp.shape
+    left = data.stereo_motorcycle()[0]
+    depth, valid = motorcycle_depth()
+    h, w = depth.shape
     image = cv2.resize(left.astype(np.float32) / 255.0, MOTORCYCLE_INPUT[::-1],
                        interpolation=cv2.INTER_AREA)
     pred = cv2.resize(predict(image), (w, h), interpolation=cv2.INTER_LINEAR)
-    valid = np.isfinite(disp) & (disp > 0)
-    depth = np.where(valid, MOTORCYCLE_FOCAL_PX * MOTORCYCLE_BASELINE_MM
-                     / (np.where(valid, disp, 0.0) + MOTORCYCLE_DOFFS_PX), 0.0).astype(np.float32)
     abs_rel, delta1 = _depth_scores(pred.astype(np.float32), depth, valid)
     return {"abs_rel": abs_rel, "delta1": delta1}
 

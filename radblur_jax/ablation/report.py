@@ -44,7 +44,7 @@ def _seed_values(by_seed: dict, key: str) -> list[float]:
     return [by_seed[s][key] for s in sorted(by_seed)]
 
 
-def _depth_section(plan: Plan, depth: dict) -> list[str]:
+def _depth_section(plan: Plan, depth: dict, flat: dict) -> list[str]:
     rows = []
     for mix in plan.mixes:
         runs = depth[mix.name]
@@ -52,13 +52,15 @@ def _depth_section(plan: Plan, depth: dict) -> list[str]:
             continue
         for where in ("synthetic", "motorcycle"):
             cells = [mix.name, "synthetic test scenes" if where == "synthetic"
-                     else "Middlebury motorcycle (skimage)"]
+                     else "Middlebury motorcycle (skimage)",
+                     *(f"{flat[mix.name][where][m]:.3f}" for m in ("abs_rel", "delta1"))]
             for branch in ("untrained", "stage_a"):
                 for metric, digits in (("abs_rel", 3), ("delta1", 3)):
                     cells.append(_fmt([runs[s][branch][where][metric] for s in sorted(runs)],
                                       digits))
             rows.append(cells)
-    return _table(["stage-A data", "evaluated on", "untrained AbsRel", "untrained delta1",
+    return _table(["stage-A data", "evaluated on", "flat AbsRel", "flat delta1",
+                   "untrained AbsRel", "untrained delta1",
                    "stage A AbsRel", "stage A delta1"], rows)
 
 
@@ -138,12 +140,10 @@ def build_markdown(plan: Plan, results: list[dict], mix_info: dict, png_name: st
     ]
     mix_rows = []
     for m in plan.mixes:
-        info = mix_info.get(m.name, {})
-        b = info.get("blur_by_depth", {})
-        mix_rows.append([m.name, m.about, *(f"{b.get(k, float('nan')):.3f}"
-                                            for k in ("near", "far")),
-                         f"{b.get('ratio', float('nan')):.2f}",
-                         f"{info.get('test_blurry_psnr', float('nan')):.2f}"])
+        info = mix_info[m.name]
+        b = info["blur_by_depth"]
+        mix_rows.append([m.name, m.about, f"{b['near']:.3f}", f"{b['far']:.3f}",
+                         f"{b['ratio']:.2f}", f"{info['test_blurry_psnr']:.2f}"])
     lines += _table(["mix", "settings", "removed near", "removed far", "near/far",
                      "test blurry PSNR"], mix_rows)
     lines += ["Removed near / far: over the test pixels (luma, 2x2-averaged against noise), "
@@ -151,10 +151,11 @@ def build_markdown(plan: Plan, results: list[dict], mix_info: dict, png_name: st
               "sharp image's gradient energy the blur removes. Noise adds gradient energy, so "
               "a share near 0 means almost no blur there.", "",
               "## Stage A learns depth", "",
-              "Against the same branch untrained (random weights of the run's seed). Scale and "
-              "shift fitted per image in disparity; the motorcycle's true depth comes from its "
-              "disparity and calibration, and the image is resized to 252x378.", ""]
-    lines += _depth_section(plan, depth)
+              "Against the same branch untrained (random weights of the run's seed) and the best "
+              "constant prediction (flat). Scale and shift fitted per image in disparity; the "
+              "motorcycle's true depth comes from its disparity and calibration, and the image "
+              "is resized to 252x378.", ""]
+    lines += _depth_section(plan, depth, {m: i["flat_depth"] for m, i in mix_info.items()})
     for mix in plan.mixes:
         dm = deblur[mix.name]
         lo, hi = data["blur_edges"].get(mix.name, (float("nan"),) * 2)
@@ -231,17 +232,13 @@ def conclusion(plan: Plan, deblur: dict, depth: dict) -> list[str]:
 def write_report(plan: Plan, path: str) -> str:
     """Writes the report (markdown at `path`, curves as `<stem>_curves.png` beside it) from the
     finished runs; returns `path`."""
-    from radblur_jax.ablation.runner import load_results
-    results = load_results(plan)
-    mix_info = {}
-    for m in plan.mixes:
-        f = plan.out / "data" / f"{m.name}.json"
-        if f.is_file():
-            mix_info[m.name] = json.loads(f.read_text())
+    from radblur_jax.ablation import runner
+    results = runner.load_results(plan)
+    info = runner.mix_info(plan)
     stem = Path(path).with_suffix("")
     png = f"{stem}_curves.png"
     if any(r["variant"] for r in results):
         _curves(plan, results, png)
-    text = build_markdown(plan, results, mix_info, os.path.basename(png))
+    text = build_markdown(plan, results, info, os.path.basename(png))
     write_bytes_atomic(path, text.encode())
     return path

@@ -79,30 +79,43 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), JAX CPU backend"
 
 
-def prepare_data(plan: Plan) -> dict[str, dict]:
-    """Generates the mixes' sets and the real-photo set (once); returns per mix its
-    near/far blur ratio and test blurry PSNR (cached in OUT/data/<mix>.json)."""
+def prepare_data(plan: Plan) -> None:
+    """Generates the mixes' sets and the real-photo set (once each)."""
     from radblur_jax.data.synthetic.photo_shake import write_photo_shake_set
     from radblur_jax.data.synthetic.writer import write_dataset
-    info = {}
     for mix in plan.mixes:
         root = plan.data_root(mix)
         if root and not Path(root).is_dir():
             print(f"generating the {mix.name} mix in {root}", flush=True)
             write_dataset(root, NUM_TRAIN, NUM_TEST, plan.mix_params(mix), DATA_SEED,
                           frames_per_scene=8, workers=1)
-        cache = plan.out / "data" / f"{mix.name}.json"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        if not cache.is_file():
-            pairs, _ = measure.test_pairs(root)
-            blurry = [10 * np.log10(1 / np.mean((p["blur"].astype(np.float64) - p["sharp"]) ** 2))
-                      for p in pairs]
-            write_json_atomic(cache, {"blur_by_depth": measure.blur_by_depth(pairs),
-                                      "test_pairs": len(pairs),
-                                      "test_blurry_psnr": float(np.mean(blurry))})
-        info[mix.name] = json.loads(cache.read_text())
     if not photo_root(plan).is_dir():
         write_photo_shake_set(photo_root(plan))
+
+
+MIX_KEYS = ("blur_by_depth", "test_pairs", "test_blurry_psnr", "flat_depth")
+
+
+def mix_info(plan: Plan) -> dict[str, dict]:
+    """Per mix: how its blur depends on depth (`measure.blur_by_depth`), the test split's size
+    and blurry PSNR, and the flat-prediction depth floor (`measure.flat_depth_scores`);
+    computed from the data once and kept in OUT/data/<mix>.json."""
+    from radblur_jax.models.configs import radblur_config
+    patch = int(radblur_config("tiny").encoder.patch_size)
+    info = {}
+    for mix in plan.mixes:
+        cache = plan.out / "data" / f"{mix.name}.json"
+        saved = json.loads(cache.read_text()) if cache.is_file() else {}
+        if not all(k in saved for k in MIX_KEYS):
+            pairs, _ = measure.test_pairs(plan.data_root(mix))
+            blurry = [10 * np.log10(1 / np.mean((p["blur"].astype(np.float64) - p["sharp"]) ** 2))
+                      for p in pairs]
+            saved = {"blur_by_depth": measure.blur_by_depth(pairs), "test_pairs": len(pairs),
+                     "test_blurry_psnr": float(np.mean(blurry)),
+                     "flat_depth": measure.flat_depth_scores(pairs, patch)}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache, saved)
+        info[mix.name] = saved
     return info
 
 
