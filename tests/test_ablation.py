@@ -82,6 +82,18 @@ def test_flat_depth_floor():
     assert 1500 < d[valid].min() < d[valid].max() < 6500  # mm: the bike and the wall behind
 
 
+def test_residual_scales_pick_the_zero_initialised_scales():
+    params = {"decoder": {"sub_decoders": {
+        "ada_0": {"scale": np.full((2, 4), 0.5), "norm": {"scale": np.ones((2, 4))}},
+        "ada_1": {"scale": np.zeros((2, 4))},
+        "blocks_0": {"beta": np.full((2, 4), 2.0), "gamma": np.full((2, 4), 2.0),
+                     "conv": {"kernel": np.ones(3)}}}}}
+    got = measure.residual_scales(params)
+    assert got["fusion"] == pytest.approx(math.sqrt(0.125)) and got["blocks"] == 2.0
+    del params["decoder"]["sub_decoders"]["ada_0"], params["decoder"]["sub_decoders"]["ada_1"]
+    assert math.isnan(measure.residual_scales(params)["fusion"])
+
+
 def test_paired_verdicts():
     assert aggregate.verdict([0.0, 0.0, 0.0]) == "identical"
     assert aggregate.verdict([0.30, 0.31, 0.29]) == "better"
@@ -120,6 +132,8 @@ def _fake_results(plan: Plan, gain: dict[str, float]) -> None:
             common["images"] = images
             common["photos"] = {"psnr": 23.0 + g, "ssim": 0.7, "blurry_psnr": 22.0,
                                 "count": 24}
+            common["residual_scales"] = {"fusion": 0.01 if job.variant.fusion else float("nan"),
+                                         "blocks": 0.02}
         (wd / runner.RESULT).write_text(json.dumps(common))
     for mix in plan.mixes:
         (plan.out / "data").mkdir(exist_ok=True)
@@ -149,6 +163,7 @@ def test_report_from_saved_runs_is_reproducible(tmp_path):
             "+0.000 | - | identical |") in text
     assert "(d) and (a) restore identically with every seed" in text
     assert "stage A AbsRel" in text and "0.400 ± 0.000" in text
+    assert "| (a) random encoder, fusion off | 3 | - | 0.0200 ± 0.0000 |" in text
 
 
 def test_rerun_skips_finished_jobs_and_settings_must_match(tmp_path, monkeypatch):

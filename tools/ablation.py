@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.prepare_data(plan)
         runner.mix_info(plan)
         runner.run_all(plan)
+        runner.complete_results(plan)
     path = report.write_report(plan, args.report)
     print(f"wrote {path}")
     return 0

@@ -27,7 +27,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _fmt(values: list[float], digits: int) -> str:
-    if not values:
+    if not values or not all(math.isfinite(v) for v in values):
         return "-"
     mean, std = _mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(std) else f"{mean:.{digits}f}"
@@ -44,7 +44,9 @@ def run_scores(result: dict, blur_edges: tuple[float, float]) -> dict[str, float
     images = result["images"]
     out = {"psnr": float(np.mean([r["psnr"] for r in images])),
            "ssim": float(np.mean([r["ssim"] for r in images])),
-           "photo_psnr": result["photos"]["psnr"], "photo_ssim": result["photos"]["ssim"]}
+           "photo_psnr": result["photos"]["psnr"], "photo_ssim": result["photos"]["ssim"],
+           "fusion_scale": result["residual_scales"]["fusion"],
+           "block_scale": result["residual_scales"]["blocks"]}
     for name, _, _ in DEPTH_BINS:
         sse, ssim_sum, count = (sum(r["bins"][name][k] for r in images) for k in range(3))
         out[f"{name}_psnr"] = _psnr(sse / count) if count else float("nan")

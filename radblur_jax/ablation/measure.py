@@ -131,11 +131,30 @@ def score_photos(restore: Any, photos: list[tuple[str, np.ndarray, np.ndarray]])
 
 
 def deblur_restore_fn(run_dir: str):
-    """`(restore, model config)` of a stage-B workdir's EMA weights."""
+    """`(restore, params)` of a stage-B workdir's EMA weights."""
     from radblur_jax.eval.loading import load_trained
     loaded = load_trained(run_dir)
     fn = jax.jit(lambda p, x: loaded.model.apply({"params": p}, x).restored[-1])
-    return (lambda x: fn(loaded.params, x)), loaded.model.cfg
+    return (lambda x: fn(loaded.params, x)), loaded.params
+
+
+def residual_scales(params: Any) -> dict[str, float]:
+    """RMS of the decoder's zero-initialised output scales: the depth fusion's (`ada_k/scale`;
+    NaN without fusion) and the NAF/FFT blocks' (`blocks_k/beta`, `gamma`). How far a branch
+    has opened: each starts at 0, so its contribution grows with its scale."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    named = [("/".join(str(getattr(k, "key", k)) for k in path), np.asarray(x, np.float64))
+             for path, x in leaves]
+
+    def rms(xs: list[np.ndarray]) -> float:
+        return float(np.sqrt(np.mean(np.concatenate([x.ravel() ** 2 for x in xs])))) if xs \
+            else float("nan")
+
+    ada = [x for n, x in named if n.startswith("decoder/") and "/ada_" in n
+           and n.endswith("/scale") and "/norm/" not in n]
+    blocks = [x for n, x in named if n.startswith("decoder/") and "/blocks_" in n
+              and n.rsplit("/", 1)[-1] in ("beta", "gamma")]
+    return {"fusion": rms(ada), "blocks": rms(blocks)}
 
 
 def learning_curve(workdir: str) -> dict[str, list[float]]:

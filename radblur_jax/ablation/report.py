@@ -173,6 +173,11 @@ def build_markdown(plan: Plan, results: list[dict], mix_info: dict, png_name: st
                   f"< medium <= {hi:.2f} dB < mild; mean PSNR of the restored images):", ""]
         lines += _table(["variant", "seeds", *(f"{b} blur" for b in BLUR_BINS)],
                         _variant_rows(plan, dm, [(f"blur_{b}_psnr", 2) for b in BLUR_BINS]))
+        lines += ["How far the decoder's zero-initialised branches opened (RMS of their output "
+                  "scales after training; each starts at 0): the depth fusion's and the NAF/FFT "
+                  "blocks':", ""]
+        lines += _table(["variant", "seeds", "fusion scale RMS", "block scale RMS"],
+                        _variant_rows(plan, dm, [("fusion_scale", 4), ("block_scale", 4)]))
         lines += ["Paired differences (same seed), in dB; t over seeds, verdict at 5%:", ""]
         keys = [("psnr", "PSNR"), ("near_psnr", "near PSNR"), ("far_psnr", "far PSNR"),
                 ("blur_strong_psnr", "strong-blur PSNR"), ("photo_psnr", "photos PSNR")]
@@ -200,6 +205,11 @@ def conclusion(plan: Plan, deblur: dict, depth: dict) -> list[str]:
             parts.append(f"{mean:+.3f} dB {where} ({verdict(d)}, "
                          f"{sum(v > 0 for v in d)}/{len(d)} seeds positive)")
         out.append(f"- `{mix.name}`: (c) - (a) is " + "; ".join(parts) + ".")
+        c = dm["c"]
+        fusion = np.mean([c[s]["fusion_scale"] for s in c])
+        blocks = np.mean([c[s]["block_scale"] for s in c])
+        out.append(f"  In (c) the fusion's output scale (zero at init) ended at RMS {fusion:.4f}, "
+                   f"the NAF/FFT blocks' at {blocks:.4f}.")
     for mix in plan.mixes:
         runs = depth[mix.name]
         if runs:

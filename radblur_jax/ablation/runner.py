@@ -135,8 +135,9 @@ def measure_job(plan: Plan, job: Job) -> dict:
             scores[name] = {"synthetic": measure.synthetic_depth_scores(predict, pairs, patch),
                             "motorcycle": measure.motorcycle_scores(predict)}
         return {"depth": scores, "curve": measure.learning_curve(wd)}
-    restore, _ = measure.deblur_restore_fn(wd)
+    restore, params = measure.deblur_restore_fn(wd)
     return {"images": measure.score_restorations(restore, pairs, near),
+            "residual_scales": measure.residual_scales(params),
             "photos": measure.score_photos(restore, measure.photo_pairs(str(photo_root(plan)))),
             "curve": measure.learning_curve(wd)}
 
@@ -161,6 +162,21 @@ def run_job(plan: Plan, job: Job) -> dict:
     result["seconds"] = round(time.time() - start, 1)
     write_json_atomic(wd / RESULT, result)
     return result
+
+
+def complete_results(plan: Plan) -> None:
+    """Adds what a finished stage-B result of an earlier version lacks (`residual_scales`),
+    from its checkpoint."""
+    from radblur_jax.workdir import load_params_for_inference
+    for job in jobs(plan):
+        path = workdir(plan, job) / RESULT
+        if job.variant is None or not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        if "residual_scales" not in result:
+            _, params = load_params_for_inference(str(workdir(plan, job)))
+            result["residual_scales"] = measure.residual_scales(params)
+            write_json_atomic(path, result)
 
 
 def load_results(plan: Plan) -> list[dict]:
