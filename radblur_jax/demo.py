@@ -62,7 +62,8 @@ def build_page(session: DemoSession) -> Any:
         pair = (result.blurry, result.restored) if result.ok else None
         return pair, result.depth, result.download, result.message
 
-    with gr.Blocks(title="RADBlur deblurring") as page:
+    # Gradio keeps the files it served (previews, downloads) in its cache: cleared hourly.
+    with gr.Blocks(title="RADBlur deblurring", delete_cache=(3600, 3600)) as page:
         gr.Markdown("# RADBlur: deblurring with depth\n"
                     f"Model: {session.description}. Drop a photo; the slider compares the "
                     "blurry input (left) with the restored image (right).")
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     page = build_page(session)
     page.queue(default_concurrency_limit=1)  # one model: photos are restored one at a time
     page.launch(server_name=args.host, server_port=args.port, show_error=False,
-                footer_links=["api"], quiet=False)
+                footer_links=["api"], max_file_size="500mb")
     return 0
 
 

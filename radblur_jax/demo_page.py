@@ -7,8 +7,10 @@ download equals the CLI's output for the same photo, checkpoint and options, bit
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -21,6 +23,7 @@ from radblur_jax.data.image_io import colorize_disparity
 from radblur_jax.eval.inference import InferenceOptions, Restorer
 
 DEFAULT_MAX_MEGAPIXELS = 24.0
+KEEP_DOWNLOADS = 8  # the last few restored files stay on disk; older ones are removed
 
 
 @dataclasses.dataclass
@@ -67,7 +70,9 @@ class DemoSession:
         self.max_pixels = int(max_megapixels * 1e6)
         self.restorer = Restorer(model, params, options)
         self.out_dir = out_dir or tempfile.mkdtemp(prefix="radblur_demo_")
+        os.makedirs(self.out_dir, exist_ok=True)
         self._sizes_seen: set[tuple[int, int]] = set()
+        self._recent: collections.deque[str] = collections.deque()
 
     def restore_upload(self, path: str | None, name: str | None = None) -> PageResult:
         """Restores the uploaded file at `path` (`name`: the name the person knows it by)."""
@@ -96,6 +101,9 @@ class DemoSession:
         seconds = time.perf_counter() - t0
         self._sizes_seen.add((h, w))
         out_dir = tempfile.mkdtemp(dir=self.out_dir)
+        self._recent.append(out_dir)
+        while len(self._recent) > KEEP_DOWNLOADS:
+            shutil.rmtree(self._recent.popleft(), ignore_errors=True)
         stem = os.path.splitext(os.path.basename(name))[0] or "photo"
         download = os.path.join(out_dir, f"{stem}_restored.png")
         deblur.write_restored(download, result)

@@ -3,6 +3,7 @@ is known: every kind of upload gets a result or a readable message, and the sess
 The page itself, in a browser, is test_demo_browser.py."""
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import cv2
@@ -131,3 +132,13 @@ def test_preview_modes():
     assert preview(rgba16).shape == (2, 3, 3) and preview(rgba16).dtype == np.uint8
     assert (preview(rgba16) == 255).all()
     assert preview(np.zeros((2, 3), np.uint8)).shape == (2, 3, 3)
+
+
+def test_only_the_last_downloads_stay_on_disk(tmp_path):
+    from radblur_jax.demo_page import KEEP_DOWNLOADS
+    s = DemoSession(HalfModel(), {}, description="half", out_dir=str(tmp_path / "out"),
+                    options=InferenceOptions(adaptive=True))
+    path = str(tmp_path / "p.png")
+    cv2.imwrite(path, np.zeros((8, 8, 3), np.uint8))
+    files = [s.restore_upload(path).download for _ in range(KEEP_DOWNLOADS + 2)]
+    assert [os.path.exists(f) for f in files] == [False] * 2 + [True] * KEEP_DOWNLOADS
