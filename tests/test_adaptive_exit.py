@@ -1,8 +1,8 @@
 """Adaptive exit as an inference mode: one encoder pass, only the sub-decoders the exit head asks
 for, per image and per window.
 
-The exit head is steered by its last bias (zero kernel), so the test knows which depth it picks;
-a stand-in step checks the early-exit loop exactly.
+The exit head is steered (`steered_params`: zero kernel, a peaked bias), so the test knows which
+depth it picks; a stand-in step checks the early-exit loop exactly.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from conftest import rel_err
 
 from radblur_jax.eval import inference as inf
+from radblur_jax.eval.adaptive_exit import steered_params
 from radblur_jax.models.radblur import RADBlur, exit_depth
 from radblur_jax.models.reversible import early_exit_forward
 
@@ -46,15 +47,6 @@ def test_early_exit_forward_keeps_each_elements_step_and_stops_at_the_largest():
     assert len(calls) == 3  # the 4th step never ran
 
 
-def _steered(params: dict, exit_class: int) -> dict:
-    """params whose exit head picks `exit_class` for every input."""
-    head = params["exit_head"]["fc2"]
-    bias = jnp.zeros_like(head["bias"]).at[exit_class].set(10.0)
-    return {**params, "exit_head": {**params["exit_head"],
-                                    "fc2": {"kernel": jnp.zeros_like(head["kernel"]),
-                                            "bias": bias}}}
-
-
 @pytest.fixture(scope="module")
 def tiny():
     from radblur_jax.eval.loading import load_random
@@ -70,7 +62,7 @@ def test_adaptive_equals_the_fixed_depth_output(tiny):
     full = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x)
     adaptive = jax.jit(lambda p, x: model.apply({"params": p}, x, method=RADBlur.adaptive))
     for exit_class in (0, 5):  # most blurred -> all K; sharpest -> the fewest
-        out = adaptive(_steered(params, exit_class), x)
+        out = adaptive(steered_params(params, exit_class), x)
         n = exit_depth(exit_class, k, 6)
         assert out.steps.tolist() == [n, n] and out.restored.shape == (2, 30, 44, 3)
         assert rel_err(out.restored, full.restored[n - 1]) <= 1e-5
@@ -81,7 +73,7 @@ def test_adaptive_equals_the_fixed_depth_output(tiny):
 @pytest.mark.slow
 def test_adaptive_windows_blend_like_fixed_depth_windows(tiny):
     model, params = tiny
-    params = _steered(params, 0)
+    params = steered_params(params, 0)
     x = np.random.default_rng(3).random((1, 40, 60, 3)).astype(np.float32)
     tiles = dict(tile=32, overlap=8, tile_batch=2)
     fixed = inf.Restorer(model, params, inf.InferenceOptions(**tiles)).restore(x)

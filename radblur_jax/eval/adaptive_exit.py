@@ -15,10 +15,12 @@ import collections
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from radblur_jax.models.radblur import RADBlur, exit_depth
 
-__all__ = ["AdaptiveExit", "adaptive_exit_for", "deblur_adaptive", "exit_depth"]
+__all__ = ["AdaptiveExit", "adaptive_exit_for", "deblur_adaptive", "exit_depth",
+           "steered_params"]
 
 _CACHE_SIZE = 8
 
@@ -63,3 +65,13 @@ def deblur_adaptive(model: RADBlur, params: Any, blurry: jax.Array) -> tuple[jax
     """Adaptive exit for one image (or window) `(1, H, W, 3)`: the exit head picks how many
     sub-decoders run; returns `(restored (1, H, W, 3), n)`. Compiles once per model and shape."""
     return adaptive_exit_for(model)(params, blurry)
+
+
+def steered_params(params: Any, exit_class: int) -> Any:
+    """`params` with the exit head's last layer replaced so that it picks `exit_class` for any
+    input (zero kernel, a bias peaked at the class): a known exit depth for tests and speed
+    measurements; everything else unchanged."""
+    head = params["exit_head"]["fc2"]
+    bias = jnp.zeros_like(head["bias"]).at[exit_class].set(10.0)
+    fc2 = {"kernel": jnp.zeros_like(head["kernel"]), "bias": bias}
+    return {**params, "exit_head": {**params["exit_head"], "fc2": fc2}}
