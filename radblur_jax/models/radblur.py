@@ -4,7 +4,9 @@
 `RADBlurOutput(restored (n, B, H, W, 3), disparity (B, H, W), exit_logits (B, classes))`, all
 float32 whatever `cfg.dtype`. Padding happens inside: the blur stem sees the image reflect-padded
 to a multiple of 16, the ViT that image padded (reflect) or resized to a multiple of the patch
-size; outputs are cropped back to (H, W).
+size; outputs are cropped back to (H, W). `apply(..., method=RADBlur.adaptive)` is the adaptive
+exit for inference: the encoder and exit logits once, then per image only the sub-decoders the
+head asks for (`AdaptiveOutput`).
 
 `build_radblur(cfg_or_name)` is the way to build it: it validates the config and resolves the
 backend (models/backends.py) once from `cfg.conv_impl`.
