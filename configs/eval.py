@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tile_batch = 4               # windows per forward pass
     c.self_ensemble = False        # x8 flips/rotations
     c.num_active = 0               # sub-decoders to run; 0 = all
+    # Adaptive exit: each image (each window with `tile`) runs only the sub-decoders its exit
+    # head asks for; the report then also gives PSNR/SSIM and time with all of them.
+    c.adaptive = False
     c.batch_size = 1               # images per step (same-size images), split over devices
     c.max_images = 0               # 0 = the whole split
     c.save_images = True           # restored/<name>.png

@@ -2,14 +2,16 @@
 
     python -m radblur_jax.deblur --checkpoint TRAIN_WORKDIR --input photo.jpg --output out/
     python -m radblur_jax.deblur --checkpoint DIR --input photos/ --output out/ --tile 512 --depth
+    python -m radblur_jax.deblur --checkpoint DIR --input photo.jpg --output out/ --adaptive
     python -m radblur_jax.deblur --random-init tiny --input photos/ --output out/  # smoke test
 
 Writes `<output>/<stem>.png` per input at the input's own size, bit depth (8 or 16) and mode
 (grayscale stays grayscale, an alpha channel is carried over unchanged); EXIF orientation is
 applied, so outputs are upright. `--depth` adds `<stem>_depth.png` (colour map) and
 `<stem>_depth.npy` (float32 relative disparity, larger = nearer). Images of one size are
-batched and compiled once. A file that cannot be read is named on stderr and skipped; the exit
-status is then 1. Inputs are never overwritten.
+batched and compiled once. `--adaptive` runs per image (per window with `--tile`) only the
+sub-decoders the exit head asks for. A file that cannot be read is named on stderr and
+skipped; the exit status is then 1. Inputs are never overwritten.
 """
 from __future__ import annotations
 
@@ -151,13 +153,58 @@ def output_paths(inputs: Sequence[str], out_dir: str) -> dict[str, str]:
     return outs
 
 
-def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+def read_checked(path: str, size: tuple[int, int] | None = None) -> Photo:
+    """`read_photo`, with the decoded size checked against the header's upright `(H, W)`
+    (`size`, read here when None); raises PhotoError."""
+    size = upright_size(path) if size is None else size
+    photo = read_photo(path)
+    if photo.rgb.shape[:2] != size:
+        raise PhotoError(f"{path}: decoded size {photo.rgb.shape[:2]} differs from its header "
+                         f"{size}")
+    return photo
+
+
+@dataclasses.dataclass
+class Restored:
+    """One restored photo: image (the array to save: input's mode and bit depth, see
+    `encode_photo`), disparity `(H, W)` float32, steps: sub-decoders run per window `(N,)` (None
+    when the restorer does not say)."""
+    image: np.ndarray
+    disparity: np.ndarray
+    steps: np.ndarray | None
+
+
+def restore_photos(restorer: Callable[[np.ndarray], Sequence[np.ndarray]],
+                   photos: Sequence[Photo], batch: int = 1) -> list[Restored]:
+    """Restores same-size `photos` in one call of `restorer` (`(B, H, W, 3)` -> `(restored,
+    disparity[, steps])`, e.g. `Restorer.restore`); the stack is padded to `batch` images by
+    repeating the last, so each size compiles once."""
+    x = np.stack([ph.rgb for ph in photos])
+    if len(photos) < batch:
+        x = np.concatenate([x, np.repeat(x[-1:], batch - len(photos), axis=0)])
+    out = restorer(x)
+    steps = out[2] if len(out) > 2 else None
+    return [Restored(encode_photo(out[0][j], ph), np.asarray(out[1][j], np.float32),
+                     None if steps is None else np.asarray(steps[j]))
+            for j, ph in enumerate(photos)]
+
+
+def write_restored(out_path: str, result: Restored, depth: bool = False) -> None:
+    """Writes `out_path` (PNG) and with `depth` `<stem>_depth.png` and `<stem>_depth.npy`."""
+    save_png(out_path, result.image)
+    if depth:
+        stem = os.path.splitext(out_path)[0]
+        save_png(stem + "_depth.png", image_io.colorize_disparity(result.disparity))
+        _save_npy(stem + "_depth.npy", result.disparity)
+
+
+def deblur_files(restorer: Callable[[np.ndarray], Sequence[np.ndarray]],
                  inputs: Sequence[str], out_dir: str, *, batch: int = 1, depth: bool = False,
                  progress: bool = True, err: Callable[[str], None] = print) -> list[str]:
     """Restores `inputs` into `out_dir`; returns the failed input paths (each reported via
-    `err`). Images of one upright size are batched (padded to `batch`: one compile per size)."""
+    `err`). Images of one upright size are batched (padded to `batch`: one compile per size).
+    `restorer` as for `restore_photos`."""
     from tqdm import tqdm
-
 
     outs = output_paths(inputs, out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -176,31 +223,32 @@ def deblur_files(restorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
             photos: list[tuple[str, Photo]] = []
             for p in paths[start:start + batch]:
                 try:
-                    photo = read_photo(p)
-                    if photo.rgb.shape[:2] != size:
-                        raise PhotoError(f"{p}: decoded size {photo.rgb.shape[:2]} differs from "
-                                         f"its header {size}")
-                    photos.append((p, photo))
+                    photos.append((p, read_checked(p, size)))
                 except PhotoError as e:
                     err(f"error: {e}; skipped")
                     failed.append(p)
                     bar.update(1)
             if not photos:
                 continue
-            x = np.stack([ph.rgb for _, ph in photos])
-            if len(photos) < batch:
-                x = np.concatenate([x, np.repeat(x[-1:], batch - len(photos), axis=0)])
-            restored, disparity = restorer(x)
-            for j, (p, photo) in enumerate(photos):
-                save_png(outs[p], encode_photo(restored[j], photo))
-                if depth:
-                    stem = os.path.splitext(outs[p])[0]
-                    save_png(stem + "_depth.png", image_io.colorize_disparity(disparity[j]))
-                    _save_npy(stem + "_depth.npy", disparity[j])
-                bar.set_postfix_str(os.path.basename(p))
+            results = restore_photos(restorer, [ph for _, ph in photos], batch)
+            for (p, _), result in zip(photos, results):
+                write_restored(outs[p], result, depth)
+                steps = "" if result.steps is None else f" ({steps_text(result.steps)})"
+                bar.set_postfix_str(os.path.basename(p) + steps)
                 bar.update(1)
     bar.close()
     return failed
+
+
+def steps_text(steps: np.ndarray) -> str:
+    """Sub-decoders run, for people: "4 sub-decoders", or per window "2-4 sub-decoders per
+    tile (mean 3.2)"."""
+    steps = np.asarray(steps).ravel()
+    lo, hi = int(steps.min()), int(steps.max())
+    if steps.size == 1 or lo == hi:
+        return f"{lo} sub-decoder{'s' if lo != 1 else ''}" + (
+            f" in each of {steps.size} tiles" if steps.size > 1 else "")
+    return f"{lo}-{hi} sub-decoders per tile (mean {steps.mean():.1f} over {steps.size})"
 
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
@@ -231,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring windows")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations "
                    "(8x slower)")
+    p.add_argument("--adaptive", action="store_true", help="adaptive exit: run only the "
+                   "sub-decoders the exit head asks for, per image or per --tile window")
     p.add_argument("--depth", action="store_true", help="also write <stem>_depth.png/.npy")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (same size)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA "
@@ -269,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     options = InferenceOptions(tile=args.tile, overlap=args.overlap,
-                               self_ensemble=args.self_ensemble)
+                               self_ensemble=args.self_ensemble, adaptive=args.adaptive)
     restorer = Restorer(loaded.model, loaded.params, options)
-    failed = deblur_files(restorer, inputs, args.output, batch=args.batch, depth=args.depth,
+    failed = deblur_files(restorer.restore, inputs, args.output, batch=args.batch, depth=args.depth,
                           progress=not args.no_progress,
                           err=lambda m: print(m, file=sys.stderr))
     done = len(inputs) - len(failed)

@@ -160,3 +160,34 @@ def test_cli_random_tiny_on_mixed_folder(photo_dir, tmp_path, capsys):
     assert sorted(os.listdir(out)) == sorted(
         f"{n}{s}" for n in ("gray", "rgba", "rgb16", "sideways")
         for s in (".png", "_depth.png", "_depth.npy"))
+
+
+def test_adaptive_flag_reaches_the_restorer(photo_dir, tmp_path, monkeypatch, capsys):
+    from radblur_jax.eval import inference, loading
+    seen = []
+
+    class FakeRestorer:
+        def __init__(self, model, params, options):
+            seen.append(options)
+
+        def restore(self, x):
+            return x, x.mean(-1), np.full((x.shape[0], 1), 3, np.int32)
+
+    monkeypatch.setattr(inference, "Restorer", FakeRestorer)
+    monkeypatch.setattr(loading, "load_random", lambda *a, **k: loading.LoadedModel(None, {}, ""))
+    d, ref = photo_dir
+    code = deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
+                        str(tmp_path / "out"), "--adaptive", "--tile", "16", "--overlap", "4"])
+    assert code == 0 and "1 of 1 images restored" in capsys.readouterr().err
+    assert seen == [inference.InferenceOptions(tile=16, overlap=4, adaptive=True)]
+    np.testing.assert_array_equal(_read(tmp_path / "out" / "gray.png"), ref["gray"])
+    deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
+                 str(tmp_path / "out2")])
+    assert seen[-1] == inference.InferenceOptions()
+
+
+def test_steps_text():
+    assert deblur.steps_text(np.array([1])) == "1 sub-decoder"
+    assert deblur.steps_text(np.array([4, 4])) == "4 sub-decoders in each of 2 tiles"
+    assert deblur.steps_text(np.array([2, 4, 3, 3])) == \
+        "2-4 sub-decoders per tile (mean 3.0 over 4)"

@@ -166,3 +166,41 @@ def test_radblur_tiny_windows_run():
     for a, b in zip(full, tiled):
         assert a.shape == b.shape and np.all(np.isfinite(b))
     assert rel_err(tiled[0], full[0]) < 1.0  # same model, windows see less context
+
+
+class StepsModel(PointwiseModel):
+    """Adaptive stand-in: a window asks for 2 steps when its mean is above 0.5, else 1; the
+    output is the input + steps."""
+
+    def apply(self, variables, x, num_active=None, method=None):
+        if method != "adaptive":
+            return super().apply(variables, x, num_active, method)
+        steps = jnp.where(jnp.mean(x, axis=(1, 2, 3)) > 0.5, 2, 1).astype(jnp.int32)
+        out = super().apply(variables, x)
+        return _Adaptive(x + steps[:, None, None, None], out.disparity, steps)
+
+
+class _Adaptive(NamedTuple):
+    restored: jax.Array
+    disparity: jax.Array
+    steps: jax.Array
+
+
+def test_adaptive_windows_pick_their_own_steps():
+    x = np.full((1, 20, 40, 3), 0.2, np.float32)
+    x[:, :, 28:] = 0.9  # only the right-hand windows are mostly bright: they ask for 2
+    opts = inf.InferenceOptions(tile=16, overlap=0, tile_batch=3, adaptive=True)
+    out = inf.Restorer(StepsModel(), PARAMS, opts).restore(x)
+    starts = inf.window_starts(40, 16, 0), inf.window_starts(20, 16, 0)
+    assert starts == ([0, 16, 24], [0, 4])
+    # windows in row-major order: 2 rows x 3 columns; the 3rd column (x >= 24) is bright
+    assert out.steps.tolist() == [[1, 1, 2, 1, 1, 2]]
+    np.testing.assert_allclose(out.restored[0, :, :16], x[0, :, :16] + 1, atol=1e-6)
+    np.testing.assert_allclose(out.restored[0, :, 32:], x[0, :, 32:] + 2, atol=1e-6)
+    whole = inf.Restorer(StepsModel(), PARAMS, inf.InferenceOptions(adaptive=True)).restore(x)
+    assert whole.steps.tolist() == [[1]]
+    plain = inf.InferenceOptions(tile=16, overlap=0)
+    fixed = inf.Restorer(PointwiseModel(), PARAMS, plain).restore(x)
+    assert fixed.steps.tolist() == [[1] * 6]  # fixed depth: every window ran all (here 1)
+    with pytest.raises(ValueError, match="num_active"):
+        inf.InferenceOptions(adaptive=True, num_active=2)

@@ -6,8 +6,11 @@ import csv
 import json
 import os
 import sys
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,3 +88,75 @@ def test_main_cli_dispatches_eval(tmp_path):
     summary = json.loads((tmp_path / "w" / "eval" / "synthetic_test" / "summary.json")
                          .read_text())
     assert summary["restored"]["count"] == 1 and "RANDOM" in summary["model"]
+
+
+class _Out(NamedTuple):
+    restored: jax.Array
+    disparity: jax.Array
+    exit_logits: jax.Array = None
+
+
+class _Adaptive(NamedTuple):
+    restored: jax.Array
+    disparity: jax.Array
+    exit_logits: jax.Array
+    steps: jax.Array
+
+
+class TwoStepModel:
+    """Stand-in with 2 sub-decoders: step 1 returns the input, step 2 `0.5 x + 0.25`; the
+    adaptive exit stops after step 1 on images brighter than `threshold`."""
+    cfg = SimpleNamespace(decoder=SimpleNamespace(num_sub_decoders=2))
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def apply(self, variables, x, num_active=None, method=None):
+        images = jnp.stack([x, 0.5 * x + 0.25])
+        disparity = jnp.mean(x, -1)
+        if method != "adaptive":
+            return _Out(images[:num_active], disparity)
+        steps = jnp.where(jnp.mean(x, axis=(1, 2, 3)) > self.threshold, 1, 2).astype(jnp.int32)
+        return _Adaptive(jnp.where(steps[:, None, None, None] == 1, images[0], images[1]),
+                         disparity, None, steps)
+
+
+def test_adaptive_report_gives_psnr_and_time_with_and_without(tmp_path, monkeypatch):
+    from radblur_jax.data.sources import make_source
+    from radblur_jax.eval.loading import LoadedModel
+    root = tmp_path / "syn"
+    write_dataset(root, 0, 4, SyntheticParams(height=24, width=32), seed=5, frames_per_scene=2)
+    source = make_source({"name": "synthetic", "root": str(root), "split": "test"})
+    means = sorted(float(source[i]["blur"].mean()) for i in range(len(source)))
+    threshold = (means[1] + means[2]) / 2  # two images stop after step 1, two run both
+    model = TwoStepModel(threshold)
+    monkeypatch.setattr(runner, "load_model",
+                        lambda config, workdir: LoadedModel(model, {}, "two-step"))
+    cfg = eval_config.get_config("tiny")
+    cfg.data.root = str(root)
+    cfg.adaptive = True
+    cfg.grids = False
+    cfg.save_images = False
+    summary = runner.run_evaluation(cfg, str(tmp_path / "work"), log=lambda m: None)
+    with open(tmp_path / "work" / "eval" / "synthetic_test" / "per_image.json") as f:
+        rows = json.load(f)
+    assert sorted(r["sub_decoders"] for r in rows) == [1, 1, 2, 2]
+    for r in rows:
+        # step 1 is the identity; the full depth is step 2 whatever the exit head says
+        want = r["identity_psnr"] if r["sub_decoders"] == 1 else r["full_psnr"]
+        assert r["psnr"] == pytest.approx(want, abs=1e-6)
+        assert r["seconds"] > 0 and r["full_seconds"] > 0
+    a = summary["adaptive"]
+    assert a["sub_decoders"] == 2 and a["mean_sub_decoders"] == 1.5
+    assert a["full_depth"]["psnr"] == pytest.approx(np.mean([r["full_psnr"] for r in rows]))
+    assert a["psnr_change"] == pytest.approx(
+        np.mean([r["psnr"] for r in rows]) - np.mean([r["full_psnr"] for r in rows]))
+    assert a["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
+    assert a["time_saved"] == pytest.approx(1 - a["seconds"] / a["full_depth_seconds"])
+    table = (tmp_path / "work" / "eval" / "synthetic_test" / "summary.md").read_text()
+    assert "| two-step, adaptive exit |" in table and "| two-step, all 2 sub-decoders |" in table
+    assert "adaptive exit: 1.50 of 2 sub-decoders on average" in table
+    assert f"PSNR change {a['psnr_change']:+.3f} dB" in table
+    cfg.num_active = 1
+    with pytest.raises(runner.ConfigError, match="num_active"):
+        runner.run_evaluation(cfg, str(tmp_path / "work"), log=lambda m: None)

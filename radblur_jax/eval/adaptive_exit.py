@@ -1,57 +1,49 @@
-"""Adaptive exit at inference: the exit head picks how many sub-decoders an image needs.
+"""Adaptive exit at inference, one image at a time: the exit head picks how many sub-decoders an
+image needs.
 
     restored, n = deblur_adaptive(model, params, blurry)     # blurry (1, H, W, 3) in [0, 1]
 
-The jitted functions are built once per model (`AdaptiveExit`, cached by `deblur_adaptive`), so
-repeated calls compile once per input shape and exit depth, not once per call.
+The encoder and the exit logits run once, then only the n sub-decoders the head asks for
+(`RADBlur.adaptive`). Batches, sliding windows (each window picks its own n) and self-ensemble
+go through `eval.inference` with `InferenceOptions(adaptive=True)`. The jitted function is built
+once per model (`AdaptiveExit`, cached by `deblur_adaptive`), so repeated calls compile once per
+input shape.
 """
 from __future__ import annotations
 
 import collections
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from radblur_jax.models.radblur import RADBlur
+from radblur_jax.models.radblur import RADBlur, exit_depth
+
+__all__ = ["AdaptiveExit", "adaptive_exit_for", "deblur_adaptive", "exit_depth",
+           "steered_params"]
 
 _CACHE_SIZE = 8
 
 
-def exit_depth(exit_class: int, num_sub_decoders: int, num_classes: int) -> int:
-    """Sub-decoders to run for a blur class (0 = most blurred -> all K; the sharpest -> fewest)."""
-    share = (num_classes - int(exit_class)) / num_classes
-    return max(1, min(num_sub_decoders, int(math.ceil(num_sub_decoders * share))))
-
-
 class AdaptiveExit:
-    """Adaptive-exit inference for one model; its jitted functions live as long as it does."""
+    """Adaptive-exit inference for one model; its jitted function lives as long as it does."""
 
     def __init__(self, model: RADBlur):
         self.model = model
-        self._logits = jax.jit(
-            lambda p, x: model.apply({"params": p}, x, method=RADBlur.exit_logits))
-        self._restore = jax.jit(
-            lambda p, x, n: model.apply({"params": p}, x, num_active=n).restored[-1],
-            static_argnums=2)
+        self._adaptive = jax.jit(
+            lambda p, x: model.apply({"params": p}, x, method=RADBlur.adaptive))
 
     def num_sub_decoders(self, params: Any, blurry: jax.Array) -> int:
         """How many sub-decoders the exit head asks for, for `blurry (1, H, W, 3)`."""
-        logits = self._logits(params, blurry)
-        return exit_depth(int(jnp.argmax(logits[0])), self.model.cfg.decoder.num_sub_decoders,
-                          logits.shape[-1])
+        return self(params, blurry)[1]
 
     def __call__(self, params: Any, blurry: jax.Array) -> tuple[jax.Array, int]:
-        """`(restored (1, H, W, 3) float32, n)` for one image (or window) `(1, H, W, 3)`.
-
-        The encoder runs twice (once for the exit logits, once inside the n-step forward).
-        """
+        """`(restored (1, H, W, 3) float32, n)` for one image (or window) `(1, H, W, 3)`."""
         if blurry.ndim != 4 or blurry.shape[0] != 1:
             raise ValueError(f"deblur_adaptive: expected one image (1, H, W, 3), got "
                              f"{blurry.shape}")
-        n = self.num_sub_decoders(params, blurry)
-        return self._restore(params, blurry, n), n
+        out = self._adaptive(params, blurry)
+        return out.restored, int(out.steps[0])
 
 
 _instances: collections.OrderedDict[int, AdaptiveExit] = collections.OrderedDict()
@@ -71,5 +63,15 @@ def adaptive_exit_for(model: RADBlur) -> AdaptiveExit:
 
 def deblur_adaptive(model: RADBlur, params: Any, blurry: jax.Array) -> tuple[jax.Array, int]:
     """Adaptive exit for one image (or window) `(1, H, W, 3)`: the exit head picks how many
-    sub-decoders run; returns `(restored (1, H, W, 3), n)`. Compiles once per model, shape, n."""
+    sub-decoders run; returns `(restored (1, H, W, 3), n)`. Compiles once per model and shape."""
     return adaptive_exit_for(model)(params, blurry)
+
+
+def steered_params(params: Any, exit_class: int) -> Any:
+    """`params` with the exit head's last layer replaced so that it picks `exit_class` for any
+    input (zero kernel, a bias peaked at the class): a known exit depth for tests and speed
+    measurements; everything else unchanged."""
+    head = params["exit_head"]["fc2"]
+    bias = jnp.zeros_like(head["bias"]).at[exit_class].set(10.0)
+    fc2 = {"kernel": jnp.zeros_like(head["kernel"]), "bias": bias}
+    return {**params, "exit_head": {**params["exit_head"], "fc2": fc2}}

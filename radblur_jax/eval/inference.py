@@ -9,12 +9,17 @@ the last one flush with the border; each output pixel is the weighted mean of th
 cover it, with weights ramping linearly over `overlap` px from each window edge. Disparity is
 relative (its scale differs per window), so in window mode it is predicted once on the whole
 image resized to about `tile * tile` pixels and resized back.
+
+Adaptive exit (`adaptive=True`): every image, or every window in window mode, runs only the
+sub-decoders its own exit logits ask for (`RADBlur.adaptive`); windows are blended exactly as
+in fixed-depth mode. `restore_fn(..., with_steps=True)` and `Restorer.restore` also return the
+sub-decoders run per image and window.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +33,14 @@ RestoreFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 class InferenceOptions:
     """tile: window side in px (0 = whole image); overlap: px shared by neighbouring windows;
     tile_batch: windows per forward pass; self_ensemble: average over the 8 flips/rotations;
-    num_active: sub-decoders to run (None = all)."""
+    num_active: sub-decoders to run (None = all); adaptive: the exit head picks them per image
+    (per window in window mode)."""
     tile: int = 0
     overlap: int = 32
     tile_batch: int = 4
     self_ensemble: bool = False
     num_active: int | None = None
+    adaptive: bool = False
 
     def __post_init__(self):
         if self.tile < 0 or self.overlap < 0 or self.tile_batch < 1:
@@ -42,6 +49,9 @@ class InferenceOptions:
         if self.tile and self.overlap >= self.tile:
             raise ValueError(f"InferenceOptions: overlap ({self.overlap}) must be smaller than "
                              f"tile ({self.tile})")
+        if self.adaptive and self.num_active is not None:
+            raise ValueError("InferenceOptions: adaptive picks the number of sub-decoders; "
+                             f"num_active ({self.num_active}) must be None with it")
 
 
 def window_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -73,15 +83,26 @@ def _dihedral_inverse(x: jax.Array, k: int) -> jax.Array:
     return jnp.flip(x, axis=2) if k >= 4 else x
 
 
-def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> RestoreFn:
+def restore_fn(model: Any, options: InferenceOptions = InferenceOptions(), *,
+               with_steps: bool = False) -> RestoreFn:
     """Pure `f(params, blurry (B, H, W, 3)) -> (restored (B, H, W, 3), disparity (B, H, W))`.
 
     restored is the last sub-decoder's output (not clipped); disparity is the depth branch's
-    relative disparity.
+    relative disparity. `with_steps` adds a third output, `steps (B, N)` int32: the sub-decoders
+    run for each of the N windows (N = 1 for the whole image; x8 with self-ensemble).
     """
-    def full(params, x):
+    def forward(params, x):
+        """`(restored (b, h, w, 3), disparity (b, h, w), steps (b,))` of one pass."""
+        if options.adaptive:
+            out = model.apply({"params": params}, x, method="adaptive")
+            return out.restored, out.disparity, out.steps
         out = model.apply({"params": params}, x, num_active=options.num_active)
-        return out.restored[-1], out.disparity
+        steps = jnp.full((x.shape[0],), out.restored.shape[0], jnp.int32)
+        return out.restored[-1], out.disparity, steps
+
+    def full(params, x):
+        restored, disparity, steps = forward(params, x)
+        return restored, disparity, steps[:, None]
 
     def depth_resized(params, x):
         b, h, w, _ = x.shape
@@ -106,10 +127,12 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> Re
         chunks = windows.reshape((n + pad) // k, k * b, th, tw, 3)
 
         def run(chunk):
-            out = model.apply({"params": params}, chunk, num_active=options.num_active)
-            return out.restored[-1]
+            restored, _, steps = forward(params, chunk)
+            return restored, steps
 
-        restored = jax.lax.map(run, chunks).reshape(n + pad, b, th, tw, 3)[:n]
+        restored, steps = jax.lax.map(run, chunks)
+        restored = restored.reshape(n + pad, b, th, tw, 3)[:n]
+        steps = steps.reshape(n + pad, b)[:n].T
         weight = np.outer(blend_ramp(th, options.overlap if len(ys) > 1 else 0),
                           blend_ramp(tw, options.overlap if len(xs) > 1 else 0))
         norm = np.zeros((h, w), np.float32)  # static: built on the host, not constant-folded
@@ -119,7 +142,7 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> Re
         w_dev = jnp.asarray(weight)[None, :, :, None]
         for i, (y, x0) in enumerate(boxes):
             acc = acc.at[:, y:y + th, x0:x0 + tw].add(restored[i] * w_dev)
-        return acc / jnp.asarray(norm)[None, :, :, None], depth_resized(params, x)
+        return acc / jnp.asarray(norm)[None, :, :, None], depth_resized(params, x), steps
 
     def single(params, x):
         h, w = x.shape[1:3]
@@ -129,12 +152,13 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions()) -> Re
 
     def ensemble(params, x):
         outs = [single(params, _dihedral(x, k)) for k in range(8)]
-        restored = sum(_dihedral_inverse(r, k) for k, (r, _) in enumerate(outs)) / 8.0
+        restored = sum(_dihedral_inverse(r, k) for k, (r, _, _) in enumerate(outs)) / 8.0
         disp = sum(_dihedral_inverse(d[..., None], k)[..., 0]
-                   for k, (_, d) in enumerate(outs)) / 8.0
-        return restored, disp
+                   for k, (_, d, _) in enumerate(outs)) / 8.0
+        return restored, disp, jnp.concatenate([s for _, _, s in outs], axis=1)
 
-    return ensemble if options.self_ensemble else single
+    fn = ensemble if options.self_ensemble else single
+    return fn if with_steps else lambda params, x: fn(params, x)[:2]
 
 
 def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
@@ -143,8 +167,17 @@ def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
+class Restoration(NamedTuple):
+    """`Restorer.restore`'s result (numpy): restored `(B, H, W, 3)`, disparity `(B, H, W)`,
+    steps `(B, N)` int32 (sub-decoders run per window, see `restore_fn`)."""
+    restored: np.ndarray
+    disparity: np.ndarray
+    steps: np.ndarray
+
+
 class Restorer:
-    """Jitted, batch-sharded inference: `restorer(images) -> (restored, disparity)` in numpy.
+    """Jitted, batch-sharded inference: `restorer(images) -> (restored, disparity)` in numpy
+    (`restorer.restore(images)` adds the sub-decoders run, a `Restoration`).
 
     `images (B, H, W, 3)` float32 in [0, 1]; the batch is padded (repeating the last image) to a
     multiple of the device count and split over the mesh's "data" axis; params are replicated.
@@ -158,14 +191,19 @@ class Restorer:
         self._batch = NamedSharding(self.mesh, PartitionSpec("data"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.params = jax.device_put(params, replicated)
-        self._fn = jax.jit(restore_fn(model, options), in_shardings=(replicated, self._batch),
-                           out_shardings=(self._batch, self._batch))
+        self._fn = jax.jit(restore_fn(model, options, with_steps=True),
+                           in_shardings=(replicated, self._batch),
+                           out_shardings=(self._batch,) * 3)
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.restore(images)[:2]
+
+    def restore(self, images: np.ndarray) -> Restoration:
+        """`Restoration` of `images (B, H, W, 3)` float32 in [0, 1]."""
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Restorer: expected (B, H, W, 3) images, got {images.shape}")
@@ -173,5 +211,5 @@ class Restorer:
         pad = (-b) % self.num_devices
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-        restored, disp = self._fn(self.params, jax.device_put(images, self._batch))
-        return np.asarray(restored)[:b], np.asarray(disp)[:b]
+        restored, disp, steps = self._fn(self.params, jax.device_put(images, self._batch))
+        return Restoration(np.asarray(restored)[:b], np.asarray(disp)[:b], np.asarray(steps)[:b])

@@ -6,12 +6,14 @@ configs/eval.py). Writes under `config.output_dir` (default `WORKDIR/eval/<datas
     per_image.csv / per_image.json   one row per image: restored and identity (blurry input)
                                      PSNR/SSIM, depth AbsRel/delta1 where the set has depth
     summary.json, summary.md         means: a markdown table, one row per method, one
-                                     `PSNR / SSIM` column per set (the papers' layout)
+                                     `PSNR / SSIM` column per set (the papers' layout); with
+                                     `adaptive`, also every sub-decoder's row and the time saved
     restored/<name>.png              8-bit restored images (the files that were scored)
     comparison_{best,median,worst}.png   blurry | restored | sharp | depth, with zoomed crops
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import defaultdict
@@ -48,7 +50,8 @@ def inference_options(config: Any) -> InferenceOptions:
     return InferenceOptions(tile=config.tile, overlap=config.overlap,
                             tile_batch=config.tile_batch,
                             self_ensemble=config.self_ensemble,
-                            num_active=n if n and n > 0 else None)
+                            num_active=n if n and n > 0 else None,
+                            adaptive=bool(config.get("adaptive", False)))
 
 
 @jax.jit
@@ -71,19 +74,41 @@ def _restored_path(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, "restored", os.path.splitext(name)[0] + ".png")
 
 
+def _timed(restorer: Restorer, x: np.ndarray, warm: set | None):
+    """`(Restoration, seconds)`; with `warm` (a set of the shapes already run), a new shape is
+    run once untimed first, so the time leaves out compilation."""
+    if warm is not None and x.shape not in warm:
+        restorer.restore(x)
+        warm.add(x.shape)
+    t0 = time.perf_counter()
+    out = restorer.restore(x)
+    return out, time.perf_counter() - t0
+
+
 def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
              protocol: str, ssim_mode: str, out_dir: str, save_images: bool,
-             saturated: set[str] | None) -> list[dict]:
-    """Restores and scores one same-size batch; returns its rows."""
+             saturated: set[str] | None, full_depth: Restorer | None = None,
+             warm: tuple[set, set] | None = None) -> list[dict]:
+    """Restores and scores one same-size batch; returns its rows. With `full_depth` (adaptive
+    mode: the same model with every sub-decoder), each row also has `full_psnr`, `full_ssim`,
+    `full_seconds` and `sub_decoders` (mean over windows), and times leave out compilation
+    (`warm`: the shapes each of the two restorers has run, updated here)."""
     blur = np.stack([item["blur"] for _, item in batch])
     sharp = np.stack([item["sharp"] for _, item in batch])
     x = blur
     if len(batch) < batch_size:  # fixed batch: one compilation per image size
         x = np.concatenate([blur, np.repeat(blur[-1:], batch_size - len(batch), axis=0)])
-    t0 = time.perf_counter()
-    restored, disparity = restorer(x)
-    seconds = (time.perf_counter() - t0) / len(batch)
-    restored, disparity = restored[:len(batch)], disparity[:len(batch)]
+    adaptive = full_depth is not None
+    warm = warm if warm is not None else (set(), set())
+    out, seconds = _timed(restorer, x, warm[0] if adaptive else None)
+    seconds /= len(batch)
+    restored, disparity = out.restored[:len(batch)], out.disparity[:len(batch)]
+    full_scores = None
+    if adaptive:
+        full, full_seconds = _timed(full_depth, x, warm[1])
+        full_seconds /= len(batch)
+        full_scores = protocols.score_batch(full.restored[:len(batch)], sharp, protocol,
+                                            ssim_mode=ssim_mode)
     scores = protocols.score_batch(restored, sharp, protocol, ssim_mode=ssim_mode)
     baseline = protocols.score_batch(blur, sharp, protocol, ssim_mode=ssim_mode)
     depth = None
@@ -96,6 +121,10 @@ def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
                "width": blur.shape[2], "psnr": scores[j]["psnr"], "ssim": scores[j]["ssim"],
                "identity_psnr": baseline[j]["psnr"], "identity_ssim": baseline[j]["ssim"],
                "seconds": seconds}
+        if full_scores is not None:
+            row.update(sub_decoders=float(np.mean(out.steps[j])),
+                       full_psnr=full_scores[j]["psnr"], full_ssim=full_scores[j]["ssim"],
+                       full_seconds=full_seconds)
         if "ecc_ok" in scores[j]:
             row["ecc_ok"] = scores[j]["ecc_ok"]
             row["identity_ecc_ok"] = baseline[j]["ecc_ok"]
@@ -144,6 +173,19 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
         "identity": protocols.mean_scores(ident, ("psnr", "ssim")),
         "seconds_total": seconds, "devices": jax.device_count(),
     }
+    if rows and "full_psnr" in rows[0]:
+        adaptive_s = sum(r["seconds"] for r in rows)
+        full_s = sum(r["full_seconds"] for r in rows)
+        full = protocols.mean_scores(
+            [{"psnr": r["full_psnr"], "ssim": r["full_ssim"]} for r in rows], ("psnr", "ssim"))
+        summary["adaptive"] = {
+            "sub_decoders": loaded.model.cfg.decoder.num_sub_decoders,
+            "mean_sub_decoders": float(np.mean([r["sub_decoders"] for r in rows])),
+            "full_depth": full,
+            "psnr_change": summary["restored"].get("psnr", np.nan) - full.get("psnr", np.nan),
+            "seconds": adaptive_s, "full_depth_seconds": full_s,
+            "time_saved": 1.0 - adaptive_s / full_s if full_s > 0 else 0.0,
+        }
     if rows and "ecc_ok" in rows[0]:
         summary["ecc_failures"] = sum(not r["ecc_ok"] for r in rows)
         summary["identity_ecc_failures"] = sum(not r["identity_ecc_ok"] for r in rows)
@@ -178,6 +220,17 @@ def summary_markdown(summary: dict) -> str:
         notes.append(f"depth (disparity aligned by scale and shift): AbsRel "
                      f"{summary['restored']['abs_rel']:.4f}, delta1 "
                      f"{summary['restored']['delta1']:.4f}.")
+    methods = [(summary["model"] + (", adaptive exit" if "adaptive" in summary else ""),
+                cells_r)]
+    if "adaptive" in summary:
+        a = summary["adaptive"]
+        methods.append((f"{summary['model']}, all {a['sub_decoders']} sub-decoders",
+                        [reports.psnr_ssim_cell(a["full_depth"])] + [""] * (len(columns) - 1)))
+        notes.append(
+            f"adaptive exit: {a['mean_sub_decoders']:.2f} of {a['sub_decoders']} sub-decoders "
+            f"on average; {a['seconds']:.2f} s against {a['full_depth_seconds']:.2f} s with all "
+            f"({100 * a['time_saved']:.1f}% saved, compilation left out), PSNR change "
+            f"{a['psnr_change']:+.3f} dB.")
     extra = []
     if summary.get("tile"):
         extra.append(f"sliding windows {summary['tile']} px, overlap {summary['overlap']}")
@@ -186,8 +239,7 @@ def summary_markdown(summary: dict) -> str:
     notes.append("inference: " + (", ".join(extra) if extra else "full image") +
                  f"; {summary['seconds_total']:.1f} s on {summary['devices']} device(s).")
     return reports.summary_table(
-        "Evaluation", columns, [(summary["model"], cells_r), ("identity (blurry input)",
-                                                              cells_i)], notes)
+        "Evaluation", columns, methods + [("identity (blurry input)", cells_i)], notes)
 
 
 def run_evaluation(config: Any, workdir: str,
@@ -208,6 +260,10 @@ def run_evaluation(config: Any, workdir: str,
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     loaded = load_model(config, workdir)
     restorer = Restorer(loaded.model, loaded.params, options)
+    full_depth = None
+    if options.adaptive:
+        full_depth = Restorer(loaded.model, loaded.params,
+                              dataclasses.replace(options, adaptive=False), restorer.mesh)
     if batch_size % restorer.num_devices:
         log(f"batch_size {batch_size} is not a multiple of the {restorer.num_devices} devices; "
             "batches are padded")
@@ -221,7 +277,7 @@ def run_evaluation(config: Any, workdir: str,
     rows: list[dict] = []
     pending: dict[tuple, list] = defaultdict(list)
     args = (restorer, batch_size, config.protocol, config.ssim_mode, out_dir,
-            config.save_images, saturated)
+            config.save_images, saturated, full_depth, (set(), set()))
     t0 = time.perf_counter()
     for i in range(n):
         item = source[i]
@@ -236,8 +292,10 @@ def run_evaluation(config: Any, workdir: str,
     seconds = time.perf_counter() - t0
     fields = ["index", "name", "height", "width", "psnr", "ssim", "identity_psnr",
               "identity_ssim"] + [k for k in ("ecc_ok", "identity_ecc_ok", "saturated",
-                                              "abs_rel", "delta1") if rows and k in rows[0]]
-    reports.write_rows(out_dir, "per_image", rows, fields + ["seconds"])
+                                              "abs_rel", "delta1", "sub_decoders", "full_psnr",
+                                              "full_ssim") if rows and k in rows[0]]
+    timing = ["seconds"] + (["full_seconds"] if rows and "full_seconds" in rows[0] else [])
+    reports.write_rows(out_dir, "per_image", rows, fields + timing)
     summary = _summary(rows, config, loaded, spec, seconds)
     if config.grids and rows:
         summary["grids"] = _grids(rows, source, restorer, batch_size, out_dir)

@@ -22,7 +22,7 @@ from radblur_jax.models.ada import AdaptiveDepthAttention
 from radblur_jax.models.backends import LAX, Backend
 from radblur_jax.models.blocks import Down, NAFBlock, Up
 from radblur_jax.models.conv_ops import sum_rows
-from radblur_jax.models.reversible import reversible_sequence
+from radblur_jax.models.reversible import early_exit_forward, reversible_sequence
 
 NUM_LEVELS = 4
 ALPHA_MIN = 1e-3
@@ -219,8 +219,10 @@ class ReversibleDecoder(nn.Module, kw_only=True):
       depth_features: 4 maps at the level sizes (any channels), None without depth attention;
       blurry `(B, H, W, 3)`.
     Returns `(n, B, H, W, 3)` float32: the image of each of the first `n = num_active or K`
-    sub-decoders. The stacked params `sub_decoders/...` are created by `nn.vmap` over
-    `SubDecoder` (on small dummy inputs); the forward applies them with the pure step
+    sub-decoders; with `exit_steps (B,)` int instead (inference only, no gradients), `(B, H, W,
+    3)`: each image after its own number of sub-decoders (the chain stops at the largest).
+    The stacked params `sub_decoders/...` are created by `nn.vmap` over `SubDecoder` (on small
+    dummy inputs); the forward applies them with the pure step
     `SubDecoder.apply(p_i, states, context)` that the reversible chain needs. With
     `reversible=True` backprop inverts the coupling instead of storing activations, keeping only
     the pyramid entering every `anchor_every`-th sub-decoder (see reversible.py); `unroll=True`
@@ -256,7 +258,8 @@ class ReversibleDecoder(nn.Module, kw_only=True):
     @nn.compact
     def __call__(self, states: States, bottleneck: jax.Array,
                  depth_features: Sequence[jax.Array] | None, blurry: jax.Array,
-                 num_active: int | None = None) -> jax.Array:
+                 num_active: int | None = None,
+                 exit_steps: jax.Array | None = None) -> jax.Array:
         depth = None
         if self.depth_attention:
             if depth_features is None:
@@ -268,6 +271,11 @@ class ReversibleDecoder(nn.Module, kw_only=True):
         if self.is_initializing():
             self._create_stacked()
         stacked = self.variables["params"]["sub_decoders"]
+        if exit_steps is not None:
+            module = SubDecoder(**self._sub_decoder_kwargs(), parent=None)
+            step = lambda p, s, ctx: module.apply({"params": p}, s, ctx)
+            return early_exit_forward(step, stacked, tuple(states), (bottleneck, depth, blurry),
+                                      exit_steps)
         n = self.num_sub_decoders if num_active is None else int(num_active)
         if not 1 <= n <= self.num_sub_decoders:
             raise ValueError(f"num_active={n} outside 1..{self.num_sub_decoders}")

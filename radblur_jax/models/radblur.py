@@ -4,7 +4,9 @@
 `RADBlurOutput(restored (n, B, H, W, 3), disparity (B, H, W), exit_logits (B, classes))`, all
 float32 whatever `cfg.dtype`. Padding happens inside: the blur stem sees the image reflect-padded
 to a multiple of 16, the ViT that image padded (reflect) or resized to a multiple of the patch
-size; outputs are cropped back to (H, W).
+size; outputs are cropped back to (H, W). `apply(..., method=RADBlur.adaptive)` is the adaptive
+exit for inference: the encoder and exit logits once, then per image only the sub-decoders the
+head asks for (`AdaptiveOutput`).
 
 `build_radblur(cfg_or_name)` is the way to build it: it validates the config and resolves the
 backend (models/backends.py) once from `cfg.conv_impl`.
@@ -40,6 +42,25 @@ class RADBlurOutput(NamedTuple):
     restored: jax.Array
     disparity: jax.Array
     exit_logits: jax.Array
+
+
+class AdaptiveOutput(NamedTuple):
+    """`RADBlur.adaptive`: restored `(B, H, W, 3)` (each image after its own number of
+    sub-decoders), disparity `(B, H, W)`, exit_logits `(B, classes)`, steps `(B,)` int32."""
+    restored: jax.Array
+    disparity: jax.Array
+    exit_logits: jax.Array
+    steps: jax.Array
+
+
+def exit_depth(exit_class, num_sub_decoders: int, num_classes: int):
+    """Sub-decoders to run for a blur class: `max(1, ceil(K (classes - c) / classes))` capped at
+    K (class 0 = most blurred -> all K). Python ints or integer arrays (elementwise)."""
+    k, c = num_sub_decoders, num_classes
+    n = (k * (c - exit_class) + c - 1) // c  # integer ceil: no float rounding at the bin edges
+    if isinstance(n, jax.Array):
+        return jnp.clip(n, 1, k).astype(jnp.int32)
+    return max(1, min(k, int(n)))
 
 
 class ExitHead(nn.Module):
@@ -107,8 +128,9 @@ class RADBlur(nn.Module):
         """Blur-degree logits `(B, classes)` for `blurry (B, H, W, 3)`."""
         return self.exit_head(self.encode(blurry)[1].tokens)
 
-    def __call__(self, blurry: jax.Array, num_active: int | None = None) -> RADBlurOutput:
-        """`blurry (B, H, W, 3)` in [0, 1]; `num_active` runs only the first n sub-decoders."""
+    def _decoder_inputs(self, blurry: jax.Array):
+        """The encoder's work, shared by every decoding: `(padded, DepthOutput, stem states,
+        bottleneck, depth features at the level sizes or None, disparity (B, H, W))`."""
         _, h, w, _ = blurry.shape
         padded, depth_out, cover = self.encode(blurry)
         states, bottleneck = self.stem(padded)
@@ -121,13 +143,33 @@ class RADBlur(nn.Module):
                 depth_features.append(apply_separable(
                     feat, region_bilinear_matrix(fh, sh, cover[0] / fh, step),
                     region_bilinear_matrix(fw, sw, cover[1] / fw, step)))
-        restored = self.decoder(states, bottleneck, depth_features, padded, num_active)
         disparity = depth_out.disparity
         if self.cfg.vit_input == "resize":
             disparity = bilinear_resize(disparity[..., None], padded.shape[1:3],
                                         align_corners=False)[..., 0]
-        return RADBlurOutput(restored[:, :, :h, :w], disparity[:, :h, :w],
-                             self.exit_head(depth_out.tokens))
+        return padded, depth_out, states, bottleneck, depth_features, disparity[:, :h, :w]
+
+    def __call__(self, blurry: jax.Array, num_active: int | None = None) -> RADBlurOutput:
+        """`blurry (B, H, W, 3)` in [0, 1]; `num_active` runs only the first n sub-decoders."""
+        _, h, w, _ = blurry.shape
+        padded, depth_out, states, bottleneck, feats, disparity = self._decoder_inputs(blurry)
+        restored = self.decoder(states, bottleneck, feats, padded, num_active)
+        return RADBlurOutput(restored[:, :, :h, :w], disparity, self.exit_head(depth_out.tokens))
+
+    def adaptive(self, blurry: jax.Array) -> AdaptiveOutput:
+        """Adaptive exit: the encoder and the exit logits once, then per image only the
+        `exit_depth` sub-decoders its logits ask for (the batch runs to its largest ask).
+
+        `blurry (B, H, W, 3)` in [0, 1]; `restored (B, H, W, 3)` equals
+        `__call__(blurry).restored[steps - 1]` per image.
+        """
+        _, h, w, _ = blurry.shape
+        padded, depth_out, states, bottleneck, feats, disparity = self._decoder_inputs(blurry)
+        logits = self.exit_head(depth_out.tokens)
+        steps = exit_depth(jnp.argmax(logits, axis=-1), self.cfg.decoder.num_sub_decoders,
+                           logits.shape[-1])
+        restored = self.decoder(states, bottleneck, feats, padded, exit_steps=steps)
+        return AdaptiveOutput(restored[:, :h, :w], disparity, logits, steps)
 
 
 def build_radblur(config: ml_collections.ConfigDict | str) -> RADBlur:

@@ -127,3 +127,28 @@ def reversible_sequence(step: Step, inverse: Inverse, params: Any, states: Any, 
         chain = _reversible_chain(step, inverse, anchor_every, unroll, backward_step)
         return chain(params, states, context)
     return _forward(step, params, states, context, unroll)
+
+
+def early_exit_forward(step: Step, params: Any, states: Any, context: Any,
+                       exit_steps: jax.Array) -> jax.Array:
+    """The chain without gradients, stopped early: a `lax.while_loop` runs steps
+    `1..max(exit_steps)` only; batch element b keeps the output of step `exit_steps[b]`.
+
+    `exit_steps (B,)` int in 1..n (the batch is the outputs' leading axis); returns one output
+    `(B, ...)` (the shape of `step`'s second result).
+    """
+    first = jax.tree_util.tree_map(lambda a: a[0], params)
+    out_shape = jax.eval_shape(step, first, states, context)[1]
+    exit_steps = jnp.asarray(exit_steps, jnp.int32)
+    last = jnp.max(exit_steps)
+
+    def body(carry):
+        i, s, kept = carry
+        p = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
+                                   params)
+        s, out = step(p, s, context)
+        hit = (exit_steps == i + 1).reshape((-1,) + (1,) * (out.ndim - 1))
+        return i + 1, s, jnp.where(hit, out, kept)
+
+    init = (jnp.int32(0), states, jnp.zeros(out_shape.shape, out_shape.dtype))
+    return jax.lax.while_loop(lambda c: c[0] < last, body, init)[2]
