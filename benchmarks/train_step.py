@@ -1,4 +1,5 @@
-"""CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate.
+"""CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate, and
+the step's counted FLOPs, bytes accessed and temporaries.
 
 The step training runs: the deblur recipe of each preset (configs/deblur.py) with the batch,
 crop and compute dtype given here, its task's gradients and update (radblur_jax/train/tasks:
@@ -7,23 +8,43 @@ donated), built and compiled by the code the training loop uses (`DeblurTask.tra
 radblur_jax/train/split_step.py): on a CPU gradients and update as two programs compiled
 concurrently (`--no_split`: one program). A change to the training step shows here.
 `compile_s` is the wall time until the step is ready (tracing, lowering and XLA compile).
-Prints a markdown table; `--json PATH` writes the rows (a JSON list); `--profile` adds a
-per-op breakdown of one step from a `jax.profiler` trace.
+Prints a markdown table; `--json PATH` writes the rows (a JSON list, each with `preset`,
+`dtype`, `conv_impl`, `size`, `batch` and the figures below); `--profile` adds a per-op
+breakdown of one step's time from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
-        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_flops] \
-        [--no_huge_pages] [--warmup N] [--no_split]
+        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_counts] \
+        [--compile-only] [--bytes-breakdown [N]] [--no_huge_pages] [--warmup N] [--no_split]
 
-`flops`: XLA's cost analysis of the same step lowered for the CPU with the sub-decoder scan
-unrolled and plain autodiff (the reversible backward's recomputation is not counted: these are
-the model's FLOPs). `matmul_flops_per_s`: a 2048^3 float32 matmul timed in the same run;
-`flops_ratio` = achieved / matmul. `step_cpu_s`: process CPU seconds per step (all threads),
-less sensitive than wall time to other jobs on a shared machine. `load_avg`: 1-minute load
-after timing (the benchmark's own threads included); `steal_share`: the share of CPU time the
-hypervisor gave to other VMs while the steps ran (/proc/stat). `huge_pages`: whether glibc's
-transparent-huge-page malloc was on (the script re-executes itself with it unless
-`--no_huge_pages`; radblur_jax/host_memory.py). `--profile` prints where one step's op time
-goes, by module (forward/backward and Flax module path), op kind and op (xla_profile.py).
+Counted figures (per image, deterministic: nothing runs; `--compile-only` gives only these,
+`--no_counts` skips them). XLA's cost analysis counts a loop body once, so every count is of
+the step with the sub-decoder loop unrolled (`decoder.unroll`), which sees every sub-decoder:
+- `bytes_accessed_per_image`, `temp_bytes_per_image`, `flops_executed_per_image`: the counted
+  program, the training step as trained (reversible decoder on, split or one program as
+  given) with the loop unrolled, compiled for the CPU: XLA's cost analysis `bytes accessed`
+  and `flops` of the optimized programs (summed over the two halves) and the memory analysis's
+  `temp_size_in_bytes` (the larger half's: they run in turn). The reversible backward's
+  inversion and recomputation are in these: they are what the step moves and runs.
+- `flops_per_image` (and `flops`, per step): the model's FLOPs, from the cost analysis of the
+  same step lowered (not compiled) with plain autodiff instead of the reversible backward,
+  so an MFU computed from it counts useful work only, and it does not change when the
+  backward's schedule (anchors, remat) changes.
+XLA's CPU backend widens bfloat16 to float32, so a bf16 row shows no saving in bytes here.
+`--bytes-breakdown N` prints where the counted program's bytes go: its top-level ops (fusions,
+library calls, copies) each charged its operands' and result's bytes, summed by Flax module
+path (from the ops' `op_name` metadata), by op kind and per op (hlo_bytes.py), top N rows.
+
+Timing figures (unless `--compile-only`): `step_s` median wall time of the timed steps,
+`images_per_s`, `step_temp_bytes_per_image` the timed step's temporaries (the sub-decoder loop
+as trained, a scan). `matmul_flops_per_s`: a 2048^3 float32 matmul timed in the same run;
+`achieved_flops_per_s` = flops / step_s, `flops_ratio` = achieved / matmul. `step_cpu_s`:
+process CPU seconds per step (all threads), less sensitive than wall time to other jobs on a
+shared machine. `load_avg`: 1-minute load after timing (the benchmark's own threads
+included); `steal_share`: the share of CPU time the hypervisor gave to other VMs while the
+steps ran (/proc/stat). `huge_pages`: whether glibc's transparent-huge-page malloc was on (the
+script re-executes itself with it unless `--no_huge_pages`; radblur_jax/host_memory.py).
+`--profile` prints where one step's op time goes, by module (forward/backward and Flax module
+path), op kind and op (xla_profile.py).
 """
 from __future__ import annotations
 
@@ -39,6 +60,7 @@ import numpy as np
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
+from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
 from xla_profile import print_profile, profile_compiled  # noqa: E402
 
 from radblur_jax import host_memory  # noqa: E402
@@ -49,6 +71,8 @@ from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
 from radblur_jax.train.tasks import DeblurTask  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
+COUNTED = ("the training step with the reversible decoder, sub-decoder loop unrolled, "
+           "compiled for the CPU")
 
 
 def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, *,
@@ -77,7 +101,8 @@ def _abstract(task: DeblurTask, batch: int, size: int):
 
 
 def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int) -> float:
-    """FLOPs of one train step from the CPU lowering (scan unrolled, plain autodiff)."""
+    """The model's FLOPs of one train step (whole batch): XLA's cost analysis of the CPU lowering
+    with the sub-decoder scan unrolled and plain autodiff (no reversible recomputation)."""
     task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=False,
                                    unroll=True))
     state, images, optimizers = _abstract(task, batch, size)
@@ -85,6 +110,35 @@ def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size
     cost = jax.jit(step).lower(state, images).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
+
+
+def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
+                    split: bool = True) -> tuple:
+    """The executables of the counted program: the training step as the loop builds it
+    (reversible decoder, split or one program), the sub-decoder scan unrolled; compiled from
+    abstract shapes (nothing runs)."""
+    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
+                                   unroll=True))
+    state, images, optimizers = _abstract(task, batch, size)
+    step = task.train_step(optimizers, split=split)
+    if isinstance(step, SplitStep):
+        return step.compile(state, images).executables
+    return (step.lower(state, images).compile(),)
+
+
+def compiled_counts(executables, batch: int) -> dict:
+    """Per-image figures of compiled programs run one after the other: FLOPs executed and bytes
+    accessed (XLA cost analysis, summed) and temporaries (memory analysis: the largest
+    program's temp buffer, since the programs run in turn)."""
+    flops = accessed = 0.0
+    for e in executables:
+        cost = e.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops += float(cost["flops"])
+        accessed += float(cost["bytes accessed"])
+    temp = max(e.memory_analysis().temp_size_in_bytes for e in executables)
+    return dict(flops_executed_per_image=flops / batch, bytes_accessed_per_image=accessed / batch,
+                temp_bytes_per_image=temp / batch)
 
 
 def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
@@ -111,10 +165,11 @@ def cpu_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
-          steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
-          split: bool = True) -> dict:
-    """Compiles and times the train step; returns one result row."""
+def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
+              steps: int, matmul_rate: float, profile: bool, warmup: int = 1,
+              split: bool = True) -> dict:
+    """Compiles and times the train step training runs (the sub-decoder scan as trained);
+    returns the timing part of a row."""
     config = bench_config(preset, dtype, conv_impl, batch_size, size)
     task = DeblurTask(config)
     params = task.load_initial_params(jax.random.key(0))
@@ -148,15 +203,11 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
         cpu_times.append(time.process_time() - c)
     steal1, total1 = cpu_jiffies()
     step_s = float(np.median(times))
-    flops = count_flops(preset, dtype, conv_impl, batch_size, size) if flops else float("nan")
-    row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
-               size=size, split=split, remat=bool(config.model.encoder.remat), steps=steps,
-               warmup=warmup, step_s=step_s,
-               step_min_s=float(min(times)), step_cpu_s=float(np.median(cpu_times)),
-               compile_s=compile_s, compile_cpu_s=compile_cpu_s,
-               images_per_s=batch_size / step_s, temp_bytes_per_image=temp_bytes / batch_size,
-               flops=flops, achieved_flops_per_s=flops / step_s, matmul_flops_per_s=matmul_rate,
-               flops_ratio=flops / step_s / matmul_rate, loss=float(metrics["loss"]),
+    row = dict(steps=steps, warmup=warmup, step_s=step_s, step_min_s=float(min(times)),
+               step_cpu_s=float(np.median(cpu_times)), compile_s=compile_s,
+               compile_cpu_s=compile_cpu_s, images_per_s=batch_size / step_s,
+               step_temp_bytes_per_image=temp_bytes / batch_size,
+               matmul_flops_per_s=matmul_rate, loss=float(metrics["loss"]),
                huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
                steal_share=(steal1 - steal0) / max(total1 - total0, 1))
     if profile:
@@ -170,6 +221,86 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
         row["profile"] = dict(total_ms=result["total_ms"], modules=result["modules"][:40],
                               kinds=result["kinds"][:20], ops=result["ops"][:40])
     return row
+
+
+def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
+               split: bool = True, breakdown: int = 0) -> dict:
+    """The counted figures of a row (module docstring); with `breakdown` > 0 prints the
+    counted program's bytes by module, op kind and op (top `breakdown` rows) and adds them."""
+    t0 = time.perf_counter()
+    executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split)
+    row = dict(counted=COUNTED + (" (gradients and update programs)" if split else ""),
+               counted_compile_s=time.perf_counter() - t0,
+               **compiled_counts(executables, batch_size))
+    flops = count_flops(preset, dtype, conv_impl, batch_size, size)
+    row.update(flops=flops, flops_per_image=flops / batch_size)
+    if breakdown:
+        result = bytes_breakdown(executables)
+        print(f"\n# {preset} {dtype} {conv_impl or 'default'}, batch {batch_size}, {size}x{size}")
+        print_bytes_breakdown(result, top=breakdown, per=batch_size)
+        row["bytes_breakdown"] = dict(
+            estimated_per_image=result["estimated"] / batch_size,
+            cost_analysis_per_image=result["cost_analysis"] / batch_size,
+            **{k: [dict(r, bytes=r["bytes"] / batch_size) for r in result[k][:n]]
+               for k, n in (("modules", max(breakdown, 40)), ("kinds", 20),
+                            ("ops", max(breakdown, 40)))})
+    return row
+
+
+def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
+          steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
+          split: bool = True, timed: bool = True, breakdown: int = 0) -> dict:
+    """One result row: timing of the train step (unless not `timed`) and its counted figures
+    (unless not `flops`)."""
+    config = bench_config(preset, dtype, conv_impl, batch_size, size)
+    row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
+               size=size, split=split, remat=bool(config.model.encoder.remat))
+    if timed:
+        row.update(time_step(preset, dtype, conv_impl, batch_size, size, steps, matmul_rate,
+                             profile, warmup, split))
+    if flops:
+        row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown))
+        if timed:
+            row.update(achieved_flops_per_s=row["flops"] / row["step_s"],
+                       flops_ratio=row["flops"] / row["step_s"] / matmul_rate)
+    return row
+
+
+def _gib(v: float) -> str:
+    return f"{v / 2 ** 30:.4g}"
+
+
+# (header, key, format) of the printed table; rows lacking a key leave the column out.
+COLUMNS = (
+    ("preset", "preset", str), ("dtype", "dtype", str), ("conv", "conv_impl", str),
+    ("split", "split", lambda v: "yes" if v else "no"), ("batch", "batch", str),
+    ("size", "size", str),
+    ("GFLOP/img", "flops_per_image", lambda v: f"{v / 1e9:.4g}"),
+    ("GFLOP/img executed", "flops_executed_per_image", lambda v: f"{v / 1e9:.4g}"),
+    ("GiB accessed/img", "bytes_accessed_per_image", _gib),
+    ("temp GiB/img", "temp_bytes_per_image", _gib),
+    ("step s", "step_s", lambda v: f"{v:.3f}"), ("compile s", "compile_s", lambda v: f"{v:.1f}"),
+    ("img/s", "images_per_s", lambda v: f"{v:.2f}"),
+    ("step temp MiB/img", "step_temp_bytes_per_image", lambda v: f"{v / 2 ** 20:.1f}"),
+    ("GFLOP/s", "achieved_flops_per_s", lambda v: f"{v / 1e9:.1f}"),
+    ("matmul GFLOP/s", "matmul_flops_per_s", lambda v: f"{v / 1e9:.1f}"),
+    ("ratio", "flops_ratio", lambda v: f"{v:.3f}"),
+    ("CPU s/step", "step_cpu_s", lambda v: f"{v:.2f}"), ("load", "load_avg", lambda v: f"{v:.2f}"),
+    ("steal", "steal_share", lambda v: f"{100 * v:.1f}%"),
+    ("huge pages", "huge_pages", lambda v: "on" if v else "off"),
+)
+
+
+def print_table(rows: list[dict]) -> None:
+    """The rows as one markdown table (the columns some row has)."""
+    columns = [c for c in COLUMNS if any(c[1] in r for r in rows)]
+    print("\n| " + " | ".join(h for h, _, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(f(r[k]) if k in r else "" for _, k, f in columns) + " |")
+    if any("counted" in r for r in rows):
+        print(f"\nGFLOP/img: the model's (plain autodiff); executed, GiB accessed, temp: "
+              f"{rows[0].get('counted', COUNTED)}.")
 
 
 def main() -> None:
@@ -189,8 +320,15 @@ def main() -> None:
                              "as two, compiled concurrently, as training on a CPU runs it)")
     parser.add_argument("--profile", action="store_true",
                         help="per-op breakdown of one step (by module, op kind and op)")
-    parser.add_argument("--no_flops", action="store_true",
-                        help="skip the FLOP count (a second, unrolled compile)")
+    parser.add_argument("--compile-only", "--compile_only", dest="compile_only",
+                        action="store_true",
+                        help="only the counted figures (FLOPs, bytes, temporaries): no timing")
+    parser.add_argument("--bytes-breakdown", "--bytes_breakdown", dest="bytes_breakdown",
+                        type=int, nargs="?", const=25, default=0, metavar="N",
+                        help="print the counted program's bytes by module, op kind and op "
+                             "(top N, default 25)")
+    parser.add_argument("--no_counts", "--no_flops", dest="no_counts", action="store_true",
+                        help="skip the counted figures (an unrolled lowering and compile)")
     parser.add_argument("--no_huge_pages", action="store_true",
                         help="run without glibc's transparent-huge-page malloc "
                              "(radblur_jax/host_memory.py)")
@@ -210,31 +348,26 @@ def main() -> None:
         parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.compile_only and args.no_counts:
+        parser.error("--compile-only with --no_counts leaves nothing to do")
+    if args.bytes_breakdown < 0:
+        parser.error(f"--bytes-breakdown must be >= 1, got {args.bytes_breakdown}")
     print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}, huge-page malloc "
           f"{'on' if host_memory.huge_pages_enabled() else 'off'}", flush=True)
-    rate = matmul_flops_per_s()
+    rate = float("nan") if args.compile_only else matmul_flops_per_s()
     rows = []
     for preset in presets:
         for dtype in dtypes:
             row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
-                        args.profile, flops=not args.no_flops, warmup=args.warmup,
-                        split=not args.no_split)
+                        args.profile, flops=not args.no_counts, warmup=args.warmup,
+                        split=not args.no_split, timed=not args.compile_only,
+                        breakdown=args.bytes_breakdown)
             rows.append(row)
-            print(f"# {preset} {dtype}: step {row['step_s']:.3f} s, compile "
-                  f"{row['compile_s']:.1f} s, load {row['load_avg']:.2f}", flush=True)
-    print("\n| preset | dtype | conv | split | batch | size | step s | compile s | img/s "
-          "| temp MiB/img | GFLOP | GFLOP/s | matmul GFLOP/s | ratio | CPU s/step | load | steal "
-          "| huge pages |")
-    print("|" + "---|" * 18)
-    for r in rows:
-        split = "yes" if r["split"] else "no"
-        print(f"| {r['preset']} | {r['dtype']} | {r['conv_impl']} | {split} | {r['batch']} "
-              f"| {r['size']} "
-              f"| {r['step_s']:.3f} | {r['compile_s']:.1f} | {r['images_per_s']:.2f} "
-              f"| {r['temp_bytes_per_image'] / 2 ** 20:.1f} | {r['flops'] / 1e9:.1f} "
-              f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} "
-              f"| {r['flops_ratio']:.3f} | {r['step_cpu_s']:.2f} | {r['load_avg']:.2f} "
-              f"| {100 * r['steal_share']:.1f}% | {'on' if r['huge_pages'] else 'off'} |")
+            done = [f"{k} {row[k]:.1f} s" for k in ("step_s", "compile_s", "counted_compile_s")
+                    if k in row]
+            print(f"# {preset} {dtype}: {', '.join(done)}, load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+    print_table(rows)
     if args.json:
         write_json_atomic(args.json, rows)
 

@@ -1,0 +1,169 @@
+"""Where a compiled XLA program's memory traffic goes: bytes per op, grouped by the model code
+that emitted each op.
+
+    rows = op_bytes(compiled.as_text())      # one row per executed HLO instruction
+    table = bytes_breakdown([compiled_a, compiled_b])
+
+XLA's cost analysis gives one total (`bytes accessed`), not a per-op list. Here each top-level
+instruction of the optimized HLO (a fusion, a library call, a copy; the ops inside a fusion
+stay in registers and caches) is charged its operands' and its result's bytes, read off the
+shapes in the HLO text; parameters, constants, tuples, get-tuple-element and bitcasts move
+nothing. That is what the cost analysis charges too, except where it knows a fusion reads only
+part of an operand (a slice, an in-place dynamic-update-slice): there this estimate is larger.
+`bytes_breakdown` therefore also reports the sum against the cost analysis's total.
+
+Instructions inside a `while` body are counted once, as the cost analysis counts them: unroll a
+loop to see every iteration. Ops are grouped by `op_module` (forward/backward and the Flax
+module path of the `op_name` metadata; the jitted function for ops outside differentiation)
+and by kind (the instruction name without its number: `transpose_copy_fusion`, `ynn_fusion`,
+`copy`, ...).
+"""
+from __future__ import annotations
+
+import collections
+import math
+import re
+from collections.abc import Sequence
+
+from xla_profile import module_of
+
+# Element sizes in bytes; sub-byte types rounded up as XLA:CPU stores them.
+_ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                  "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+                  "c128": 16, "s4": 1, "u4": 1, "s2": 1, "u2": 1}
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9]\w*)?)\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ")
+_NESTED = re.compile(r"\b(calls|to_apply|called_computations)=(\{[^}]*\}|%?[\w.\-]+)")
+_OP_NAME = re.compile(r"op_name=\"([^\"]+)\"")
+# Opcodes that move no data (pointers, views) or whose cost is that of their computations.
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+         "conditional", "call", "after-all", "partition-id", "replica-id"}
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape string (`f32[4,64]{1,0}`, a tuple of them, `token[]` = 0)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype == "token":
+            continue
+        size = _ELEMENT_BYTES.get(dtype, 1 if dtype.startswith("f8") else 4)
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def _closing(text: str, depth: int) -> int:
+    """Index of the parenthesis closing `depth` open ones in `text` (len(text) if none)."""
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return i
+    return len(text)
+
+
+def _split_instruction(rest: str) -> tuple[str, str, str, str]:
+    """`(shape, opcode, operands, attributes)` of the text after `name = `."""
+    if rest.startswith("("):  # tuple shape: up to its matching parenthesis
+        end = _closing(rest, 0)
+        shape, rest = rest[:end + 1], rest[end + 2:]
+    else:
+        shape, _, rest = rest.partition(" ")
+    opcode, _, rest = rest.partition("(")
+    end = _closing(rest, 1)
+    return shape, opcode, rest[:end], rest[end + 1:]
+
+
+def op_bytes(hlo_text: str) -> list[dict]:
+    """One row `{name, opcode, kind, op_name, bytes}` per executed instruction of an optimized
+    HLO module's text (`compiled.as_text()`): those of the entry computation and of loop bodies,
+    conditions and branches, not those inside fusions or reductions' `to_apply` computations."""
+    shapes: dict[str, str] = {}
+    computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
+    nested: set[str] = set()
+    current = None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m or current is None:
+            continue
+        name = m.group(1)
+        shape, opcode, operands, attributes = _split_instruction(line[m.end():])
+        shapes[name] = shape
+        current.append((name, shape, opcode, operands, attributes))
+        for key, called in _NESTED.findall(attributes):
+            if key != "to_apply" or opcode != "call":
+                nested.update(c.strip(" {}%") for c in called.split(","))
+    rows = []
+    for comp, instructions in computations.items():
+        if comp in nested:
+            continue
+        for name, shape, opcode, operands, attributes in instructions:
+            if opcode in _FREE:
+                continue
+            read = sum(shape_bytes(shapes.get(o, "")) for o in re.findall(r"%([\w.\-]+)",
+                                                                              operands))
+            op_name = _OP_NAME.search(attributes)
+            rows.append(dict(name=name, opcode=opcode, kind=name.rstrip("0123456789.-_"),
+                             op_name=op_name.group(1) if op_name else "",
+                             bytes=read + shape_bytes(shape)))
+    return rows
+
+
+def op_module(op_name: str, depth: int = 3) -> str:
+    """`xla_profile.module_of` for ops of the differentiated model (`"backward: decoder/..."`);
+    an op outside differentiation (the optimiser update, metrics) is labelled by the jitted
+    function instead of a direction (`"apply_gradients: (top level)"`)."""
+    if not op_name:
+        return "(no metadata)"
+    module = module_of(op_name, depth)
+    if "jvp(" in op_name or "transpose(" in op_name:
+        return module
+    function = re.match(r"jit\((\w+)\)", op_name)
+    return f"{function.group(1) if function else '?'}: {module.split(': ', 1)[1]}"
+
+
+def bytes_breakdown(programs: Sequence, depth: int = 3) -> dict:
+    """Per-op bytes of compiled programs (executables with `as_text()` and `cost_analysis()`):
+    `{"estimated", "cost_analysis", "modules", "kinds", "ops"}`, each list sorted by bytes,
+    rows `{name, bytes, share}` (ops also carry `kind` and `module`); shares of `estimated`."""
+    ops, reported = [], 0.0
+    for program in programs:
+        for row in op_bytes(program.as_text()):
+            ops.append(dict(row, module=op_module(row["op_name"], depth)))
+        cost = program.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        reported += float(cost.get("bytes accessed", 0.0))
+    total = float(sum(r["bytes"] for r in ops)) or 1.0
+    for r in ops:
+        r["share"] = r["bytes"] / total
+    ops.sort(key=lambda r: -r["bytes"])
+
+    def grouped(key: str) -> list[dict]:
+        sums: dict[str, float] = collections.defaultdict(float)
+        for r in ops:
+            sums[r[key]] += r["bytes"]
+        return [dict(name=k, bytes=b, share=b / total)
+                for k, b in sorted(sums.items(), key=lambda kv: -kv[1])]
+
+    return dict(estimated=total, cost_analysis=reported, modules=grouped("module"),
+                kinds=grouped("kind"), ops=ops)
+
+
+def print_bytes_breakdown(breakdown: dict, top: int = 25, per: int = 1) -> None:
+    """Markdown tables by module, by op kind and the `top` single ops; MiB divided by `per`
+    (the batch size, for per-image figures)."""
+    mib = 2.0 ** 20 * per
+    print(f"\nbytes per op: estimated {breakdown['estimated'] / mib:.1f} MiB"
+          f"{' per image' if per > 1 else ''} (XLA cost analysis: "
+          f"{breakdown['cost_analysis'] / mib:.1f})")
+    for title, rows, limit in (("module", breakdown["modules"], top),
+                               ("op kind", breakdown["kinds"], 12),
+                               ("op", breakdown["ops"], top)):
+        print(f"\n| {title} | MiB | share |" + (" module |" if title == "op" else ""))
+        print("|---|---|---|" + ("---|" if title == "op" else ""))
+        for r in rows[:limit]:
+            extra = f" {r['module']} |" if title == "op" else ""
+            print(f"| {r['name']} | {r['bytes'] / mib:.2f} | {100 * r['share']:.1f}% |{extra}")

@@ -1,0 +1,81 @@
+"""The train-step benchmark's counted figures: per-op bytes of an optimized HLO module
+(benchmarks/hlo_bytes.py) against XLA's own total, and `train_step.py --compile-only` end to
+end on the tiny preset (slow: compiles the unrolled train step)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from hlo_bytes import bytes_breakdown, op_bytes, shape_bytes  # noqa: E402
+
+KEYS = ("preset", "dtype", "conv_impl", "size", "batch", "flops_per_image",
+        "bytes_accessed_per_image", "temp_bytes_per_image")
+
+
+def _compiled(length: int, unroll: bool):
+    def loss(x, w):
+        y = jnp.tanh(x @ w) * 2.0
+        y = jax.lax.scan(lambda c, _: (jnp.sin(c) + 1.0, None), y, None, length=length,
+                         unroll=unroll)[0]
+        return y.sum()
+    x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
+    return jax.jit(jax.grad(loss, argnums=1)).lower(x, w).compile()
+
+
+def test_shape_bytes():
+    assert shape_bytes("f32[4,64]{1,0}") == 4 * 64 * 4
+    assert shape_bytes("(s32[], bf16[3,5]{1,0}, pred[7])") == 4 + 2 * 15 + 7
+    assert shape_bytes("f32[]") == 4 and shape_bytes("token[]") == 0
+
+
+def test_per_op_bytes_add_up_to_the_cost_analysis():
+    compiled = _compiled(3, unroll=True)
+    result = bytes_breakdown([compiled])
+    # Every op here reads and writes whole arrays, so the estimate is XLA's figure exactly.
+    assert result["estimated"] == result["cost_analysis"] > 0
+    assert sum(r["bytes"] for r in result["modules"]) == result["estimated"]
+    directions = {r["name"].split(":")[0] for r in result["modules"]}
+    assert {"forward", "backward"} <= directions, directions
+    # The matmul's operands and result: (64, 32), (32, 16) -> (64, 16) float32.
+    (matmul,) = [r for r in result["ops"] if r["op_name"].endswith("jvp()/dot_general")]
+    assert matmul["bytes"] == 4 * (64 * 32 + 32 * 16 + 64 * 16)
+
+
+def test_loop_bodies_count_once():
+    rolled = {r["name"] for r in op_bytes(_compiled(3, unroll=False).as_text())}
+    longer = op_bytes(_compiled(30, unroll=False).as_text())
+    assert {r["name"] for r in longer} == rolled  # same ops: the body is not repeated
+    assert any("while/body" in r["op_name"] for r in longer)
+
+
+@pytest.mark.slow
+def test_compile_only_rows(tmp_path):
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "train_step.py"),
+                        "--presets", "tiny", "--size", "32", "--batch", "1", "--compile-only",
+                        "--bytes-breakdown", "5", "--json", str(out)],
+                       env=env, capture_output=True, text=True, timeout=3000)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (row,) = json.loads(out.read_text())
+    assert all(k in row for k in KEYS), sorted(row)
+    assert (row["preset"], row["dtype"], row["size"], row["batch"]) == ("tiny", "float32", 32, 1)
+    assert "step_s" not in row  # nothing timed
+    for k in ("flops_per_image", "flops_executed_per_image", "bytes_accessed_per_image",
+              "temp_bytes_per_image"):
+        assert row[k] > 0, (k, row[k])
+    assert row["bytes_accessed_per_image"] >= row["temp_bytes_per_image"]
+    breakdown = row["bytes_breakdown"]
+    # The per-op estimate charges whole operands: at least most of XLA's total, never far above.
+    assert 0.5 < breakdown["estimated_per_image"] / breakdown["cost_analysis_per_image"] < 1.5
+    assert breakdown["cost_analysis_per_image"] == pytest.approx(row["bytes_accessed_per_image"])
+    assert any(r["name"].startswith("backward: decoder") for r in breakdown["modules"])
+    assert "| module | MiB | share |" in p.stdout and "GiB accessed/img" in p.stdout
