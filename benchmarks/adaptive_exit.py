@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
+from inference import write_results  # noqa: E402  (benchmarks/, the script's own folder)
+
 from radblur_jax.eval.adaptive_exit import exit_depth, steered_params  # noqa: E402
 from radblur_jax.eval.inference import InferenceOptions, Restorer  # noqa: E402
 from radblur_jax.eval.loading import sampled_params  # noqa: E402
@@ -81,10 +82,7 @@ def main(argv=None) -> int:
                   f"{r['first_call_s']:13.2f} {r['seconds']:8.3f} {100 * r['saved']:6.1f}%",
                   flush=True)
     if args.json:
-        write_json_atomic(args.json, {"device": device.device_kind,
-                                      "devices": jax.device_count(), "jax": jax.__version__,
-                                      "loadavg_before": load, "loadavg_after": os.getloadavg(),
-                                      "results": results})
+        write_results(args.json, load, results)
     return 0
 
 

@@ -28,6 +28,14 @@ from radblur_jax.eval.loading import sampled_params, with_dtype  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
 
 
+def write_results(path: str, loadavg_before: tuple, results: list[dict]) -> None:
+    """The rows as JSON at `path`, with the device, JAX version and load around the run."""
+    write_json_atomic(path, {"device": jax.devices()[0].device_kind,
+                             "devices": jax.device_count(), "jax": jax.__version__,
+                             "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
+                             "results": results})
+
+
 def bench(preset: str, mode: str, args: argparse.Namespace) -> dict:
     model = build_radblur(with_dtype(preset, args.dtype))
     params = sampled_params(model, 0)
@@ -83,10 +91,7 @@ def main(argv=None) -> int:
             print(f"{preset:>6} {label:>12} {r['first_call_s']:13.2f} {r['seconds']:8.3f} "
                   f"{r['megapixels_per_s']:8.3f}", flush=True)
     if args.json:
-        write_json_atomic(args.json, {"device": device.device_kind,
-                                      "devices": jax.device_count(), "jax": jax.__version__,
-                                      "loadavg_before": load, "loadavg_after": os.getloadavg(),
-                                      "results": results})
+        write_results(args.json, load, results)
     return 0
 
 
