@@ -261,16 +261,11 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from radblur_jax.models.configs import radblur_names
+    from radblur_jax.eval.loading import add_model_arguments
 
     p = OneLineParser(prog="python -m radblur_jax.deblur",
                                 description="Deblur photos with a trained RADBlur.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="training workdir (latest checkpoint) or a checkpoint "
-                     "step directory")
-    src.add_argument("--random-init", metavar="PRESET", choices=radblur_names(),
-                     help="SMOKE TEST ONLY, instead of --checkpoint: random weights for a preset "
-                          f"({', '.join(radblur_names())}); the outputs are meaningless")
+    add_model_arguments(p)
     p.add_argument("--input", required=True, help="an image or a directory of images "
                    f"({', '.join(IMAGE_EXTS)})")
     p.add_argument("--output", required=True, help="directory for <stem>.png (never an input)")
@@ -283,11 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "sub-decoders the exit head asks for, per image or per --tile window")
     p.add_argument("--depth", action="store_true", help="also write <stem>_depth.png/.npy")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (same size)")
-    p.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA "
-                   "weights of a checkpoint")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="compute dtype (default: as saved with the checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -300,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         parser.error("--tile and --overlap must be >= 0, with --overlap < --tile")
     from radblur_jax.eval.inference import InferenceOptions, Restorer
-    from radblur_jax.eval.loading import CheckpointLoadError, load_random, load_trained
+    from radblur_jax.eval.loading import CheckpointLoadError, load_from_args
 
     try:
         problem = output_dir_problem(args.output)
@@ -308,13 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PhotoError(f"--output {args.output}: {problem}")
         inputs = list_inputs(args.input)
         output_paths(inputs, args.output)  # refuse to overwrite inputs before loading anything
-        if args.random_init:
-            print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test of "
-                  "the pipeline; the outputs are meaningless.", file=sys.stderr)
-            loaded = load_random(args.random_init, args.seed, dtype=args.dtype)
-        else:
-            loaded = load_trained(args.checkpoint, use_ema=not args.raw_weights,
-                                     dtype=args.dtype)
+        loaded = load_from_args(args)
     except (PhotoError, CheckpointLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

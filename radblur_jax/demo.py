@@ -26,15 +26,11 @@ API_NAME = "restore"  # the page's one endpoint: gradio_client's `api_name="/res
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from radblur_jax.models.configs import radblur_names
+    from radblur_jax.eval.loading import add_model_arguments
 
     p = OneLineParser(prog="python -m radblur_jax.demo",
                       description="A local web page that deblurs dropped photos.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="training workdir (latest checkpoint) or a checkpoint "
-                     "step directory")
-    src.add_argument("--random-init", metavar="PRESET", choices=radblur_names(),
-                     help="SMOKE TEST ONLY: random weights for a preset; outputs are meaningless")
+    add_model_arguments(p)
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--tile", type=int, default=512, help="photos larger than this many px on a "
@@ -45,11 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the number the exit head asks for")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
                    help="larger photos are refused with a message")
-    p.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA "
-                   "weights of a checkpoint")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="compute dtype (default: as saved with the checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     return p
 
 
@@ -97,16 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from radblur_jax.eval.inference import InferenceOptions
-    from radblur_jax.eval.loading import CheckpointLoadError, load_random, load_trained
+    from radblur_jax.eval.loading import CheckpointLoadError, load_from_args
 
     try:
-        if args.random_init:
-            print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test; "
-                  "the outputs are meaningless.", file=sys.stderr)
-            loaded = load_random(args.random_init, args.seed, dtype=args.dtype)
-        else:
-            loaded = load_trained(args.checkpoint, use_ema=not args.raw_weights,
-                                  dtype=args.dtype)
+        loaded = load_from_args(args)
     except CheckpointLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """The one place where eval, the deblur CLI, export and benchmarks get a model and its params."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from typing import Any
 
 import jax
@@ -91,3 +93,32 @@ def load_trained(path: str, *, use_ema: bool = True,
                                      dtype))
     weights = "EMA" if use_ema else "raw"
     return LoadedModel(model, params, f"RADBlur-{model.cfg.get('name', '?')} ({path}, {weights})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line choice of model the photo tools share (deblur CLI, demo page):
+    `--checkpoint` or `--random-init`, `--raw-weights`, `--dtype`, `--seed`; read them back with
+    `load_from_args`."""
+    from radblur_jax.models.configs import radblur_names
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="training workdir (latest checkpoint) or a checkpoint "
+                     "step directory")
+    src.add_argument("--random-init", metavar="PRESET", choices=radblur_names(),
+                     help="SMOKE TEST ONLY, instead of --checkpoint: random weights for a preset "
+                          f"({', '.join(radblur_names())}); the outputs are meaningless")
+    parser.add_argument("--raw-weights", action="store_true", help="use the raw instead of the "
+                        "EMA weights of a checkpoint")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="compute dtype (default: as saved with the checkpoint)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model `add_model_arguments`' flags name; random weights warn on stderr.
+    Raises CheckpointLoadError naming the checkpoint."""
+    if args.random_init:
+        print(f"WARNING: --random-init {args.random_init}: RANDOM WEIGHTS, a smoke test; the "
+              "outputs are meaningless.", file=sys.stderr)
+        return load_random(args.random_init, args.seed, dtype=args.dtype)
+    return load_trained(args.checkpoint, use_ema=not args.raw_weights, dtype=args.dtype)
+
