@@ -20,12 +20,11 @@ and by kind (the instruction name without its number: `transpose_copy_fusion`, `
 """
 from __future__ import annotations
 
-import collections
 import math
 import re
 from collections.abc import Sequence
 
-from xla_profile import module_of
+from xla_profile import grouped, module_of
 
 # Element sizes in bytes; sub-byte types rounded up as XLA:CPU stores them.
 _ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -141,15 +140,9 @@ def bytes_breakdown(programs: Sequence, depth: int = 3) -> dict:
         r["share"] = r["bytes"] / total
     ops.sort(key=lambda r: -r["bytes"])
 
-    def grouped(key: str) -> list[dict]:
-        sums: dict[str, float] = collections.defaultdict(float)
-        for r in ops:
-            sums[r[key]] += r["bytes"]
-        return [dict(name=k, bytes=b, share=b / total)
-                for k, b in sorted(sums.items(), key=lambda kv: -kv[1])]
-
-    return dict(estimated=total, cost_analysis=reported, modules=grouped("module"),
-                kinds=grouped("kind"), ops=ops)
+    return dict(estimated=total, cost_analysis=reported,
+                modules=grouped(ops, "module", "bytes", total),
+                kinds=grouped(ops, "kind", "bytes", total), ops=ops)
 
 
 def print_bytes_breakdown(breakdown: dict, top: int = 25, per: int = 1) -> None:

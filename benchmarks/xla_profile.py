@@ -48,6 +48,15 @@ def module_of(op_name: str, depth: int = 3) -> str:
     return f"{direction}: {'/'.join(modules[:depth]) or '(top level)'}"
 
 
+
+def grouped(ops: list[dict], key: str, value: str, total: float) -> list[dict]:
+    """`ops` summed by `op[key]`, largest first: `[{name, <value>, share}]`."""
+    sums: dict[str, float] = collections.defaultdict(float)
+    for r in ops:
+        sums[r[key]] += r[value]
+    return [{"name": k, value: v, "share": v / total}
+            for k, v in sorted(sums.items(), key=lambda kv: -kv[1])]
+
 def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
     """Runs `run_once()` under `jax.profiler`; XLA:CPU op name -> milliseconds (all threads)."""
     with tempfile.TemporaryDirectory() as logdir:
@@ -89,14 +98,8 @@ def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> 
                 ms=ms, share=ms / total) for n, ms in times.items()]
     ops.sort(key=lambda r: -r["ms"])
 
-    def grouped(key: str) -> list[dict]:
-        sums: dict[str, float] = collections.defaultdict(float)
-        for r in ops:
-            sums[r[key]] += r["ms"]
-        return [dict(name=k, ms=ms, share=ms / total)
-                for k, ms in sorted(sums.items(), key=lambda kv: -kv[1])]
-
-    return dict(total_ms=total, ops=ops, kinds=grouped("kind"), modules=grouped("module"))
+    return dict(total_ms=total, ops=ops, kinds=grouped(ops, "kind", "ms", total),
+                modules=grouped(ops, "module", "ms", total))
 
 
 def print_profile(profile: dict, top: int = 25) -> None:
