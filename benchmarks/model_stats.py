@@ -1,8 +1,9 @@
 """Parameters and forward FLOPs of every RADBlur preset (XLA cost analysis, batch 1).
 
 FLOPs come from XLA's cost analysis of the jitted forward (`RADBlurOutput` for one image), with
-the sub-decoder scan unrolled so that every sub-decoder is counted. Nothing runs: params are
-abstract shapes. Prints a markdown table; `--json PATH` writes the same figures.
+every loop unrolled (`flops.counting_config`: the sub-decoder scan and the CPU's blocked
+attention) so that every sub-decoder and every attention head is counted. Nothing runs: params
+are abstract shapes. Prints a markdown table; `--json PATH` writes the same figures.
 
     python benchmarks/model_stats.py [--presets tiny,s,b,l,g] [--sizes 256x256,1280x720]
 """
@@ -18,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from flops import abstract_params, counting_config  # noqa: E402  (benchmarks/)
+
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
-from radblur_jax.models.configs import radblur_config, radblur_names  # noqa: E402
+from radblur_jax.models.configs import radblur_names  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
 
 
@@ -29,11 +32,9 @@ def count_params(tree) -> int:
 
 def preset_stats(name: str, sizes: list[tuple[int, int]]) -> dict:
     """Params per part and forward GFLOPs per (width, height) for preset `name`."""
-    cfg = radblur_config(name)
-    cfg.decoder.unroll = True
+    cfg = counting_config(name)
     model = build_radblur(cfg)
-    params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)))["params"],
-                            jax.random.key(0))
+    params = abstract_params(model)
     row = dict(preset=name, vit=cfg.encoder.embed_dim, K=cfg.decoder.num_sub_decoders,
                width=cfg.decoder.width, params_m=count_params(params) / 1e6,
                params_m_by_part={k: count_params(v) / 1e6 for k, v in params.items()},

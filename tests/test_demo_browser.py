@@ -1,8 +1,8 @@
 """The demo page in a real browser: headless Chromium driven by Selenium, as a person uses it.
 
 One server (`python -m radblur_jax.demo --random-init tiny`) and one browser for the module.
-A photo from skimage's data is uploaded and restored (the download equals the deblur CLI's output
-for the same photo and options, bit for bit; a screenshot lands in the test's tmp_path); then a
+A photo from skimage's data is uploaded and restored in sliding windows (the download equals the
+deblur CLI's output for the same photo and options, bit for bit; a screenshot lands in the test's tmp_path); then a
 corrupt file (a message, no traceback), then a 16-bit grayscale photo (the server kept serving
 and the download keeps the mode and bit depth).
 
@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)
 CHROMEDRIVER = shutil.which("chromedriver")
-TILE = "512"  # the page's default --tile, passed to the CLI so both restore the same way
+# Smaller than chelsea (451x300): page and CLI both restore it through the sliding-window path
+# (2 x 3 windows, each picking its own exit depth), the path large photos take.
+TILE = "256"
 TIMEOUT = 600  # s: the first restore compiles the model (tens of seconds on a busy 2-core VM)
 
 
@@ -93,7 +95,7 @@ def server(tmp_path_factory, cli_output):
     port = _free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "radblur_jax.demo", "--random-init", "tiny",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                             "--port", str(port), "--tile", TILE], stdout=log, stderr=subprocess.STDOUT,
                             env=_cli_env(str(tmp)))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + TIMEOUT
