@@ -237,6 +237,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     cin = x.shape[-1]
     pads = _pairs(padding, x.shape[1:3], (kh, kw), strides)
     depthwise = groups == cin and kin == 1 and groups > 1
+    no_pad = not any(map(any, pads))
+    if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad and groups == 1:
+        return _matmul(x, kernel.reshape(cin, cout))  # both impls: see the module docstring
     if check_impl(impl) == "lax" or (groups != 1 and not depthwise):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
@@ -247,9 +250,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         if cout != cin:  # channel multiplier m: output o reads input o // m
             xp = jnp.repeat(xp, cout // cin, axis=-1)
         return depthwise_conv(xp, kernel.reshape(kh, kw, cout), strides)
-    no_pad = not any(map(any, pads))
-    if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad:
-        return _matmul(x, kernel.reshape(cin, cout))
     if (kh, kw) == strides and no_pad:
         b, h, w, _ = x.shape
         x = x[:, :h - h % kh, :w - w % kw]
@@ -363,7 +363,7 @@ class Conv(nn.Module):
         pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and groups == 1 and not any(
             map(any, _pairs(self.padding, pieces[0].shape[1:3], (1, 1), strides)))
         depthwise = groups == cin == self.features and groups > 1
-        if fast and pointwise and (len(pieces) > 1 or out_pieces > 1):
+        if pointwise and (len(pieces) > 1 or out_pieces > 1):
             return _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
         if fast and depthwise and (len(pieces) > 1 or out_pieces > 1):
             # Channel c of the output reads channel c of the input only: convolve per slice.

@@ -44,7 +44,8 @@ def _forward(step: Step, params: Any, states: Any, context: Any,
              unroll: int | bool = 1) -> tuple[Any, jax.Array]:
     """The chain as a `lax.scan` over the stacked params: `(final_states, outputs (n, ...))`.
 
-    `unroll=True` unrolls it (XLA's cost analysis then counts every step's FLOPs).
+    `unroll=True` unrolls it (XLA's cost analysis then counts every step's FLOPs); the
+    reversible backward's scan takes the same `unroll`.
     """
     return jax.lax.scan(lambda s, p: step(p, s, context), states, params, unroll=unroll)
 
@@ -78,7 +79,7 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: i
             end, outs = _forward(step, seg_params, s, context, unroll)
             return end, (s, outs)
 
-        final, (anchors, outs) = jax.lax.scan(run_segment, states, segments)
+        final, (anchors, outs) = jax.lax.scan(run_segment, states, segments, unroll=unroll)
         outs = outs.reshape((n,) + outs.shape[2:])
         return (final, outs), (params, anchors, final, context)
 
@@ -102,7 +103,7 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: i
         g_context0 = tmap(jnp.zeros_like, context)
         (_, g_initial, g_context), g_params = jax.lax.scan(
             back_one_step, (final, g_final, g_context0), (jnp.arange(n), params, g_outs),
-            reverse=True)
+            reverse=True, unroll=unroll)
         return g_params, g_initial, g_context
 
     chain.defvjp(chain_fwd, chain_bwd)
