@@ -44,14 +44,15 @@ def random_params(abstract, seed: int, scale_std: float = 0.1):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _decoder_grads(num_sub_decoders: int, height: int, width: int, seed: int):
+def _decoder_grads(num_sub_decoders: int, height: int, width: int, seed: int,
+                   keep_last: bool = False):
     """Gradients of a random scalar of the K outputs w.r.t. the decoder params, the stem's
     pyramid and bottleneck (what the stem back-propagates from) and the depth features, with
     reversible backprop on and off. The pyramid is a real stem's output on a random image."""
     image = jax.random.uniform(jax.random.key(seed), (2, height, width, 3))
     stem = BlurStem(width=WIDTH, backend=BACKEND)
     make = lambda rev: ReversibleDecoder(width=WIDTH, num_sub_decoders=num_sub_decoders,
-                                         reversible=rev, backend=BACKEND)
+                                         reversible=rev, keep_last=keep_last, backend=BACKEND)
     stem_params = random_params(jax.eval_shape(stem.init, jax.random.key(0), image), seed + 1)
     states, bottleneck = jax.jit(stem.apply)(stem_params, image)
     depth = tuple(jax.random.normal(jax.random.key(seed + 2 + k), s.shape[:3] + (5,))
@@ -67,10 +68,14 @@ def _decoder_grads(num_sub_decoders: int, height: int, width: int, seed: int):
     return grad(*args, True), grad(*args, False)
 
 
-@pytest.mark.parametrize("num_sub_decoders,height,width,seed", [
-    (2, 32, 48, 0), pytest.param(4, 48, 32, 1, marks=pytest.mark.slow)])
-def test_reversible_gradients_match_autodiff(num_sub_decoders, height, width, seed):
-    got, want = _decoder_grads(num_sub_decoders, height, width, seed)
+@pytest.mark.parametrize("num_sub_decoders,height,width,seed,keep_last", [
+    (2, 32, 48, 0, False), (2, 32, 32, 3, True),
+    pytest.param(4, 48, 32, 1, False, marks=pytest.mark.slow),
+    pytest.param(3, 32, 32, 2, True, marks=pytest.mark.slow)])
+def test_reversible_gradients_match_autodiff(num_sub_decoders, height, width, seed, keep_last):
+    """Reversible backprop (the last sub-decoder rebuilt, or kept from the forward) equals
+    plain autodiff; K=3 runs segments of one step, K=2 one segment of two."""
+    got, want = _decoder_grads(num_sub_decoders, height, width, seed, keep_last)
     paths = jax.tree_util.tree_flatten_with_path(want)[0]
     errors = {jax.tree_util.keystr(p): rel_err(g, w) for (p, w), g
               in zip(paths, jax.tree_util.tree_leaves(got))}

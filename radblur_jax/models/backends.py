@@ -48,13 +48,15 @@ class Backend:
     conv: ModuleDef
     conv_transpose: ModuleDef
     norm: ModuleDef
+    spectral_channels_first: bool = False
 
 
 def _backend(impl: str) -> Backend:
     return Backend(name=impl,
                    conv=functools.partial(conv_ops.Conv, impl=impl),
                    conv_transpose=functools.partial(conv_ops.ConvTranspose, impl=impl),
-                   norm=functools.partial(norms.LayerNorm, impl=impl))
+                   norm=functools.partial(norms.LayerNorm, impl=impl),
+                   spectral_channels_first=impl == "lax")
 
 
 FAST = _backend("fast")
