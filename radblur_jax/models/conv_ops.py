@@ -18,8 +18,12 @@ the matmul it is. `conv2d(..., impl="fast")` computes the same function as
 - other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, which XLA:CPU runs
   as fast as im2col + matmul or faster, forward and gradients, as one library call.
 
-Gradients of the matmul forms are 2-D matmuls by construction. `impl="lax"` is
-`lax.conv_general_dilated` throughout (`backends.LAX`). `Conv` and `ConvTranspose` are Linen
+Gradients of the matmul forms are 2-D matmuls by construction. `impl="lax"` (`backends.LAX`,
+the accelerator formulation) is `lax.conv_general_dilated` for every convolution but the 1x1
+ones, which both impls compute as the matmul (channel pieces and a gate as separate matmuls,
+see `Conv`): as a convolution their kernel gradient is a convolution over the whole image
+that XLA:CPU runs on transposed copies of the activation and its gradient, while a matmul's
+gradients are matmuls on every backend. `Conv` and `ConvTranspose` are Linen
 modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`; `Conv` also
 takes channel pieces and can end in a SimpleGate (see its docstring).
 """
@@ -232,6 +236,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     `x (B, H, W, I)`, `kernel (kh, kw, I / groups, O)` -> `(B, Ho, Wo, O)`, computed in the
     dtype the inputs share. Group counts other than 1 and I (depthwise) fall back to lax.
     """
+    check_impl(impl)
     strides = tuple(strides)
     kh, kw, kin, cout = kernel.shape
     cin = x.shape[-1]
@@ -240,7 +245,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     no_pad = not any(map(any, pads))
     if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad and groups == 1:
         return _matmul(x, kernel.reshape(cin, cout))  # both impls: see the module docstring
-    if check_impl(impl) == "lax" or (groups != 1 and not depthwise):
+    if impl == "lax" or (groups != 1 and not depthwise):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
     if depthwise:
@@ -318,7 +323,8 @@ class Conv(nn.Module):
     halves. The fast form never builds that concatenation or slices the output: a 1x1 conv sums
     one matmul per input piece with the matching kernel rows, per output half; a depthwise conv
     runs per channel half. A concatenate or split is one more pass over the activations, and
-    its backward another. `impl="lax"` concatenates, convolves and splits.
+    its backward another. `impl="lax"` concatenates, convolves and splits, except for 1x1
+    convs (matmul pieces, as the fast form).
     """
     features: int
     kernel_size: int | Sequence[int]

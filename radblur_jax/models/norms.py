@@ -15,8 +15,10 @@ from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_bar
 the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
 inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
 broadcasts that slice to a full activation-sized buffer for the fused backward.
-`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `backends.FAST` / `backends.LAX`
-hand the network this module with `impl` bound.
+`impl="lax"` computes `nn.LayerNorm`'s forward with the same closed-form backward, without the
+barrier (a CPU remedy) and recomputing `xhat` from the saved input and statistics, so the
+backward reads two full-size tensors (x, g) instead of autodiff's saved intermediates.
+`backends.FAST` / `backends.LAX` hand the network this module with `impl` bound.
 """
 from __future__ import annotations
 
