@@ -140,3 +140,20 @@ def test_fused_backward_step_equals_inverse_then_vjp():
 def test_segment_length_tiles_the_chain():
     assert [segment_length(8, a) for a in (1, 2, 3, 4, 8, 100)] == [1, 2, 2, 4, 8, 8]
     assert segment_length(6, 4) == 3 and segment_length(5, 2) == 1
+
+
+@pytest.mark.parametrize("keep_last", [False, True])
+def test_unrolled_chain_compiles_without_loops(keep_last):
+    """`unroll=True` unrolls the forward segments and the reversible backward too: XLA's cost
+    analysis counts a loop body once, so a loop left in the counted step hides steps."""
+    image = jnp.zeros((1, 32, 32, 3))
+    states, bottleneck = jax.eval_shape(BlurStem(width=WIDTH, backend=BACKEND).init_with_output,
+                                        jax.random.key(0), image)[0]
+    states = tuple(jnp.zeros(s.shape) for s in states)
+    bottleneck = jnp.zeros(bottleneck.shape)
+    decoder = ReversibleDecoder(width=WIDTH, num_sub_decoders=4, depth_attention=False,
+                                unroll=True, keep_last=keep_last, backend=BACKEND)
+    params = jax.eval_shape(decoder.init, jax.random.key(0), states, bottleneck, None, image)
+    loss = lambda p, s: jnp.sum(decoder.apply(p, s, bottleneck, None, image))
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, states).compile().as_text()
+    assert " while(" not in hlo
