@@ -46,11 +46,10 @@ class FFTBranch(nn.Module):
     """rfft2 -> 1x1 conv on [real, imag] -> GELU -> 1x1 conv -> irfft2; `(B,h,w,C) -> same`.
 
     The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`. With the
-    backend's `spectral_channels_first` the spectrum stays `(B, C, h, w//2+1)`, the layout the
-    FFT produces and consumes, and the 1x1 convs are batched matmuls on it (`SpectralConv`):
-    the image is transposed once on the way in and once on the way out, where the
-    channels-last form transposes the spectrum twice more and concatenates real and imaginary
-    parts.
+    backend's `spectral_channels_first` (the lax backend) the spectrum stays `(B, C, h,
+    w//2+1)`, the layout the FFT produces and consumes, and the 1x1 convs are batched matmuls
+    on it (`SpectralConv`, the same params): the activation is transposed once on the way in
+    and once on the way out, where the channels-last form also transposes the spectrum twice.
     """
     dtype: jnp.dtype = jnp.float32
     backend: Backend = LAX
