@@ -9,8 +9,10 @@ and calls its factories. The backend is resolved ONCE, where the model is built
 - `FAST`: matmul / shifted-add convolutions and closed-form depthwise and LayerNorm VJPs
   (models/conv_ops.py, models/norms.py). XLA:CPU lowers some convolutions and their gradients
   (depthwise, 1x1, the decoder head inside the reversible scan) far slower than these forms.
-- `LAX`: `lax.conv_general_dilated` and flax's LayerNorm formula: what cuDNN and the TPU
-  compilers are built for.
+- `LAX`: the accelerator formulation: `lax.conv_general_dilated` (1x1 convs as matmuls),
+  flax's LayerNorm formula with a closed-form VJP, the FFT branch's spectrum channels-first
+  (`spectral_channels_first`): what cuDNN and the TPU compilers are built for, with no
+  full-resolution copy that only transposes.
 
 Both compute the same function with the same parameters (names, shapes, init). Another form (a
 Pallas kernel, a TPU layout) is one more `Backend` and one more name in `BACKENDS`.
@@ -48,13 +50,15 @@ class Backend:
     conv: ModuleDef
     conv_transpose: ModuleDef
     norm: ModuleDef
+    spectral_channels_first: bool = False
 
 
 def _backend(impl: str) -> Backend:
     return Backend(name=impl,
                    conv=functools.partial(conv_ops.Conv, impl=impl),
                    conv_transpose=functools.partial(conv_ops.ConvTranspose, impl=impl),
-                   norm=functools.partial(norms.LayerNorm, impl=impl))
+                   norm=functools.partial(norms.LayerNorm, impl=impl),
+                   spectral_channels_first=impl == "lax")
 
 
 FAST = _backend("fast")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from radblur_jax.models.backends import LAX, Backend
+from radblur_jax.models.params import param
 
 
 def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
@@ -24,16 +25,39 @@ def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
 # ------------------------------------------------------------------ blocks
 
 
+class SpectralConv(nn.Module):
+    """A 1x1 conv of channels-first maps `(B, I, N) -> (B, O, N)` in `dtype`, params as
+    `nn.Conv` (`kernel (1, 1, I, O)`, `bias (O,)`): one batched matmul `(O, I) @ (I, N)` per
+    image, so the maps keep their layout."""
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, cin, _ = x.shape
+        kernel = param(self, "kernel", nn.initializers.lecun_normal(), (1, 1, cin, self.features))
+        bias = param(self, "bias", nn.initializers.zeros, (self.features,))
+        w = jnp.broadcast_to(kernel[0, 0].T.astype(self.dtype), (b, self.features, cin))
+        y = jax.lax.dot_general(w, x.astype(self.dtype), (((2,), (1,)), ((0,), (0,))))
+        return y + bias.astype(self.dtype)[:, None]
+
+
 class FFTBranch(nn.Module):
     """rfft2 -> 1x1 conv on [real, imag] -> GELU -> 1x1 conv -> irfft2; `(B,h,w,C) -> same`.
 
-    The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`.
+    The transforms run in float32, the 1x1 convs in `dtype`; returns `dtype`. With the
+    backend's `spectral_channels_first` (the lax backend) the spectrum stays `(B, C, h,
+    w//2+1)`, the layout the FFT produces and consumes, and the 1x1 convs are batched matmuls
+    on it (`SpectralConv`, the same params): the activation is transposed once on the way in
+    and once on the way out, where the channels-last form also transposes the spectrum twice.
     """
     dtype: jnp.dtype = jnp.float32
     backend: Backend = LAX
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.backend.spectral_channels_first:
+            return self._channels_first(x)
         _, h, w, c = x.shape
         conv = self.backend.conv
         spec = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2))
@@ -43,6 +67,18 @@ class FFTBranch(nn.Module):
         real, imag = jnp.split(y, 2, axis=-1)
         out = jnp.fft.irfft2(jax.lax.complex(real, imag), s=(h, w), axes=(1, 2))
         return out.astype(self.dtype)
+
+    def _channels_first(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        spec = jnp.fft.rfft2(x.astype(jnp.float32).transpose(0, 3, 1, 2))  # (B, C, h, wf)
+        wf = spec.shape[-1]
+        # [real; imag] on the channel axis: two contiguous blocks per image in this layout.
+        y = jnp.concatenate([spec.real, spec.imag], axis=1).reshape(b, 2 * c, h * wf)
+        y = nn.gelu(SpectralConv(2 * c, dtype=self.dtype, name="conv1")(y), approximate=False)
+        y = SpectralConv(2 * c, dtype=self.dtype, name="conv2")(y).astype(jnp.float32)
+        spec = jax.lax.complex(y[:, :c], y[:, c:])
+        out = jnp.fft.irfft2(spec.reshape(b, c, h, wf), s=(h, w))
+        return out.transpose(0, 2, 3, 1).astype(self.dtype)
 
 
 class NAFBlock(nn.Module, kw_only=True):

@@ -21,7 +21,9 @@ conv_impl:  the backend of the convolutions and the stem/decoder LayerNorms ("au
 encoder, dpt
 decoder:    width (channels at full resolution), num_sub_decoders (K), stem_blocks,
             fft (FFT branch in the coupling blocks), depth_fusion ("attention" | "none"),
-            reversible (custom-VJP backprop), anchor_every, dw_expand, ffn_expand, unroll
+            reversible (custom-VJP backprop), anchor_every, dw_expand, ffn_expand, unroll,
+            keep_last (the reversible forward keeps the last sub-decoder's activations, so
+            the backward does not rebuild and re-run it: fewer bytes moved, more memory)
 vit_input:  "pad" (reflect to a multiple of the patch) | "resize" (bicubic to the nearest multiple)
 exit:       psnr_edges (dB; classes = len + 1, class 0 = most blurred), hidden
 ```
@@ -154,7 +156,8 @@ def radblur_config(name: str) -> ml_collections.ConfigDict:
         dpt=dpt_config(name),
         decoder=dict(width=row.decoder_width, num_sub_decoders=row.num_sub_decoders,
                      stem_blocks=1, fft=True, depth_fusion="attention", reversible=True,
-                     anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False),
+                     anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False,
+                     keep_last=False),
         vit_input="pad",
         exit=dict(psnr_edges=EXIT_PSNR_EDGES, hidden=128),
     ))

@@ -18,8 +18,12 @@ the matmul it is. `conv2d(..., impl="fast")` computes the same function as
 - other full convs (3x3, 3x3 stride 2): `lax.conv_general_dilated` itself, which XLA:CPU runs
   as fast as im2col + matmul or faster, forward and gradients, as one library call.
 
-Gradients of the matmul forms are 2-D matmuls by construction. `impl="lax"` is
-`lax.conv_general_dilated` throughout (`backends.LAX`). `Conv` and `ConvTranspose` are Linen
+Gradients of the matmul forms are 2-D matmuls by construction. `impl="lax"` (`backends.LAX`,
+the accelerator formulation) is `lax.conv_general_dilated` for every convolution but the 1x1
+ones, which both impls compute as the matmul (channel pieces and a gate as separate matmuls,
+see `Conv`): as a convolution their kernel gradient is a convolution over the whole image
+that XLA:CPU runs on transposed copies of the activation and its gradient, while a matmul's
+gradients are matmuls on every backend. `Conv` and `ConvTranspose` are Linen
 modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`; `Conv` also
 takes channel pieces and can end in a SimpleGate (see its docstring).
 """
@@ -232,12 +236,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     `x (B, H, W, I)`, `kernel (kh, kw, I / groups, O)` -> `(B, Ho, Wo, O)`, computed in the
     dtype the inputs share. Group counts other than 1 and I (depthwise) fall back to lax.
     """
+    check_impl(impl)
     strides = tuple(strides)
     kh, kw, kin, cout = kernel.shape
     cin = x.shape[-1]
     pads = _pairs(padding, x.shape[1:3], (kh, kw), strides)
     depthwise = groups == cin and kin == 1 and groups > 1
-    if check_impl(impl) == "lax" or (groups != 1 and not depthwise):
+    no_pad = not any(map(any, pads))
+    if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad and groups == 1:
+        return _matmul(x, kernel.reshape(cin, cout))  # both impls: see the module docstring
+    if impl == "lax" or (groups != 1 and not depthwise):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
     if depthwise:
@@ -247,9 +255,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         if cout != cin:  # channel multiplier m: output o reads input o // m
             xp = jnp.repeat(xp, cout // cin, axis=-1)
         return depthwise_conv(xp, kernel.reshape(kh, kw, cout), strides)
-    no_pad = not any(map(any, pads))
-    if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad:
-        return _matmul(x, kernel.reshape(cin, cout))
     if (kh, kw) == strides and no_pad:
         b, h, w, _ = x.shape
         x = x[:, :h - h % kh, :w - w % kw]
@@ -318,7 +323,8 @@ class Conv(nn.Module):
     halves. The fast form never builds that concatenation or slices the output: a 1x1 conv sums
     one matmul per input piece with the matching kernel rows, per output half; a depthwise conv
     runs per channel half. A concatenate or split is one more pass over the activations, and
-    its backward another. `impl="lax"` concatenates, convolves and splits.
+    its backward another. `impl="lax"` concatenates, convolves and splits, except for 1x1
+    convs (matmul pieces, as the fast form).
     """
     features: int
     kernel_size: int | Sequence[int]
@@ -363,7 +369,7 @@ class Conv(nn.Module):
         pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and groups == 1 and not any(
             map(any, _pairs(self.padding, pieces[0].shape[1:3], (1, 1), strides)))
         depthwise = groups == cin == self.features and groups > 1
-        if fast and pointwise and (len(pieces) > 1 or out_pieces > 1):
+        if pointwise and (len(pieces) > 1 or out_pieces > 1):
             return _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
         if fast and depthwise and (len(pieces) > 1 or out_pieces > 1):
             # Channel c of the output reads channel c of the input only: convolve per slice.

@@ -225,8 +225,9 @@ class ReversibleDecoder(nn.Module, kw_only=True):
     dummy inputs); the forward applies them with the pure step
     `SubDecoder.apply(p_i, states, context)` that the reversible chain needs. With
     `reversible=True` backprop inverts the coupling instead of storing activations, keeping only
-    the pyramid entering every `anchor_every`-th sub-decoder (see reversible.py); `unroll=True`
-    unrolls the scan over sub-decoders (for XLA cost analysis).
+    the pyramid entering every `anchor_every`-th sub-decoder (see reversible.py); `keep_last`
+    keeps the last sub-decoder's activations from the forward instead of rebuilding it;
+    `unroll=True` unrolls the scans over sub-decoders (for XLA cost analysis).
     """
     width: int
     num_sub_decoders: int
@@ -237,6 +238,7 @@ class ReversibleDecoder(nn.Module, kw_only=True):
     dw_expand: int = 2
     ffn_expand: int = 2
     unroll: bool = False
+    keep_last: bool = False
     dtype: jnp.dtype = jnp.float32
     backend: Backend = LAX
 
@@ -288,5 +290,6 @@ class ReversibleDecoder(nn.Module, kw_only=True):
                                         (bottleneck, depth, blurry), reversible=self.reversible,
                                         backward_step=backward,
                                         anchor_every=self.anchor_every,
-                                        unroll=True if self.unroll else 1)
+                                        unroll=True if self.unroll else 1,
+                                        keep_last=self.keep_last)
         return images

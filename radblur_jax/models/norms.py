@@ -15,8 +15,10 @@ from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_bar
 the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
 inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
 broadcasts that slice to a full activation-sized buffer for the fused backward.
-`impl="lax"` is `nn.LayerNorm`'s own formulation (autodiff). `backends.FAST` / `backends.LAX`
-hand the network this module with `impl` bound.
+`impl="lax"` computes `nn.LayerNorm`'s forward with the same closed-form backward, without the
+barrier (a CPU remedy) and recomputing `xhat` from the saved input and statistics, so the
+backward reads two full-size tensors (x, g) instead of autodiff's saved intermediates.
+`backends.FAST` / `backends.LAX` hand the network this module with `impl` bound.
 """
 from __future__ import annotations
 
@@ -69,12 +71,38 @@ def _fast_bwd(eps, residuals, g):
 _fast.defvjp(_fast_fwd, _fast_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _lean(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    return _reference(x, scale, bias, eps)
+
+
+def _lean_fwd(x, scale, bias, eps):
+    mean, rstd = _statistics(x, eps)
+    # Saves the input (live anyway: it is the block's residual) and two per-pixel statistics,
+    # not the normalised activation: the backward recomputes `xhat` inside its fused pass.
+    return (x - mean) * (rstd * scale) + bias, (x, mean, rstd, scale)
+
+
+def _lean_bwd(eps, residuals, g):
+    del eps
+    x, mean, rstd, scale = residuals
+    xhat = (x - mean) * rstd
+    gs = g * scale
+    gx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+    lead = tuple(range(g.ndim - 1))
+    return gx, jnp.sum(g * xhat, axis=lead), jnp.sum(g, axis=lead)
+
+
+_lean.defvjp(_lean_fwd, _lean_bwd)
+
+
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6,
                impl: str = "fast") -> jax.Array:
     """LayerNorm of `x (..., C)` over C with `scale`, `bias (C,)`; float32 in and out."""
     if check_impl(impl) == "fast":
         return _fast(x, scale, bias, float(eps))
-    return _reference(x, scale, bias, eps)
+    return _lean(x, scale, bias, float(eps))
 
 
 class LayerNorm(nn.Module):

@@ -100,7 +100,8 @@ class RADBlur(nn.Module):
             width=d.width, num_sub_decoders=d.num_sub_decoders, fft=d.fft,
             depth_attention=configs.uses_depth_attention(cfg), reversible=d.reversible,
             anchor_every=d.anchor_every, dw_expand=d.dw_expand, ffn_expand=d.ffn_expand,
-            unroll=d.unroll, dtype=dtype, backend=backend)
+            unroll=d.unroll, keep_last=bool(d.get("keep_last", False)), dtype=dtype,
+            backend=backend)
         self.exit_head = ExitHead(len(cfg.exit.psnr_edges) + 1, cfg.exit.hidden, dtype)
 
     def _vit_input(self, padded: jax.Array) -> tuple[jax.Array, tuple[int, int]]:

@@ -44,7 +44,8 @@ def _forward(step: Step, params: Any, states: Any, context: Any,
              unroll: int | bool = 1) -> tuple[Any, jax.Array]:
     """The chain as a `lax.scan` over the stacked params: `(final_states, outputs (n, ...))`.
 
-    `unroll=True` unrolls it (XLA's cost analysis then counts every step's FLOPs).
+    `unroll=True` unrolls it (XLA's cost analysis then counts every step's FLOPs); the
+    reversible backward's scan takes the same `unroll`.
     """
     return jax.lax.scan(lambda s, p: step(p, s, context), states, params, unroll=unroll)
 
@@ -60,30 +61,59 @@ def inverting_backward(step: Step, inverse: Inverse) -> BackwardStep:
     return backward
 
 
+def _concat(*trees: Any) -> Any:
+    return tmap(lambda *xs: jnp.concatenate(xs), *trees)
+
+
 def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: int | bool,
-                      backward_step: BackwardStep | None = None) -> Callable:
-    """`chain(params, states, context) -> (final_states, outputs)` with inverting backward."""
+                      backward_step: BackwardStep | None = None,
+                      keep_last: bool = False) -> Callable:
+    """`chain(params, states, context) -> (final_states, outputs)` with inverting backward.
+
+    `keep_last`: the forward runs the last step under `jax.vjp` and keeps its residuals, so
+    the backward starts from them instead of rebuilding and re-running that step (the step
+    the backward needs first, right after the forward ends); it keeps that step's input
+    states too.
+    """
     backward_step = backward_step or inverting_backward(step, inverse)
 
     @jax.custom_vjp
     def chain(params, states, context):
         return _forward(step, params, states, context, unroll)
 
-    def chain_fwd(params, states, context):
-        n = _num_steps(params)
-        a = segment_length(n, anchor_every)
-        segments = tmap(lambda x: x.reshape((n // a, a) + x.shape[1:]), params)
+    def run_segments(params, states, context, n, a):
+        """The first `n` steps in segments of `a`: (end states, anchors, outputs)."""
+        segments = tmap(lambda x: x[:n].reshape((n // a, a) + x.shape[1:]), params)
 
         def run_segment(s, seg_params):
             end, outs = _forward(step, seg_params, s, context, unroll)
             return end, (s, outs)
 
-        final, (anchors, outs) = jax.lax.scan(run_segment, states, segments)
-        outs = outs.reshape((n,) + outs.shape[2:])
-        return (final, outs), (params, anchors, final, context)
+        end, (anchors, outs) = jax.lax.scan(run_segment, states, segments, unroll=unroll)
+        return end, anchors, outs.reshape((n,) + outs.shape[2:])
+
+    def chain_fwd(params, states, context):
+        n = _num_steps(params)
+        a = segment_length(n, anchor_every)
+        if not keep_last:
+            final, anchors, outs = run_segments(params, states, context, n, a)
+            return (final, outs), (params, anchors, final, None, context)
+        # Full segments, then the last segment: its anchor, its steps but the last, and the
+        # last step under jax.vjp.
+        head = n - a
+        s, anchors, outs = (run_segments(params, states, context, head, a) if head
+                            else (states, None, None))
+        last_anchor = tmap(lambda x: x[None], s)
+        anchors = last_anchor if anchors is None else _concat(anchors, last_anchor)
+        if a > 1:
+            s, tail = _forward(step, tmap(lambda x: x[head:n - 1], params), s, context, unroll)
+            outs = tail if outs is None else _concat(outs, tail)
+        (final, last), last_vjp = jax.vjp(step, tmap(lambda x: x[n - 1], params), s, context)
+        outs = last[None] if outs is None else _concat(outs, last[None])
+        return (final, outs), (params, anchors, s, last_vjp, context)
 
     def chain_bwd(residuals, cotangents):
-        params, anchors, final, context = residuals
+        params, anchors, states, last_vjp, context = residuals
         g_final, g_outs = cotangents
         n = _num_steps(params)
         a = segment_length(n, anchor_every)
@@ -99,11 +129,20 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: i
                 p, states, anchor, i % a == 0, context, g_states, g_out)
             return (previous, g_previous, tmap(jnp.add, g_context, g_ctx)), g_p
 
-        g_context0 = tmap(jnp.zeros_like, context)
-        (_, g_initial, g_context), g_params = jax.lax.scan(
-            back_one_step, (final, g_final, g_context0), (jnp.arange(n), params, g_outs),
-            reverse=True)
-        return g_params, g_initial, g_context
+        m, g_last = n, None
+        g_context = tmap(jnp.zeros_like, context)
+        if last_vjp is not None:  # the last step from its kept residuals
+            g_last, g_final, g_context = last_vjp((g_final, g_outs[n - 1]))
+            m = n - 1
+        if m:  # `states`: the final states, or the last step's input when it was kept
+            xs = (jnp.arange(m), tmap(lambda x: x[:m], params), g_outs[:m])
+            (_, g_final, g_context), g_params = jax.lax.scan(
+                back_one_step, (states, g_final, g_context), xs, reverse=True, unroll=unroll)
+            if g_last is not None:
+                g_params = _concat(g_params, tmap(lambda x: x[None], g_last))
+        else:
+            g_params = tmap(lambda x: x[None], g_last)
+        return g_params, g_final, g_context
 
     chain.defvjp(chain_fwd, chain_bwd)
     return chain
@@ -111,8 +150,8 @@ def _reversible_chain(step: Step, inverse: Inverse, anchor_every: int, unroll: i
 
 def reversible_sequence(step: Step, inverse: Inverse, params: Any, states: Any, context: Any,
                         *, reversible: bool = True, anchor_every: int = 2,
-                        unroll: int | bool = 1, backward_step: BackwardStep | None = None
-                        ) -> tuple[Any, jax.Array]:
+                        unroll: int | bool = 1, backward_step: BackwardStep | None = None,
+                        keep_last: bool = False) -> tuple[Any, jax.Array]:
     """Runs the chain over `params`' leading axis; returns `(final_states, outputs (n, ...))`.
 
     `step` and `inverse` must be pure; `inverse(p, step(p, s, c)[0], c)` must equal `s`.
@@ -124,7 +163,8 @@ def reversible_sequence(step: Step, inverse: Inverse, params: Any, states: Any, 
     a step that can share the inversion's work with its VJP passes its own (the decoder does).
     """
     if reversible:
-        chain = _reversible_chain(step, inverse, anchor_every, unroll, backward_step)
+        chain = _reversible_chain(step, inverse, anchor_every, unroll, backward_step,
+                                  keep_last)
         return chain(params, states, context)
     return _forward(step, params, states, context, unroll)
 
