@@ -1,10 +1,10 @@
 """The demo page in a real browser: headless Chromium driven by Selenium, as a person uses it.
 
 One server (`python -m radblur_jax.demo --random-init tiny`) and one browser for the module.
-A photo from skimage's data is uploaded and restored in sliding windows (the download equals the
-deblur CLI's output for the same photo and options, bit for bit; a screenshot lands in the test's tmp_path); then a
-corrupt file (a message, no traceback), then a 16-bit grayscale photo (the server kept serving
-and the download keeps the mode and bit depth).
+A photo from skimage's data is uploaded and restored in sliding windows (the download equals
+the deblur CLI's output for the same photo and options, bit for bit; a screenshot lands in the
+test's tmp_path); then a corrupt file (a message, no traceback), then a 16-bit grayscale photo
+(the server kept serving and the download keeps the mode and bit depth).
 
 Skipped with the reason when Chromium, chromedriver, Selenium or Gradio are absent
 (`pip install -e '.[demo]'`; .ci/run installs Debian's chromium and chromium-driver).
@@ -95,8 +95,8 @@ def server(tmp_path_factory, cli_output):
     port = _free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "radblur_jax.demo", "--random-init", "tiny",
-                             "--port", str(port), "--tile", TILE], stdout=log, stderr=subprocess.STDOUT,
-                            env=_cli_env(str(tmp)))
+                             "--port", str(port), "--tile", TILE],
+                            stdout=log, stderr=subprocess.STDOUT, env=_cli_env(str(tmp)))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + TIMEOUT
     while True:
