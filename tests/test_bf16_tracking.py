@@ -1,5 +1,5 @@
 """bfloat16 compute trains like float32: the tiny deblur recipe's train step, 50 steps on the
-built-in synthetic set (batch 4, 48 px crops), once with `model.dtype = "float32"` and once with
+built-in synthetic set (batch 4, 32 px crops), once with `model.dtype = "float32"` and once with
 `"bfloat16"`, same seed, same initial params, same batches. Params, optimiser state and the
 reversible decoder's states stay float32 either way (the presets' accelerator recipes train in
 bf16: `configs/deblur.py`). The bf16 run's loss stays close to float32's step by step and falls
@@ -28,7 +28,7 @@ def _config(dtype: str):
     c = load_config("deblur.py", "tiny")
     c.model.dtype = dtype
     c.train.batch_size = 4
-    c.input.crop_size = 48
+    c.input.crop_size = 32
     return c
 
 
