@@ -1,11 +1,13 @@
 """Forward FLOPs as XLA's cost analysis counts them, with every loop unrolled.
 
-XLA's cost analysis counts the body of a `while` loop once, whatever its trip count. Two loops
-sit in the forward: the sub-decoder `scan` (K iterations) and, on CPU, the blocked attention's
-`lax.map` over heads and query tiles (`attention_ops.blocked_attention`). Counted as compiled,
-the `s` forward at 1280x720 shows well under half of its FLOPs. `counting_config` therefore
-unrolls the decoder and selects the loop-free "xla" attention (the same maths: two matmuls and
-a softmax per head), and the count comes from the lowered program (nothing is compiled or run).
+XLA's cost analysis counts the body of a `while` loop once, whatever its trip count. Loops sit
+in the forward: the sub-decoder `scan` (K iterations) and, on CPU, the blocked attention's
+`lax.map` over heads and query tiles (`attention_ops.blocked_attention`) and the striped NAF
+blocks' maps over row bands (`models/striped.py`). Counted as compiled, the `s` forward at
+1280x720 shows well under half of its FLOPs. `counting_config` therefore unrolls the decoder
+and selects the loop-free "xla" attention (the same maths: two matmuls and a softmax per head),
+`forward_gflops` runs the NAF blocks on the whole image, and the count comes from the lowered
+program (nothing is compiled or run).
 
     gflops = forward_gflops("s", (1, 720, 1280, 3))
 """
@@ -52,7 +54,8 @@ def forward_gflops(cfg: Any, shape: tuple[int, int, int, int],
     """GFLOPs of the inference forward (`restore_fn`, whole image) on `shape (B, H, W, 3)`
     float32, running `num_active` sub-decoders (None: all), every loop counted in full."""
     model = build_radblur(counting_config(cfg))
-    fn = restore_fn(model, InferenceOptions(num_active=num_active))
+    # The whole-image backend: the forward-only one runs NAF blocks in loops over row bands.
+    fn = restore_fn(model, InferenceOptions(num_active=num_active), backend=model.backend)
     return lowered_gflops(fn, abstract_params(model), jax.ShapeDtypeStruct(shape, jnp.float32))
 
 

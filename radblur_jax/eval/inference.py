@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from radblur_jax.models.backends import Backend, inference_backend
+
 RestoreFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
 
@@ -84,13 +86,18 @@ def _dihedral_inverse(x: jax.Array, k: int) -> jax.Array:
 
 
 def restore_fn(model: Any, options: InferenceOptions = InferenceOptions(), *,
-               with_steps: bool = False) -> RestoreFn:
+               with_steps: bool = False, backend: Backend | None = None) -> RestoreFn:
     """Pure `f(params, blurry (B, H, W, 3)) -> (restored (B, H, W, 3), disparity (B, H, W))`.
 
     restored is the last sub-decoder's output (not clipped); disparity is the depth branch's
     relative disparity. `with_steps` adds a third output, `steps (B, N)` int32: the sub-decoders
     run for each of the N windows (N = 1 for the whole image; x8 with self-ensemble).
+    A model with a `backend` (RADBlur) computes with `backend`, by default its own backend's
+    forward-only form (`backends.inference_backend`: the same function).
     """
+    if isinstance(getattr(model, "backend", None), Backend):
+        model = model.clone(backend=backend or inference_backend(model.backend))
+
     def forward(params, x):
         """`(restored (b, h, w, 3), disparity (b, h, w), steps (b,))` of one pass."""
         if options.adaptive:

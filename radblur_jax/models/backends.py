@@ -14,6 +14,9 @@ and calls its factories. The backend is resolved ONCE, where the model is built
   (`spectral_channels_first`): what cuDNN and the TPU compilers are built for, with no
   full-resolution copy that only transposes.
 
+`stripe_rows` (forward-only passes, `inference_backend`): the NAF blocks run over bands of
+that many rows so their intermediates stay in cache (models/striped.py).
+
 Both compute the same function with the same parameters (names, shapes, init). Another form (a
 Pallas kernel, a TPU layout) is one more `Backend` and one more name in `BACKENDS`.
 
@@ -51,6 +54,7 @@ class Backend:
     conv_transpose: ModuleDef
     norm: ModuleDef
     spectral_channels_first: bool = False
+    stripe_rows: int = 0
 
 
 def _backend(impl: str) -> Backend:
@@ -64,6 +68,20 @@ def _backend(impl: str) -> Backend:
 FAST = _backend("fast")
 LAX = _backend("lax")
 BACKENDS = {"fast": FAST, "lax": LAX}
+
+
+# Rows per band of the striped NAF blocks in forward-only passes on CPU (models/striped.py):
+# a band's intermediates at the decoder's widths stay in cache.
+INFERENCE_STRIPE_ROWS = 24
+
+
+def inference_backend(backend: Backend) -> Backend:
+    """The backend for forward-only passes (inference; no gradients): `FAST` runs the NAF
+    blocks over bands of rows (`stripe_rows`), the same function with less memory traffic;
+    other backends unchanged."""
+    if backend.name == "fast" and not backend.stripe_rows:
+        return dataclasses.replace(backend, stripe_rows=INFERENCE_STRIPE_ROWS)
+    return backend
 
 
 def resolve_backend(conv_impl: str = "auto") -> Backend:

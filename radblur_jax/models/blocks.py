@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from radblur_jax.models import striped
 from radblur_jax.models.backends import LAX, Backend
 from radblur_jax.models.params import param
 
@@ -88,6 +89,13 @@ class NAFBlock(nn.Module, kw_only=True):
     attention -> 1x1 (C), added with per-channel `beta` (init 0). FFN: LN -> 1x1 -> SimpleGate ->
     1x1, added with `gamma` (init 0). The FFT branch, when on, is added to the block input.
     SimpleGate (the product of the two channel halves) is the `gate` of the conv before it.
+
+    `part` runs one piece of the block, for the striped forward (models/striped.py), which
+    applies the whole block one band of rows at a time when the backend's `stripe_rows` asks
+    for it: "expand" (LN -> 1x1), "mix" (depthwise 3x3 -> SimpleGate of an expanded map),
+    "fft" (the FFT branch of the input) and "finish" (the rest, given `mixed`, the mixer's
+    rows before the channel attention, their image-wide mean `mixed_mean (B, 1, 1, C)`, and
+    `spectral`, the FFT branch's rows or None).
     """
     dw_expand: int = 2
     ffn_expand: int = 2
@@ -96,21 +104,49 @@ class NAFBlock(nn.Module, kw_only=True):
     backend: Backend = LAX
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, part: str = "all", *, mixed: jax.Array | None = None,
+                 mixed_mean: jax.Array | None = None,
+                 spectral: jax.Array | None = None) -> jax.Array:
+        x = x.astype(self.dtype)
+        if part == "expand":
+            return self._expand(x)
+        if part == "mix":
+            return self._mix(x)
+        if part == "fft":
+            return FFTBranch(dtype=self.dtype, backend=self.backend, name="fft")(x)
+        if part == "finish":
+            return self._finish(x, mixed, mixed_mean, spectral)
+        if part != "all":
+            raise ValueError(f"NAFBlock: unknown part {part!r}")
+        rows = striped.stripe_rows(x.shape[1], self.backend.stripe_rows)
+        if rows and not self.is_initializing():
+            return striped.naf_block_striped(self.clone(parent=None), self.variables["params"],
+                                             x, rows)
+        y = self._mix(self._expand(x))
+        spectral = (FFTBranch(dtype=self.dtype, backend=self.backend, name="fft")(x)
+                    if self.fft else None)
+        return self._finish(x, y, jnp.mean(y, axis=(1, 2), keepdims=True), spectral)
+
+    def _expand(self, x: jax.Array) -> jax.Array:
+        hidden = self.dw_expand * x.shape[-1]
+        return self.backend.conv(hidden, (1, 1), dtype=self.dtype, name="conv1")(
+            self.backend.norm(name="norm1")(x))
+
+    def _mix(self, t: jax.Array) -> jax.Array:
+        hidden = t.shape[-1]
+        return self.backend.conv(hidden, (3, 3), padding=1, feature_group_count=hidden,
+                                 gate=True, dtype=self.dtype, name="conv2")(t)
+
+    def _finish(self, x: jax.Array, y: jax.Array, y_mean: jax.Array,
+                spectral: jax.Array | None) -> jax.Array:
         c, dt = x.shape[-1], self.dtype
         conv, norm = self.backend.conv, self.backend.norm
-        x = x.astype(dt)
-        hidden = self.dw_expand * c
-        y = conv(hidden, (1, 1), dtype=dt, name="conv1")(norm(name="norm1")(x))
-        y = conv(hidden, (3, 3), padding=1, feature_group_count=hidden, gate=True, dtype=dt,
-                 name="conv2")(y)
-        y = y * conv(hidden // 2, (1, 1), dtype=dt, name="sca")(
-            jnp.mean(y, axis=(1, 2), keepdims=True))
+        y = y * conv(y.shape[-1], (1, 1), dtype=dt, name="sca")(y_mean.astype(dt))
         y = conv(c, (1, 1), dtype=dt, name="conv3")(y)
         beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
         out = x + beta.astype(dt) * y
-        if self.fft:
-            out = out + FFTBranch(dtype=dt, backend=self.backend, name="fft")(x)
+        if spectral is not None:
+            out = out + spectral
         y = conv(self.ffn_expand * c, (1, 1), gate=True, dtype=dt, name="conv4")(
             norm(name="norm2")(out))
         y = conv(c, (1, 1), dtype=dt, name="conv5")(y)
