@@ -48,8 +48,10 @@ def test_striped_block_equals_whole_block(fft):
 
 
 def test_inference_backend_stripes_fast_only():
-    assert backends.inference_backend(backends.FAST).stripe_rows == \
-        backends.INFERENCE_STRIPE_ROWS > 0
+    forward_only = backends.inference_backend(backends.FAST)
+    assert forward_only.stripe_rows == backends.INFERENCE_STRIPE_ROWS > 0
+    assert forward_only.spectral_channels_first
+    assert forward_only.conv is backends.FAST.conv
     assert backends.inference_backend(backends.LAX) is backends.LAX
     assert backends.FAST.stripe_rows == 0  # training never stripes
 
