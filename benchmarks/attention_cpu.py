@@ -3,8 +3,10 @@
 
     python benchmarks/attention_cpu.py --batch 1 8 --reps 7 [--json out.json]
 
-Shape of DINOv2 ViT-S at 518 px: `(B, 1370, 6, 64)` float32. Every variant is jitted and warmed
-up; runs alternate over all variants and PyTorch so they share the machine load; medians.
+Shape of DINOv2 ViT-S at 518 px: `(B, 1370, 6, 64)` float32 (`--tokens` for other sizes).
+Every variant is jitted and warmed up; runs alternate over all variants and PyTorch so they
+share the machine load, each timed call right after an untimed one of the same variant (a
+variant that evicts the cache, like the XLA path, would otherwise slow the next); medians.
 `--threads` pins both sides (CPU affinity for XLA, set before `jax` is imported;
 `torch.set_num_threads` for PyTorch).
 """
@@ -32,6 +34,8 @@ VARIANTS = {
     "blocked q-tiles 343 (lax.map)": dict(heads_per_step=1, query_tile=343),
     "blocked q-tiles 457 (lax.map)": dict(heads_per_step=1, query_tile=457),
     "blocked q-tiles 685 (lax.map)": dict(heads_per_step=1, query_tile=685),
+    "blocked q-tiles 1196 (lax.map)": dict(heads_per_step=1, query_tile=1196),
+    "blocked q-tiles 2392 (lax.map)": dict(heads_per_step=1, query_tile=2392),
     "blocked q-tiles 512 unrolled, heads/step=1": dict(heads_per_step=1, query_tile=512,
                                                        unroll_tiles=True),
     "blocked q-tiles 685 unrolled, heads/step=2": dict(heads_per_step=2, query_tile=685,
@@ -44,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--tokens", type=int, default=1370, help="1370: 518 px, 197: 224 px")
+    p.add_argument("--tokens", type=int, default=1370,
+                   help="1370: 518 px, 197: 224 px, 4784: 1280x720 through the deblur model")
     p.add_argument("--only", nargs="*", default=None, help="substrings of variant names to run")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -86,9 +91,11 @@ def main(argv=None) -> int:
         times = {n: [] for n in list(fns) + ["torch sdpa"]}
         for _ in range(args.reps):
             for n, f in fns.items():
+                jax.block_until_ready(f(*jqkv))  # untimed: the previous variant's leftovers
                 t0 = time.perf_counter()
                 jax.block_until_ready(f(*jqkv))
                 times[n].append(time.perf_counter() - t0)
+            run_torch()
             t0 = time.perf_counter()
             run_torch()
             times["torch sdpa"].append(time.perf_counter() - t0)

@@ -44,17 +44,22 @@ def test_query_tiles_and_head_steps_with_remainders(query_tile, heads_per_step):
 
 
 def test_automatic_query_tiling_for_long_sequences(monkeypatch):
-    monkeypatch.setattr(ops, "SCORE_TILE_ELEMS", 197 * 50)  # 4 tiles of 50 query rows
+    monkeypatch.setattr(ops, "HEAD_BATCH_ELEMS", 197 * 50)
+    monkeypatch.setattr(ops, "QUERY_TILE_ELEMS", 197 * 50)  # 4 tiles of 50 query rows
     q, k, v = _qkv(2, 1, 197, 2, 16)
     assert rel_err(jax.jit(ops.blocked_attention)(q, k, v), _xla(q, k, v)) <= 1e-6
 
 
 def test_plan_tiles():
-    assert ops.plan_tiles(48, 1370, 1370, budget=700_000) == (1, 457)  # 3 tiles, 1 padded row
-    assert ops.plan_tiles(48, 1370, 1370, budget=1_000_000) == (1, 685)
-    assert ops.plan_tiles(48, 197, 197, budget=700_000) == (18, 197)
-    assert ops.plan_tiles(2, 197, 197, budget=700_000) == (2, 197)
-    assert ops.plan_tiles(1, 10, 10, budget=1) == (1, 1)
+    budgets = dict(head_budget=700_000, tile_budget=700_000)
+    assert ops.plan_tiles(48, 1370, 1370, **budgets) == (1, 457)  # 3 tiles, 1 padded row
+    assert ops.plan_tiles(48, 197, 197, **budgets) == (18, 197)
+    assert ops.plan_tiles(2, 197, 197, **budgets) == (2, 197)
+    assert ops.plan_tiles(1, 10, 10, head_budget=1, tile_budget=1) == (1, 1)
+    # the defaults: ViT-S at 518 px keeps a head whole, at 1280x720 (4784 tokens) 4 tiles
+    assert ops.plan_tiles(6, 1370, 1370) == (1, 1370)
+    assert ops.plan_tiles(6, 4784, 4784) == (1, 1196)
+    assert ops.plan_tiles(24, 330, 330) == (9, 330)
 
 
 @pytest.mark.parametrize("query_tile", [50, 197, 500])

@@ -9,12 +9,14 @@ softmax scale `Dh ** -0.5`, no mask. `impl`:
 
 Why "blocked" on CPU: the XLA path materialises all `B*H` score matrices at once (hundreds of
 MB for ViT-S at 518 px) and runs far below the machine's matmul rate; looping over heads with
-`lax.map` keeps one `T x T` score matrix hot in cache, and XLA:CPU lowers each step's dot + max
-+ exp into one fusion. Batching all heads or query chunks into one big batched dot (the
-"query-chunked" reshape) ran slower than the loop on XLA:CPU, as did several heads per step on
-long sequences; so the loop is over heads, then query tiles of a head. Online softmax over key
-tiles is not needed: a query tile with all keys fits in cache. Measurements:
-benchmarks/attention_cpu.py and docs/benchmarks.md.
+`lax.map` keeps one head's scores in cache, and XLA:CPU lowers each step's dot + max + exp into
+one fusion. Batching all heads or query chunks into one big batched dot (the "query-chunked"
+reshape) ran slower than the loop on XLA:CPU, as did several heads per step on long sequences;
+so the loop is over heads, then query tiles of a head. Query tiles are large (a few million
+scores): XLA:CPU's dots with a 64-wide contraction run far below its matmul rate on a few
+hundred rows and near it on a thousand or more, which outweighs the cache. Online softmax
+over key tiles is not needed: a query tile with all keys is a few tens of MB at most.
+Measurements: benchmarks/attention_cpu.py and docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -23,19 +25,22 @@ import jax.numpy as jnp
 
 IMPLS = ("auto", "xla", "cudnn", "blocked")
 
-# Score elements one `lax.map` step may hold (`heads x query rows x keys`): queries are split
-# into the fewest equal tiles that fit, short sequences batch several heads per step. Tile
-# sizes over a wide range ran alike (benchmarks/attention_cpu.py); the budget keeps one step's
-# scores cache-sized.
-SCORE_TILE_ELEMS = 1_000_000
+# Score elements per `lax.map` step. Short sequences batch several heads per step while the
+# step's scores stay within HEAD_BATCH_ELEMS; a head whose scores exceed QUERY_TILE_ELEMS is
+# split into the fewest equal query tiles within it (benchmarks/attention_cpu.py: at 4784
+# tokens, tiles of ~1200 rows ran a quarter faster than tiles of ~200).
+HEAD_BATCH_ELEMS = 1_000_000
+QUERY_TILE_ELEMS = 6_000_000
 
 
-def plan_tiles(n_heads: int, t: int, tk: int, budget: int | None = None) -> tuple[int, int]:
-    """(heads per step, query rows per tile) keeping one step's scores within `budget`."""
-    budget = SCORE_TILE_ELEMS if budget is None else budget
-    if t * tk <= budget:
-        return max(1, min(n_heads, budget // (t * tk))), t
-    n_tiles = -(-t * tk // budget)
+def plan_tiles(n_heads: int, t: int, tk: int, head_budget: int | None = None,
+               tile_budget: int | None = None) -> tuple[int, int]:
+    """(heads per step, query rows per tile) for `n_heads` heads of `t` queries x `tk` keys."""
+    head_budget = HEAD_BATCH_ELEMS if head_budget is None else head_budget
+    tile_budget = QUERY_TILE_ELEMS if tile_budget is None else tile_budget
+    if t * tk <= head_budget:
+        return max(1, min(n_heads, head_budget // (t * tk))), t
+    n_tiles = -(-t * tk // tile_budget)
     return 1, -(-t // n_tiles)
 
 
