@@ -1,5 +1,5 @@
-"""CPU train-step speed of RADBlur presets: step time, compile time, memory, FLOP rate, and
-the step's counted FLOPs, bytes accessed and temporaries.
+"""Train-step speed of RADBlur presets (CPU or accelerator): step time, compile time, memory,
+FLOP rate, and the step's counted FLOPs, bytes accessed and temporaries.
 
 The step training runs: the deblur recipe of each preset (configs/deblur.py) with the batch,
 crop and compute dtype given here, its task's gradients and update (radblur_jax/train/tasks:
@@ -7,7 +7,8 @@ deep-supervision + FFT loss, AdamW with clipping and the frozen exit head, EMA; 
 donated), built and compiled by the code the training loop uses (`DeblurTask.train_step`,
 radblur_jax/train/split_step.py): on a CPU gradients and update as two programs compiled
 concurrently (`--no_split`: one program). A change to the training step shows here.
-`compile_s` is the wall time until the step is ready (tracing, lowering and XLA compile).
+`compile_s` is the wall time until the step is ready (tracing, lowering and XLA compile;
+`lower_s`, for one program, the tracing and lowering alone).
 Prints a markdown table; `--json PATH` writes the rows (a JSON list, each with `preset`,
 `dtype`, `conv_impl`, `size`, `batch` and the figures below); `--profile` adds a per-op
 breakdown of one step's time from a `jax.profiler` trace.
@@ -30,14 +31,17 @@ the step with the sub-decoder loop unrolled (`decoder.unroll`), which sees every
   so an MFU computed from it counts useful work only, and it does not change when the
   backward's schedule (anchors, remat) changes.
 XLA's CPU backend widens bfloat16 to float32, so a bf16 row shows no saving in bytes here.
+On an accelerator only the FLOPs are counted (from the CPU's lowering of the same step).
 `--bytes-breakdown N` prints where the counted program's bytes go: its top-level ops (fusions,
 library calls, copies) each charged its operands' and result's bytes, summed by Flax module
 path (from the ops' `op_name` metadata), by op kind and per op (hlo_bytes.py), top N rows.
 
 Timing figures (unless `--compile-only`): `step_s` median wall time of the timed steps,
 `images_per_s`, `step_temp_bytes_per_image` the timed step's temporaries (the sub-decoder loop
-as trained, a scan). `matmul_flops_per_s`: a 2048^3 float32 matmul timed in the same run;
-`achieved_flops_per_s` = flops / step_s, `flops_ratio` = achieved / matmul. `step_cpu_s`:
+as trained, a scan). `matmul_flops_per_s`: a matmul timed in the same run (2048^3 float32 on
+a CPU, 8192^3 bfloat16 on an accelerator); `achieved_flops_per_s` = flops / step_s,
+`flops_ratio` = achieved / matmul; `mfu` = achieved / the datasheet's dense peak (bf16 rows
+on a known GPU); `peak_bytes`: the device's peak memory in use (accelerators). `step_cpu_s`:
 process CPU seconds per step (all threads), less sensitive than wall time to other jobs on a
 shared machine. `load_avg`: 1-minute load after timing (the benchmark's own threads
 included); `steal_share`: the share of CPU time the hypervisor gave to other VMs while the
@@ -60,6 +64,7 @@ import numpy as np
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
+from flops import cpu_cost_analysis  # noqa: E402
 from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
 from xla_profile import print_profile, profile_compiled  # noqa: E402
 
@@ -111,9 +116,7 @@ def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size
     task = DeblurTask(config)
     state, images, optimizers = _abstract(task, batch, size)
     step = functools.partial(compose, task.gradients, task.update(optimizers))
-    cost = jax.jit(step).lower(state, images).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
+    return float(cpu_cost_analysis(step, state, images)["flops"])
 
 
 def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
@@ -145,9 +148,18 @@ def compiled_counts(executables, batch: int) -> dict:
                 temp_bytes_per_image=temp / batch)
 
 
-def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of an `n x n @ n x n` float32 matmul (best of `reps`)."""
-    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def on_cpu() -> bool:
+    """Whether JAX's default backend is the CPU."""
+    return jax.default_backend() == "cpu"
+
+
+def matmul_flops_per_s(n: int | None = None, reps: int = 5, dtype=None) -> float:
+    """FLOP/s of an `n x n @ n x n` matmul (best of `reps`): the reference a run's speed is
+    judged by. Defaults: float32 2048^3 on a CPU; bfloat16 8192^3 on an accelerator (its
+    matrix units' practical peak; a smaller one is launch-bound there)."""
+    n = n or (2048 if on_cpu() else 8192)
+    dtype = dtype or (jnp.float32 if on_cpu() else jnp.bfloat16)
+    a = jax.random.normal(jax.random.key(1), (n, n), dtype)
     mm = jax.jit(lambda x, y: x @ y)
     mm(a, a).block_until_ready()
     best = float("inf")
@@ -186,10 +198,13 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
     batch = {"blur": blurry, "sharp": sharp}
     t0, c0 = time.perf_counter(), time.process_time()
     step = task.train_step(optimizers, split=split)
+    lower_s = None
     if isinstance(step, SplitStep):
         executables = step.compile(state, batch).executables
     else:
-        step = step.lower(state, batch).compile()
+        lowered = step.lower(state, batch)
+        lower_s = time.perf_counter() - t0
+        step = lowered.compile()
         executables = (step,)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     # The halves run one after the other: the step's peak is the larger temp buffer.
@@ -208,12 +223,15 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
     steal1, total1 = cpu_jiffies()
     step_s = float(np.median(times))
     row = dict(steps=steps, warmup=warmup, step_s=step_s, step_min_s=float(min(times)),
-               step_cpu_s=float(np.median(cpu_times)), compile_s=compile_s,
+               step_cpu_s=float(np.median(cpu_times)), compile_s=compile_s, lower_s=lower_s,
                compile_cpu_s=compile_cpu_s, images_per_s=batch_size / step_s,
                step_temp_bytes_per_image=temp_bytes / batch_size,
                matmul_flops_per_s=matmul_rate, loss=float(metrics["loss"]),
                huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
                steal_share=(steal1 - steal0) / max(total1 - total0, 1))
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # accelerators: the step's real peak on the device
+        row["peak_bytes"] = int(stats["peak_bytes_in_use"])
     if profile:
         holder = [state]
 
@@ -230,15 +248,19 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
 def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
                split: bool = True, breakdown: int = 0) -> dict:
     """The counted figures of a row (module docstring); with `breakdown` > 0 prints the
-    counted program's bytes by module, op kind and op (top `breakdown` rows) and adds them."""
-    t0 = time.perf_counter()
-    executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split)
-    row = dict(counted=COUNTED + (" (gradients and update programs)" if split else ""),
-               counted_compile_s=time.perf_counter() - t0,
-               **compiled_counts(executables, batch_size))
+    counted program's bytes by module, op kind and op (top `breakdown` rows) and adds them.
+    Off the CPU only the FLOPs (counted from the CPU's lowering): the bytes and temporaries
+    are those of the CPU's compiled program."""
+    row = {}
+    if on_cpu():
+        t0 = time.perf_counter()
+        executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split)
+        row = dict(counted=COUNTED + (" (gradients and update programs)" if split else ""),
+                   counted_compile_s=time.perf_counter() - t0,
+                   **compiled_counts(executables, batch_size))
     flops = count_flops(preset, dtype, conv_impl, batch_size, size)
     row.update(flops=flops, flops_per_image=flops / batch_size)
-    if breakdown:
+    if breakdown and on_cpu():
         result = bytes_breakdown(executables)
         print(f"\n# {preset} {dtype} {conv_impl or 'default'}, batch {batch_size}, {size}x{size}")
         print_bytes_breakdown(result, top=breakdown, per=batch_size)
@@ -267,7 +289,20 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
         if timed:
             row.update(achieved_flops_per_s=row["flops"] / row["step_s"],
                        flops_ratio=row["flops"] / row["step_s"] / matmul_rate)
+            peak = datasheet_peak(dtype)
+            if peak:
+                row["mfu"] = row["achieved_flops_per_s"] / peak
     return row
+
+
+# Dense matrix-unit peaks by the vendors' datasheets (FLOP/s), by device kind and dtype.
+DATASHEET_PEAKS = {("H100", "bfloat16"): 989e12, ("H200", "bfloat16"): 989e12}
+
+
+def datasheet_peak(dtype: str) -> float | None:
+    """The datasheet peak of this device kind for `dtype`, when known: MFU's denominator."""
+    kind = jax.devices()[0].device_kind
+    return next((v for (k, d), v in DATASHEET_PEAKS.items() if k in kind and d == dtype), None)
 
 
 def _gib(v: float) -> str:
@@ -284,11 +319,14 @@ COLUMNS = (
     ("GiB accessed/img", "bytes_accessed_per_image", _gib),
     ("temp GiB/img", "temp_bytes_per_image", _gib),
     ("step s", "step_s", lambda v: f"{v:.3f}"), ("compile s", "compile_s", lambda v: f"{v:.1f}"),
+    ("of which trace+lower s", "lower_s", lambda v: "" if v is None else f"{v:.1f}"),
     ("img/s", "images_per_s", lambda v: f"{v:.2f}"),
     ("step temp MiB/img", "step_temp_bytes_per_image", lambda v: f"{v / 2 ** 20:.1f}"),
     ("GFLOP/s", "achieved_flops_per_s", lambda v: f"{v / 1e9:.1f}"),
     ("matmul GFLOP/s", "matmul_flops_per_s", lambda v: f"{v / 1e9:.1f}"),
     ("ratio", "flops_ratio", lambda v: f"{v:.3f}"),
+    ("MFU", "mfu", lambda v: f"{100 * v:.1f}%"),
+    ("peak GiB", "peak_bytes", _gib),
     ("CPU s/step", "step_cpu_s", lambda v: f"{v:.2f}"), ("load", "load_avg", lambda v: f"{v:.2f}"),
     ("steal", "steal_share", lambda v: f"{100 * v:.1f}%"),
     ("huge pages", "huge_pages", lambda v: "on" if v else "off"),

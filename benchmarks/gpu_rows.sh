@@ -1,0 +1,41 @@
+#!/bin/bash
+# The accelerator rows of docs/benchmarks.md in one run, for a lent GPU with little time on it:
+# the bf16 train step of `s` and `b` at 256x256, batch 16 (images/s, MFU, peak memory, compile
+# time), the `s` step again without XLA's Triton GEMMs (what that does to the compile), and
+# inference at 1280x720 for `s` and `l`, whole image and adaptive exit. Each part starts only
+# if the time it needs is left of BUDGET seconds; output goes to $OUT (all.log + JSON rows).
+#
+#   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
+#   S=tiny B=tiny L=tiny SIZE=64 H=64 W=96 PY=.venv/bin/python bash benchmarks/gpu_rows.sh  # dry run
+#
+# Where the image lacks packages, wheels in .whl/ are installed first (ml_collections).
+set -u
+START=$(date +%s); BUDGET=${BUDGET:-560}
+OUT=${OUT:-/tmp/gpu_rows}; mkdir -p "$OUT"
+S=${S:-s}; B=${B:-b}; L=${L:-l}; SIZE=${SIZE:-256}; H=${H:-720}; W=${W:-1280}; PY=${PY:-python3}
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+if [ -d .whl ] && [ "$PY" = python3 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/all.log") 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
+$PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+run() {  # name, seconds it needs at least, command...
+  local name=$1 need=$2 l; shift 2; l=$(left)
+  if [ "$l" -lt "$need" ]; then echo "== skip $name: $l s left"; return; fi
+  echo "== $name ($l s left)"
+  timeout "$l" "$@" 2>&1 | grep -v -E "Warning|warn\(|^\s*$"
+  echo "== $name done, rc ${PIPESTATUS[0]}, $(( $(date +%s) - START )) s in"
+}
+TS="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2 --no_split"
+run ts_s 100 $PY $TS --presets "$S" --json "$OUT/ts_s.json"
+run ts_b 130 $PY $TS --presets "$B" --json "$OUT/ts_b.json"
+run ts_s_notriton 90 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
+  $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json"
+INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
+run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json"
+run inf_l 110 $PY $INF --presets "$L" --json "$OUT/inf_l.json"
+echo "== all done, $(( $(date +%s) - START )) s"
