@@ -1,6 +1,7 @@
 """PyTorch parity of the resampling and convolution helpers in `radblur_jax.models.layers`."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -55,6 +56,37 @@ def test_bilinear(image, size, align_corners):
     got = layers.bilinear_resize(jnp.asarray(image), size, align_corners=align_corners)
     ref = F.interpolate(to_nchw(image), size=size, mode="bilinear", align_corners=align_corners)
     assert rel_err(got, to_nhwc(ref)) <= TOL
+
+
+@pytest.mark.parametrize("size,antialias", [((23, 40), False), ((16, 22), True),
+                                             ((5, 3), True)])
+def test_bicubic_gradient(image, size, antialias):
+    """The resize's custom gradient (the transposed matrices, applied as gathers where they
+    are sparse) equals torch's backward through `interpolate`."""
+    g = np.random.default_rng(2).standard_normal((2, *size, 5)).astype(np.float32)
+    _, vjp = jax.vjp(lambda x: layers.bicubic_resize(x, size=size, antialias=antialias),
+                     jnp.asarray(image))
+    got = vjp(jnp.asarray(g))[0]
+    x = to_nchw(image).requires_grad_(True)
+    F.interpolate(x, size=size, mode="bicubic", align_corners=False,
+                  antialias=antialias).backward(to_nchw(g))
+    assert rel_err(got, to_nhwc(x.grad)) <= TOL
+
+
+def test_region_resize_matches_matmul():
+    """The gathered taps give the dense matrices' product, value and gradient, and keep a
+    bfloat16 input's dtype."""
+    rng = np.random.default_rng(3)
+    mat_h = layers.region_bilinear_matrix(9, 16, 1.75, 1.0)
+    mat_w = layers.region_bilinear_matrix(13, 23, 1.75, 1.0)
+    x = rng.standard_normal((2, 9, 13, 4)).astype(np.float32)
+    g = rng.standard_normal((2, 16, 23, 4)).astype(np.float32)
+    y, vjp = jax.vjp(lambda a: layers.apply_separable(a, mat_h, mat_w), jnp.asarray(x))
+    want = np.einsum("oh,wv,bhvc->bowc", mat_h, mat_w, x)
+    want_grad = np.einsum("oh,wv,bowc->bhvc", mat_h, mat_w, g)
+    assert rel_err(y, want) <= TOL and rel_err(vjp(jnp.asarray(g))[0], want_grad) <= TOL
+    low = layers.apply_separable(jnp.asarray(x, jnp.bfloat16), mat_h, mat_w)
+    assert low.dtype == jnp.bfloat16 and rel_err(low.astype(jnp.float32), want) <= 1e-2
 
 
 def test_bilinear_scale2_align_corners(image):

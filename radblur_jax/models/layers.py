@@ -1,7 +1,9 @@
 """PyTorch-exact resampling and convolution helpers, NHWC.
 
 Resizes are separable: the `(out, in)` interpolation matrix of each axis is built in numpy at
-trace time (float64, cast to the input dtype) and applied with `einsum`. They reproduce
+trace time (float64) and applied by `resample_axis`, as gathers of each output's few non-zero
+taps summed in float32 (`MAX_TAPS`; a matmul over every input would spend its work on zeros
+and, on a CPU, on transposes of the full-resolution result). They reproduce
 `torch.nn.functional.interpolate` for:
   - `mode="bicubic", align_corners=False` with `size=` or `scale_factor=` (A = -0.75, clamped
     edge indices; with `scale_factor` the source scale is `1 / scale_factor`),
@@ -102,13 +104,62 @@ def region_bilinear_matrix(in_size: int, out_size: int, in_pixel: float,
     return mat
 
 
+# A matrix with at most this many non-zeros per row is applied as that many gathers and
+# multiply-adds; a denser one as a matmul. Bilinear and bicubic upsampling have 2 and 4.
+MAX_TAPS = 8
+
+
+def interpolation_taps(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(index (out, T) int32, weight (out, T))` of the non-zeros of each row of an `(out, in)`
+    matrix, `T` the most in any row; shorter rows are padded with weight 0."""
+    nonzero = mat != 0
+    taps = max(1, int(nonzero.sum(axis=1).max()))
+    index = np.zeros((mat.shape[0], taps), np.int32)
+    weight = np.zeros((mat.shape[0], taps), mat.dtype)
+    for row in range(mat.shape[0]):
+        cols = np.flatnonzero(nonzero[row])
+        index[row, :len(cols)] = cols
+        weight[row, :len(cols)] = mat[row, cols]
+    return index, weight
+
+
+def resample_axis(x: jax.Array, mat: np.ndarray, axis: int) -> jax.Array:
+    """Applies an `(out, in)` matrix along `axis` of `x`: `y[.., o, ..] = sum_i mat[o, i] x[.., i,
+    ..]`. A sparse matrix (interpolation) is applied as gathers of its non-zero taps, summed in
+    float32 (the same products and sums as the matmul, none of its multiplications by zero);
+    a dense one as a float32-precision matmul."""
+    index, weight = interpolation_taps(mat)
+    if index.shape[1] > MAX_TAPS:
+        y = jnp.tensordot(jnp.asarray(mat, x.dtype), x, axes=((1,), (axis,)),
+                          precision=jax.lax.Precision.HIGHEST)
+        return jnp.moveaxis(y, 0, axis)
+    shape = [1] * x.ndim
+    shape[axis] = mat.shape[0]
+    x32 = x.astype(jnp.float32)
+    y = None
+    for t in range(index.shape[1]):
+        term = (jnp.take(x32, jnp.asarray(index[:, t]), axis=axis)
+                * jnp.asarray(weight[:, t], jnp.float32).reshape(shape))
+        y = term if y is None else y + term
+    return y.astype(x.dtype)
+
+
 def apply_separable(x: jax.Array, mat_h: np.ndarray, mat_w: np.ndarray) -> jax.Array:
-    """Applies `(oh, H)` and `(ow, W)` matrices to `x (B, H, W, C)` -> `(B, oh, ow, C)`."""
-    mh = jnp.asarray(mat_h, dtype=x.dtype)
-    mw = jnp.asarray(mat_w, dtype=x.dtype)
-    hi = jax.lax.Precision.HIGHEST
-    y = jnp.einsum("wv,bhvc->bhwc", mw, x, precision=hi)
-    return jnp.einsum("oh,bhwc->bowc", mh, y, precision=hi)
+    """Applies `(oh, H)` and `(ow, W)` matrices to `x (B, H, W, C)` -> `(B, oh, ow, C)`: along
+    W, then along H (`resample_axis`). The gradient applies the transposed matrices the same
+    way (gathers, not the scatter-adds autodiff would make of the forward's gathers)."""
+    @jax.custom_vjp
+    def resize(x):
+        return resample_axis(resample_axis(x, mat_w, 2), mat_h, 1)
+
+    def resize_fwd(x):
+        return resize(x), None
+
+    def resize_bwd(_, g):
+        return (resample_axis(resample_axis(g, mat_h.T, 1), mat_w.T, 2).astype(x.dtype),)
+
+    resize.defvjp(resize_fwd, resize_bwd)
+    return resize(x)
 
 
 def _pair(v) -> tuple:
