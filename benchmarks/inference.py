@@ -3,9 +3,10 @@
 Times the evaluation and deblur-CLI path (`radblur_jax.eval.inference.Restorer`: jitted,
 batch-sharded) with random weights (speed does not depend on their values). Per preset and
 mode it reports the first call (compile + run) and the best of `--repeats` later calls, the
-forward's FLOPs (`flops.py`: XLA's cost analysis with every loop unrolled) and a 2048^3 float32
-matmul timed in the same run, whose rate turns the FLOPs into a floor: `floor_ratio` is the
-time per image over `gflops / matmul_gflops_per_s`.
+forward's FLOPs (`flops.py`: XLA's cost analysis of the CPU's lowering, every loop unrolled)
+and a matmul timed in the same run (2048^3 float32 on a CPU, 8192^3 bfloat16 on an
+accelerator), whose rate turns the FLOPs into a floor: `floor_ratio` is the time per image
+over `gflops / matmul_gflops_per_s`.
 
 Modes:
   full      the whole image, all K sub-decoders;
