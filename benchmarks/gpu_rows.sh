@@ -8,7 +8,10 @@
 #   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
 #   S=tiny B=tiny L=tiny SIZE=64 H=64 W=96 PY=.venv/bin/python bash benchmarks/gpu_rows.sh  # dry run
 #
-# Where the image lacks packages, wheels in .whl/ are installed first (ml_collections).
+# Where the machine lacks packages (its image has jax, flax, optax, not ml_collections), wheels
+# in .whl/ are installed first; fetch them where pip works:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#     ml_collections==1.1.0
 set -u
 START=$(date +%s); BUDGET=${BUDGET:-560}
 OUT=${OUT:-/tmp/gpu_rows}; mkdir -p "$OUT"
