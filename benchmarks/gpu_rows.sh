@@ -1,11 +1,14 @@
 #!/bin/bash
 # The accelerator rows of docs/benchmarks.md in one run, for a lent GPU with little time on it:
 # the bf16 train step of `s` and `b` at 256x256, batch 16 (images/s, MFU, peak memory, compile
-# time), the `s` step again without XLA's Triton GEMMs (what that does to the compile), and
-# inference at 1280x720 for `s` and `l`, whole image and adaptive exit. Each part starts only
-# if the time it needs is left of BUDGET seconds; output goes to $OUT (all.log + JSON rows).
+# time, and for `s` where the compile's time goes), inference at 1280x720 for `s` and `l`
+# (whole image and adaptive exit), and the `s` step without XLA's Triton GEMMs (what that does
+# to the compile). ROWS picks and orders the parts (default: all, in the order below); each
+# starts only if the time it needs (measured on an H200) is left of BUDGET seconds; output goes
+# to $OUT (all.log + JSON rows).
 #
 #   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
+#   ROWS="inf_l ts_s_notriton" BUDGET=400 bash benchmarks/gpu_rows.sh
 #   S=tiny B=tiny L=tiny SIZE=64 H=64 W=96 PY=.venv/bin/python bash benchmarks/gpu_rows.sh  # dry run
 #
 # Where the machine lacks packages (its image has jax, flax, optax, not ml_collections), wheels
@@ -30,15 +33,20 @@ run() {  # name, seconds it needs at least, command...
   local name=$1 need=$2 l; shift 2; l=$(left)
   if [ "$l" -lt "$need" ]; then echo "== skip $name: $l s left"; return; fi
   echo "== $name ($l s left)"
-  timeout "$l" "$@" 2>&1 | grep -v -E "Warning|warn\(|^\s*$"
+  timeout "$l" "$@" 2>&1 | grep -v -E "Warning|warn\(|cuda_timer|^\s*$"
   echo "== $name done, rc ${PIPESTATUS[0]}, $(( $(date +%s) - START )) s in"
 }
 TS="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2 --no_split"
-run ts_s 100 $PY $TS --presets "$S" --json "$OUT/ts_s.json"
-run ts_b 130 $PY $TS --presets "$B" --json "$OUT/ts_b.json"
-run ts_s_notriton 90 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
-  $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json"
 INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
-run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json"
-run inf_l 110 $PY $INF --presets "$L" --json "$OUT/inf_l.json"
+for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_notriton}; do
+  case $row in
+    ts_s) run ts_s 240 $PY $TS --presets "$S" --profile-compile 40 --json "$OUT/ts_s.json" ;;
+    ts_b) run ts_b 250 $PY $TS --presets "$B" --json "$OUT/ts_b.json" ;;
+    ts_s_notriton) run ts_s_notriton 180 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
+      $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json" ;;
+    inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
+    inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
+    *) echo "== unknown row $row (expected ts_s ts_b ts_s_notriton inf_s inf_l)"; exit 2 ;;
+  esac
+done
 echo "== all done, $(( $(date +%s) - START )) s"

@@ -15,7 +15,8 @@ breakdown of one step's time from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_counts] \
-        [--compile-only] [--bytes-breakdown [N]] [--no_huge_pages] [--warmup N] [--no_split]
+        [--compile-only] [--bytes-breakdown [N]] [--profile-compile [N]] [--no_huge_pages] \
+        [--warmup N] [--no_split]
 
 Counted figures (per image, deterministic: nothing runs; `--compile-only` gives only these,
 `--no_counts` skips them). XLA's cost analysis counts a loop body once, so every count is of
@@ -48,7 +49,9 @@ included); `steal_share`: the share of CPU time the hypervisor gave to other VMs
 steps ran (/proc/stat). `huge_pages`: whether glibc's transparent-huge-page malloc was on (the
 script re-executes itself with it unless `--no_huge_pages`; radblur_jax/host_memory.py).
 `--profile` prints where one step's op time goes, by module (forward/backward and Flax module
-path), op kind and op (xla_profile.py).
+path), op kind and op (xla_profile.py); `--profile-compile N` where the step's compile time
+goes (XLA's compiler phases from a `jax.profiler` trace, top N; the JSON row's
+`compile_phases`).
 """
 from __future__ import annotations
 
@@ -66,7 +69,12 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 from flops import cpu_cost_analysis  # noqa: E402
 from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
-from xla_profile import print_profile, profile_compiled  # noqa: E402
+from xla_profile import (  # noqa: E402
+    compile_phases,
+    print_compile_phases,
+    print_profile,
+    profile_compiled,
+)
 
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
@@ -183,9 +191,10 @@ def cpu_jiffies() -> tuple[int, int]:
 
 def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
               steps: int, matmul_rate: float, profile: bool, warmup: int = 1,
-              split: bool = True) -> dict:
+              split: bool = True, compile_profile: int = 0) -> dict:
     """Compiles and times the train step training runs (the sub-decoder scan as trained);
-    returns the timing part of a row."""
+    returns the timing part of a row. `compile_profile` > 0 traces the compile and prints its
+    top phases (xla_profile.compile_phases)."""
     config = bench_config(preset, dtype, conv_impl, batch_size, size)
     task = DeblurTask(config)
     params = task.load_initial_params(jax.random.key(0))
@@ -200,13 +209,23 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
     step = task.train_step(optimizers, split=split)
     lower_s = None
     if isinstance(step, SplitStep):
-        executables = step.compile(state, batch).executables
+        compile_fn = functools.partial(step.compile, state, batch)
     else:
         lowered = step.lower(state, batch)
         lower_s = time.perf_counter() - t0
-        step = lowered.compile()
-        executables = (step,)
+        compile_fn = lowered.compile
+    phases = None
+    if compile_profile:
+        compiled, phases = compile_phases(compile_fn)
+    else:
+        compiled = compile_fn()
+    if isinstance(step, SplitStep):
+        executables = compiled.executables
+    else:
+        step, executables = compiled, (compiled,)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    if phases:
+        print_compile_phases(phases, compile_profile)
     # The halves run one after the other: the step's peak is the larger temp buffer.
     temp_bytes = max(e.memory_analysis().temp_size_in_bytes for e in executables)
     for _ in range(warmup):
@@ -229,6 +248,9 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
                matmul_flops_per_s=matmul_rate, loss=float(metrics["loss"]),
                huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
                steal_share=(steal1 - steal0) / max(total1 - total0, 1))
+    if phases:
+        row["compile_phases"] = dict(wall_ms=phases["wall_ms"],
+                                     phases=phases["phases"][:max(compile_profile, 40)])
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:  # accelerators: the step's real peak on the device
         row["peak_bytes"] = int(stats["peak_bytes_in_use"])
@@ -275,7 +297,8 @@ def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, 
 
 def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
           steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
-          split: bool = True, timed: bool = True, breakdown: int = 0) -> dict:
+          split: bool = True, timed: bool = True, breakdown: int = 0,
+          compile_profile: int = 0) -> dict:
     """One result row: timing of the train step (unless not `timed`) and its counted figures
     (unless not `flops`)."""
     config = bench_config(preset, dtype, conv_impl, batch_size, size)
@@ -283,7 +306,7 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
                size=size, split=split, remat=bool(config.model.encoder.remat))
     if timed:
         row.update(time_step(preset, dtype, conv_impl, batch_size, size, steps, matmul_rate,
-                             profile, warmup, split))
+                             profile, warmup, split, compile_profile))
     if flops:
         row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown))
         if timed:
@@ -362,6 +385,10 @@ def main() -> None:
                              "as two, compiled concurrently, as training on a CPU runs it)")
     parser.add_argument("--profile", action="store_true",
                         help="per-op breakdown of one step (by module, op kind and op)")
+    parser.add_argument("--profile-compile", "--profile_compile", dest="profile_compile",
+                        type=int, nargs="?", const=30, default=0, metavar="N",
+                        help="trace the timed step's compile and print where its time goes "
+                             "(XLA's phases, top N, default 30; the tracer adds to compile_s)")
     parser.add_argument("--compile-only", "--compile_only", dest="compile_only",
                         action="store_true",
                         help="only the counted figures (FLOPs, bytes, temporaries): no timing")
@@ -392,6 +419,8 @@ def main() -> None:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.compile_only and args.no_counts:
         parser.error("--compile-only with --no_counts leaves nothing to do")
+    if args.profile_compile and args.compile_only:
+        parser.error("--profile-compile traces the timed step's compile: drop --compile-only")
     if args.bytes_breakdown < 0:
         parser.error(f"--bytes-breakdown must be >= 1, got {args.bytes_breakdown}")
     print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}, huge-page malloc "
@@ -403,7 +432,7 @@ def main() -> None:
             row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
                         args.profile, flops=not args.no_counts, warmup=args.warmup,
                         split=not args.no_split, timed=not args.compile_only,
-                        breakdown=args.bytes_breakdown)
+                        breakdown=args.bytes_breakdown, compile_profile=args.profile_compile)
             rows.append(row)
             done = [f"{k} {row[k]:.1f} s" for k in ("step_s", "compile_s", "counted_compile_s")
                     if k in row]

@@ -10,6 +10,12 @@ the compiled HLO text maps that name to the jax name stack of the code that emit
 `module_of` turns that stack into `direction: module path` (forward or backward, Flax module
 names without the transformation wrappers), so a row reads e.g.
 `backward: decoder/blocks_3/conv2`.
+
+    compiled, phases = compile_phases(lowered.compile)   # where a compile's time goes
+    print_compile_phases(phases)
+
+A compile's trace holds XLA's spans (HLO passes, code generation, on a GPU autotuning and
+PTX compilation) on the threads that ran them, on any backend.
 """
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ import collections
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 
 _WRAPPER = re.compile(r"^(jvp|transpose|vmap|jit|pjit|remat|checkpoint|custom_jvp_call|"
                       r"custom_vjp_call|closed_call|while|body|cond|branch_\d+_fun|"
                       r"dynamic_index_in_dim|_\w+)(\(|$)")
+T = TypeVar("T")
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
@@ -57,17 +66,24 @@ def grouped(ops: list[dict], key: str, value: str, total: float) -> list[dict]:
     return [{"name": k, value: v, "share": v / total}
             for k, v in sorted(sums.items(), key=lambda kv: -kv[1])]
 
-def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
-    """Runs `run_once()` under `jax.profiler`; XLA:CPU op name -> milliseconds (all threads)."""
+def _traced(run: Callable[[], T]) -> tuple[T, jax.profiler.ProfileData]:
+    """`run()` under `jax.profiler`: its result and the trace."""
     with tempfile.TemporaryDirectory() as logdir:
         jax.profiler.start_trace(logdir)
-        run_once()
-        jax.profiler.stop_trace()
+        try:
+            result = run()
+        finally:
+            jax.profiler.stop_trace()
         paths = [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs
                  if f.endswith(".xplane.pb")]
         if not paths:
             raise RuntimeError("jax.profiler wrote no .xplane.pb trace")
-        data = jax.profiler.ProfileData.from_file(paths[0])
+        return result, jax.profiler.ProfileData.from_file(paths[0])
+
+
+def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
+    """Runs `run_once()` under `jax.profiler`; XLA:CPU op name -> milliseconds (all threads)."""
+    _, data = _traced(run_once)
     ops: dict[str, float] = collections.defaultdict(float)
     for plane in data.planes:
         if not plane.name.startswith("/host:CPU"):
@@ -81,6 +97,43 @@ def trace_op_times(run_once: Callable[[], None]) -> dict[str, float]:
                     continue
                 ops[event.name] += event.duration_ns / 1e6
     return dict(ops)
+
+
+def compile_phases(compile_fn: Callable[[], T]) -> tuple[T, dict]:
+    """Runs `compile_fn()` (an XLA compile: `lowered.compile()`) under `jax.profiler` and
+    returns its result and where the compile's time went: `{"wall_ms", "phases"}`, phases
+    `{name, ms, count, threads}` summed over the host threads' spans of one name (XLA's
+    compiler passes, code generation, autotuning, ...; Python frames left out), largest first.
+    Spans nest (a pipeline holds its passes), so the rows overlap: read each against
+    `wall_ms`, and a phase run on many threads can exceed it."""
+    t0 = time.perf_counter()
+    result, data = _traced(compile_fn)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    ms: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.Counter()
+    threads: dict[str, set] = collections.defaultdict(set)
+    for plane in data.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                if event.name.startswith("$"):  # Python frames
+                    continue
+                ms[event.name] += event.duration_ns / 1e6
+                count[event.name] += 1
+                threads[event.name].add(line.name)
+    phases = [dict(name=n, ms=v, count=count[n], threads=len(threads[n]))
+              for n, v in sorted(ms.items(), key=lambda kv: -kv[1])]
+    return result, dict(wall_ms=wall_ms, phases=phases)
+
+
+def print_compile_phases(result: dict, top: int = 30) -> None:
+    """Markdown table of `compile_phases`' top rows."""
+    print(f"\ncompile phases: {result['wall_ms'] / 1e3:.1f} s of wall time; spans summed over "
+          f"threads, nested spans overlap")
+    print("\n| phase | s | spans | threads |\n|---|---|---|---|")
+    for r in result["phases"][:top]:
+        print(f"| {r['name'][:100]} | {r['ms'] / 1e3:.2f} | {r['count']} | {r['threads']} |")
 
 
 def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> dict:

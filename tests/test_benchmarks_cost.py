@@ -15,6 +15,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from hlo_bytes import bytes_breakdown, op_bytes, shape_bytes  # noqa: E402
+from xla_profile import compile_phases  # noqa: E402
 
 KEYS = ("preset", "dtype", "conv_impl", "size", "batch", "flops_per_image",
         "bytes_accessed_per_image", "temp_bytes_per_image")
@@ -54,6 +55,19 @@ def test_loop_bodies_count_once():
     longer = op_bytes(_compiled(30, unroll=False).as_text())
     assert {r["name"] for r in longer} == rolled  # same ops: the body is not repeated
     assert any("while/body" in r["op_name"] for r in longer)
+
+
+def test_compile_phases_time_the_compile():
+    x = jnp.arange(12.0).reshape(3, 4)
+    lowered = jax.jit(lambda a: jnp.tanh(a @ a.T).sum()).lower(x)
+    compiled, result = compile_phases(lowered.compile)
+    assert float(compiled(x)) == pytest.approx(float(jnp.tanh(x @ x.T).sum()))
+    phases = result["phases"]
+    assert phases and all(not r["name"].startswith("$") for r in phases)  # no Python frames
+    assert [r["ms"] for r in phases] == sorted((r["ms"] for r in phases), reverse=True)
+    # The backend's compile is one span on one thread, within the traced wall time.
+    (backend,) = [r for r in phases if r["name"] == "backend_compile_and_load"]
+    assert backend["count"] == 1 and 0 < backend["ms"] <= result["wall_ms"]
 
 
 @pytest.mark.slow
