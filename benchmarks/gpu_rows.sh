@@ -2,8 +2,9 @@
 # The accelerator rows of docs/benchmarks.md in one run, for a lent GPU with little time on it:
 # the bf16 train step of `s` and `b` at 256x256, batch 16 (images/s, MFU, peak memory, compile
 # time, and for `s` where the compile's time goes), inference at 1280x720 for `s` and `l`
-# (whole image and adaptive exit), and the `s` step without XLA's Triton GEMMs (what that does
-# to the compile). ROWS picks and orders the parts (default: all, in the order below); each
+# (whole image and adaptive exit), and two forms of the `s` step that tell what its compile
+# is made of: without XLA's Triton GEMMs, and split into a gradient program and an optimiser
+# update program compiled side by side (train.split_step=on). ROWS picks and orders the parts (default: all, in the order below); each
 # starts only if the time it needs (measured on an H200) is left of BUDGET seconds; output goes
 # to $OUT (all.log + JSON rows).
 #
@@ -38,15 +39,17 @@ run() {  # name, seconds it needs at least, command...
 }
 TS="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2 --no_split"
 INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
-for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_notriton}; do
+for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton}; do
   case $row in
     ts_s) run ts_s 240 $PY $TS --presets "$S" --profile-compile 40 --json "$OUT/ts_s.json" ;;
     ts_b) run ts_b 250 $PY $TS --presets "$B" --json "$OUT/ts_b.json" ;;
     ts_s_notriton) run ts_s_notriton 180 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
       $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json" ;;
+    ts_s_split) run ts_s_split 200 $PY ${TS% --no_split} --presets "$S" --no_counts \
+      --profile-compile 40 --json "$OUT/ts_s_split.json" ;;
     inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
     inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
-    *) echo "== unknown row $row (expected ts_s ts_b ts_s_notriton inf_s inf_l)"; exit 2 ;;
+    *) echo "== unknown row $row (expected ts_s ts_b ts_s_split ts_s_notriton inf_s inf_l)"; exit 2 ;;
   esac
 done
 echo "== all done, $(( $(date +%s) - START )) s"
