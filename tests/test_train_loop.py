@@ -125,11 +125,22 @@ def _initial_params(reference) -> dict[str, np.ndarray]:
     return {k: v for k, v in _state(reference, 1).items() if k.startswith("params/")}
 
 
+# Adam's first steps divide each gradient element by its own magnitude, so elements whose
+# gradient is near zero (here the depth branch's, reached only through depth attention's
+# zero-initialised output scale) take lr-sized steps whatever float32 rounding made of them:
+# two meshes' updates then differ by 1e-5 to a few 1e-4 relative (by CPU: under 1e-5 on an
+# Intel Xeon, 7e-5 to 2.3e-4 on an AMD EPYC), and the next step's gradients, so the Adam
+# moments after it, by ~2e-5, while losses, gradient norms and params agree within 1e-6.
+# A missing or doubled reduction moves them by O(1).
+TRAJECTORY_BOUND = 1e-3
+
+
 def _assert_trains_like(workdir, reference, steps=(2, STEPS)) -> None:
-    """`workdir` trained as `reference`, all within 1e-5 relative: losses and gradient norms
-    per step; at each checkpoint of `steps`, the updates of the trained params and of their EMA
-    from the initial params, the Adam moments, and the raw params. Step, rng and optimiser
-    counts equal; the frozen exit head (and its EMA) did not move and has no moments."""
+    """`workdir` trained as `reference`: losses and gradient norms per step and, at each
+    checkpoint of `steps`, the raw params within 1e-5 relative; the updates of the trained
+    params and of their EMA from the initial params, and the Adam moments, within
+    `TRAJECTORY_BOUND`. Step, rng and optimiser counts equal; the frozen exit head (and its
+    EMA) did not move and has no moments."""
     for key in ("loss", "grad_norm"):
         assert rel_err(_series(workdir, key), _series(reference, key)) <= 1e-5, key
     init = _initial_params(reference)
@@ -143,13 +154,14 @@ def _assert_trains_like(workdir, reference, steps=(2, STEPS)) -> None:
         start = _cat(init, TRAINED.format("params"))
         for tree in ("params", "ema_params"):
             trained = TRAINED.format(tree)
-            assert rel_err(_cat(got, trained) - start, _cat(want, trained) - start) <= 1e-5, (
-                step, tree)
+            assert rel_err(_cat(got, trained) - start,
+                           _cat(want, trained) - start) <= TRAJECTORY_BOUND, (step, tree)
             np.testing.assert_array_equal(_cat(got, FROZEN.format(tree)),
                                           _cat(init, FROZEN.format("params")), err_msg=tree)
         for moment in ("mu", "nu"):
             pattern = f"^opt_state/.*/{moment}/"
-            assert rel_err(_cat(got, pattern), _cat(want, pattern)) <= 1e-5, (step, moment)
+            assert rel_err(_cat(got, pattern), _cat(want, pattern)) <= TRAJECTORY_BOUND, (
+                step, moment)
         assert rel_err(_cat(got, "^params/"), _cat(want, "^params/")) <= 1e-5, step
 
 
