@@ -5,7 +5,8 @@
 # (whole image and adaptive exit), and two forms of the `s` step that tell what its compile
 # is made of: without XLA's Triton GEMMs, and split into a gradient program and an optimiser
 # update program compiled side by side (train.split_step=on). ROWS picks and orders the parts (default: all, in the order below); each
-# starts only if the time it needs (measured on an H200) is left of BUDGET seconds; output goes
+# starts only if the time it needs (as taken on an H200, estimated for rows not yet run there)
+# is left of BUDGET seconds; output goes
 # to $OUT (all.log + JSON rows).
 #
 #   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
