@@ -4,10 +4,10 @@
 # time, and for `s` where the compile's time goes), inference at 1280x720 for `s` and `l`
 # (whole image and adaptive exit), and two forms of the `s` step that tell what its compile
 # is made of: without XLA's Triton GEMMs, and split into a gradient program and an optimiser
-# update program compiled side by side (train.split_step=on). ROWS picks and orders the parts (default: all, in the order below); each
-# starts only if the time it needs (as taken on an H200, estimated for rows not yet run there)
-# is left of BUDGET seconds; output goes
-# to $OUT (all.log + JSON rows).
+# update program compiled side by side (train.split_step=on). ROWS picks and orders the parts
+# (default: all, in the order below). Each starts only if the time it needs (as taken on an
+# H200; estimated for rows not yet run there) is left of BUDGET seconds. Output goes to $OUT
+# (all.log + JSON rows).
 #
 #   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
 #   ROWS="inf_l ts_s_notriton" BUDGET=400 bash benchmarks/gpu_rows.sh
