@@ -50,8 +50,9 @@ steps ran (/proc/stat). `huge_pages`: whether glibc's transparent-huge-page mall
 script re-executes itself with it unless `--no_huge_pages`; radblur_jax/host_memory.py).
 `--profile` prints where one step's op time goes, by module (forward/backward and Flax module
 path), op kind and op (xla_profile.py); `--profile-compile N` where the step's compile time
-goes (XLA's compiler phases from a `jax.profiler` trace, top N; the JSON row's
-`compile_phases`).
+goes (XLA's compiler phases from a `jax.profiler` trace and the optimized programs' fusions by
+the module that emitted them, top N; the JSON row's `compile_phases`); with `--compile-only`
+it profiles the step as trained compiled from abstract shapes, without running it.
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ from flops import cpu_cost_analysis  # noqa: E402
 from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
 from xla_profile import (  # noqa: E402
     compile_phases,
+    fusions_by_module,
     print_compile_phases,
     print_profile,
     profile_compiled,
@@ -135,10 +137,7 @@ def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, 
     task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
                                    unroll=True))
     state, images, optimizers = _abstract(task, batch, size)
-    step = task.train_step(optimizers, split=split)
-    if isinstance(step, SplitStep):
-        return step.compile(state, images).executables
-    return (step.lower(state, images).compile(),)
+    return compile_step(task.train_step(optimizers, split=split), state, images)[1]
 
 
 def compiled_counts(executables, batch: int) -> dict:
@@ -189,6 +188,46 @@ def cpu_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
+def compile_step(step, state, batch, profile_top: int = 0) -> tuple:
+    """Compiles `step` (a `SplitStep` or a jitted function) for `state` and `batch` (arrays or
+    abstract shapes): `(callable step, executables, lower_s or None, compile profile or None)`.
+    With `profile_top` > 0 the compile runs under the tracer and its phases and the programs'
+    fusions by module are printed (top rows) and returned (xla_profile.py)."""
+    t0 = time.perf_counter()
+    lower_s = None
+    if isinstance(step, SplitStep):
+        compile_fn = functools.partial(step.compile, state, batch)
+    else:
+        lowered = step.lower(state, batch)
+        lower_s = time.perf_counter() - t0
+        compile_fn = lowered.compile
+    profile = None
+    if profile_top:
+        compiled, profile = compile_phases(compile_fn)
+    else:
+        compiled = compile_fn()
+    if isinstance(step, SplitStep):
+        executables = compiled.executables
+    else:
+        step, executables = compiled, (compiled,)
+    if profile:
+        profile["phases"] = profile["phases"][:max(profile_top, 40)]
+        profile["fusions"] = fusions_by_module([e.as_text() for e in executables])
+        print_compile_phases(profile, profile_top)
+    return step, executables, lower_s, profile
+
+
+def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_size: int,
+                         size: int, split: bool, top: int) -> dict:
+    """The step as trained (loops kept) compiled from abstract shapes under the tracer, nothing
+    run: `compile_s` and `compile_phases` of a row."""
+    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size))
+    state, images, optimizers = _abstract(task, batch_size, size)
+    t0 = time.perf_counter()
+    *_, profile = compile_step(task.train_step(optimizers, split=split), state, images, top)
+    return dict(compile_s=time.perf_counter() - t0, compile_phases=profile)
+
+
 def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
               steps: int, matmul_rate: float, profile: bool, warmup: int = 1,
               split: bool = True, compile_profile: int = 0) -> dict:
@@ -206,26 +245,9 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
                                  0, 1).astype(np.float32))
     batch = {"blur": blurry, "sharp": sharp}
     t0, c0 = time.perf_counter(), time.process_time()
-    step = task.train_step(optimizers, split=split)
-    lower_s = None
-    if isinstance(step, SplitStep):
-        compile_fn = functools.partial(step.compile, state, batch)
-    else:
-        lowered = step.lower(state, batch)
-        lower_s = time.perf_counter() - t0
-        compile_fn = lowered.compile
-    phases = None
-    if compile_profile:
-        compiled, phases = compile_phases(compile_fn)
-    else:
-        compiled = compile_fn()
-    if isinstance(step, SplitStep):
-        executables = compiled.executables
-    else:
-        step, executables = compiled, (compiled,)
+    step, executables, lower_s, phases = compile_step(task.train_step(optimizers, split=split),
+                                                      state, batch, compile_profile)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    if phases:
-        print_compile_phases(phases, compile_profile)
     # The halves run one after the other: the step's peak is the larger temp buffer.
     temp_bytes = max(e.memory_analysis().temp_size_in_bytes for e in executables)
     for _ in range(warmup):
@@ -249,8 +271,7 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
                huge_pages=host_memory.huge_pages_enabled(), load_avg=os.getloadavg()[0],
                steal_share=(steal1 - steal0) / max(total1 - total0, 1))
     if phases:
-        row["compile_phases"] = dict(wall_ms=phases["wall_ms"],
-                                     phases=phases["phases"][:max(compile_profile, 40)])
+        row["compile_phases"] = phases
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:  # accelerators: the step's real peak on the device
         row["peak_bytes"] = int(stats["peak_bytes_in_use"])
@@ -307,6 +328,9 @@ def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size:
     if timed:
         row.update(time_step(preset, dtype, conv_impl, batch_size, size, steps, matmul_rate,
                              profile, warmup, split, compile_profile))
+    elif compile_profile:
+        row.update(profile_compile_only(preset, dtype, conv_impl, batch_size, size, split,
+                                        compile_profile))
     if flops:
         row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown))
         if timed:
@@ -387,8 +411,10 @@ def main() -> None:
                         help="per-op breakdown of one step (by module, op kind and op)")
     parser.add_argument("--profile-compile", "--profile_compile", dest="profile_compile",
                         type=int, nargs="?", const=30, default=0, metavar="N",
-                        help="trace the timed step's compile and print where its time goes "
-                             "(XLA's phases, top N, default 30; the tracer adds to compile_s)")
+                        help="trace the step's compile and print where its time goes (XLA's "
+                             "phases and the fusions by module, top N, default 30; the tracer "
+                             "adds to compile_s); with --compile-only the step as trained is "
+                             "compiled from abstract shapes, nothing run")
     parser.add_argument("--compile-only", "--compile_only", dest="compile_only",
                         action="store_true",
                         help="only the counted figures (FLOPs, bytes, temporaries): no timing")
@@ -417,10 +443,8 @@ def main() -> None:
         parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.compile_only and args.no_counts:
+    if args.compile_only and args.no_counts and not args.profile_compile:
         parser.error("--compile-only with --no_counts leaves nothing to do")
-    if args.profile_compile and args.compile_only:
-        parser.error("--profile-compile traces the timed step's compile: drop --compile-only")
     if args.bytes_breakdown < 0:
         parser.error(f"--bytes-breakdown must be >= 1, got {args.bytes_breakdown}")
     print(f"# {jax.devices()[0].platform}, load {os.getloadavg()}, huge-page malloc "

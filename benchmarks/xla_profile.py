@@ -127,13 +127,33 @@ def compile_phases(compile_fn: Callable[[], T]) -> tuple[T, dict]:
     return result, dict(wall_ms=wall_ms, phases=phases)
 
 
+def fusions_by_module(hlo_texts: list[str], depth: int = 1) -> list[dict]:
+    """Fusions of optimized HLO modules counted by the code that emitted them
+    (`module_of(op_name, depth)`; `(no metadata)` where XLA left none), largest first:
+    `[{name, count}]`. A fusion is one generated kernel on a GPU, so this is where a compile's
+    code generation goes. Top-level ops of a train step (`forward: (top level)`) are the
+    optimiser update and EMA, applied leaf by leaf."""
+    counts: dict[str, int] = collections.Counter()
+    for text in hlo_texts:
+        names = op_names(text)
+        for fusion in re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ fusion\(", text, re.M):
+            counts[module_of(names[fusion], depth) if fusion in names else "(no metadata)"] += 1
+    return [dict(name=n, count=c) for n, c in counts.most_common()]
+
+
 def print_compile_phases(result: dict, top: int = 30) -> None:
-    """Markdown table of `compile_phases`' top rows."""
+    """Markdown tables of `compile_phases`' top rows and, where given (`result["fusions"]`),
+    the program's fusions by module."""
     print(f"\ncompile phases: {result['wall_ms'] / 1e3:.1f} s of wall time; spans summed over "
           f"threads, nested spans overlap")
     print("\n| phase | s | spans | threads |\n|---|---|---|---|")
     for r in result["phases"][:top]:
         print(f"| {r['name'][:100]} | {r['ms'] / 1e3:.2f} | {r['count']} | {r['threads']} |")
+    if result.get("fusions"):
+        print(f"\n{sum(r['count'] for r in result['fusions'])} fusions in the optimized "
+              f"program(s)\n\n| emitted by | fusions |\n|---|---|")
+        for r in result["fusions"][:top]:
+            print(f"| {r['name']} | {r['count']} |")
 
 
 def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> dict:

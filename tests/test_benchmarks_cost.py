@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from hlo_bytes import bytes_breakdown, op_bytes, shape_bytes  # noqa: E402
-from xla_profile import compile_phases  # noqa: E402
+from xla_profile import compile_phases, fusions_by_module  # noqa: E402
 
 KEYS = ("preset", "dtype", "conv_impl", "size", "batch", "flops_per_image",
         "bytes_accessed_per_image", "temp_bytes_per_image")
@@ -68,6 +69,17 @@ def test_compile_phases_time_the_compile():
     # The backend's compile is one span on one thread, within the traced wall time.
     (backend,) = [r for r in phases if r["name"] == "backend_compile_and_load"]
     assert backend["count"] == 1 and 0 < backend["ms"] <= result["wall_ms"]
+
+
+def test_fusions_by_module_counts_every_fusion():
+    compiled = _compiled(3, unroll=True)
+    text = compiled.as_text()
+    rows = fusions_by_module([text, text])  # two programs: counts add up
+    total = len(re.findall(r"^\s*(?:ROOT )?%?\S+ = \S+ fusion\(", text, re.M))
+    assert total > 0 and sum(r["count"] for r in rows) == 2 * total
+    assert [r["count"] for r in rows] == sorted((r["count"] for r in rows), reverse=True)
+    directions = {r["name"].split(":")[0] for r in rows}
+    assert "backward" in directions, rows  # the gradient's fusions are attributed
 
 
 @pytest.mark.slow
