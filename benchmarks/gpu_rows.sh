@@ -38,7 +38,8 @@ run() {  # name, seconds it needs at least, command...
   timeout "$l" "$@" 2>&1 | grep -v -E "Warning|warn\(|cuda_timer|^\s*$"
   echo "== $name done, rc ${PIPESTATUS[0]}, $(( $(date +%s) - START )) s in"
 }
-TS="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2 --no_split"
+STEP="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2"
+TS="$STEP --no_split"  # one program, as training compiles it off the CPU
 INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
 for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton}; do
   case $row in
@@ -46,7 +47,7 @@ for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton}; do
     ts_b) run ts_b 250 $PY $TS --presets "$B" --json "$OUT/ts_b.json" ;;
     ts_s_notriton) run ts_s_notriton 180 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
       $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json" ;;
-    ts_s_split) run ts_s_split 200 $PY ${TS% --no_split} --presets "$S" --no_counts \
+    ts_s_split) run ts_s_split 200 $PY $STEP --presets "$S" --no_counts \
       --profile-compile 40 --json "$OUT/ts_s_split.json" ;;
     inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
     inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
