@@ -14,6 +14,7 @@ Policy (tested in tests/test_data_image_io.py):
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -27,6 +28,34 @@ DEPTH_EXTS = (".npy", ".png", ".pfm")
 
 class DataError(ValueError):
     """A data file is missing, unreadable or inconsistent; the message names the file."""
+
+
+# numpy parses a .npy header with `ast.literal_eval`, and CPython 3.11's AST constructor keeps
+# its recursion counter per interpreter, not per thread: two threads parsing at once (the data
+# pipeline reads in threads) can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905). Headers are parsed one at a time; data reads stay parallel.
+_NPY_HEADER_LOCK = threading.Lock()
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def load_npy(path: str) -> np.ndarray:
+    """`np.load(path, allow_pickle=False)` of a `.npy` array, safe to call from many threads.
+    ValueError for a file that is not a plain (non-object) .npy array or is truncated."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = _NPY_HEADER_READERS.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        with _NPY_HEADER_LOCK:
+            shape, fortran_order, dtype = read_header(f)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        count = int(np.prod(shape))
+        data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"truncated: {data.size} of {count} values")
+    return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
 
 
 def is_image(name: str) -> bool:
@@ -118,7 +147,7 @@ def read_depth(path: str) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     if ext == ".npy":
         try:
-            d = np.load(path, allow_pickle=False)
+            d = load_npy(path)
         except (ValueError, OSError) as e:
             raise DataError(f"{path}: cannot load depth .npy ({e})") from e
     elif ext == ".pfm":
