@@ -117,45 +117,32 @@ def test_depth_formats(tmp_path):
         image_io.read_depth(str(tmp_path / "d8.png"))
 
 
-def test_npy_depth_layouts_and_bad_files(tmp_path):
-    d = np.arange(35, dtype=np.float64).reshape(5, 7) / 3.0
-    cases = {"c.npy": d, "f.npy": np.asfortranarray(d), "lead.npy": d[None]}
-    for name, a in cases.items():
-        np.save(tmp_path / name, a)
-        got = image_io.read_depth(str(tmp_path / name))
-        np.testing.assert_array_equal(got, np.squeeze(a).astype(np.float32))
-    with open(tmp_path / "v2.npy", "wb") as f:  # format version 2.0 (large headers)
-        np.lib.format.write_array(f, d, version=(2, 0))
-    np.testing.assert_array_equal(image_io.read_depth(str(tmp_path / "v2.npy")),
-                                  d.astype(np.float32))
-    raw = (tmp_path / "c.npy").read_bytes()
-    (tmp_path / "cut.npy").write_bytes(raw[:-8])
-    with pytest.raises(image_io.DataError, match=r"cut.npy: cannot load .*truncated: 34 of 35"):
-        image_io.read_depth(str(tmp_path / "cut.npy"))
+def test_bad_npy_depth_names_the_file(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((5, 7), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "c.npy").read_bytes()[:-8])
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(image_io.DataError, match="obj.npy: cannot load .*object arrays"):
-        image_io.read_depth(str(tmp_path / "obj.npy"))
     (tmp_path / "text.npy").write_bytes(b"not an array")
-    with pytest.raises(image_io.DataError, match="text.npy: cannot load"):
-        image_io.read_depth(str(tmp_path / "text.npy"))
+    for name in ("cut.npy", "obj.npy", "text.npy"):
+        with pytest.raises(image_io.DataError, match=f"{name}: cannot load depth .npy"):
+            image_io.read_depth(str(tmp_path / name))
 
 
-def test_npy_headers_parse_one_thread_at_a_time(tmp_path, monkeypatch):
+def test_npy_depth_loads_one_thread_at_a_time(tmp_path, monkeypatch):
     """numpy parses .npy headers with `ast.literal_eval`, which CPython 3.11 cannot run in two
-    threads at once; the pipeline's read threads must take turns (the data stays parallel)."""
+    threads at once; the pipeline's read threads must take turns."""
     import threading
     import time
-    parse = image_io._NPY_HEADER_READERS[(1, 0)]
+    load = np.load
     active, most = [0], [0]
 
-    def slow_parse(f):
+    def slow_load(*args, **kwargs):
         active[0] += 1
         most[0] = max(most[0], active[0])
         time.sleep(0.01)  # a wide window: without the lock the threads overlap in it
         active[0] -= 1
-        return parse(f)
+        return load(*args, **kwargs)
 
-    monkeypatch.setitem(image_io._NPY_HEADER_READERS, (1, 0), slow_parse)
+    monkeypatch.setattr(np, "load", slow_load)
     maps = [np.full((3, 4), i, np.float32) for i in range(4)]
     for i, m in enumerate(maps):
         np.save(tmp_path / f"{i}.npy", m)
