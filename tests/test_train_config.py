@@ -87,6 +87,21 @@ def test_tasks_own_the_stage_parts():
     assert dataclasses.is_dataclass(config_base.Recipe)
 
 
+
+def test_state_init_reuses_the_shape_inference_trace(monkeypatch):
+    """A training start infers the params' shapes (`jax.eval_shape`), then jits the state init
+    around `init_params`: the model's init is traced once for both."""
+    task = make_task(load_config("deblur.py", "tiny"))
+    module_type = type(task.model)
+    traces = []
+    original = module_type.init
+    monkeypatch.setattr(module_type, "init",
+                        lambda self, *a, **k: traces.append(1) or original(self, *a, **k))
+    rng = jax.random.key(0)
+    optimizers = task.make_optimizers(jax.eval_shape(task.init_params, rng))
+    jax.jit(lambda r: task.create_state(task.init_params(r), optimizers, r)).trace(rng)
+    assert len(traces) == 1
+
 def test_stage_a_warns_of_gradient_matching_from_random_weights(tmp_path, caplog):
     """The tiny recipe (random weights) trains without gradient matching; a recipe with it and
     no init warns that the depth head can die."""

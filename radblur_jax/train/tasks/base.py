@@ -100,8 +100,15 @@ class Task:
     # ---- shared
     def init_params(self, rng: jax.Array) -> Any:
         """Random float32 params, traced: call it inside a jit (`load_initial_params`, the
-        loop's state init) compiled with `init_compiler_options()`."""
-        return self.model.init(rng, jnp.zeros(self.init_shape(), jnp.float32))["params"]
+        loop's state init) compiled with `init_compiler_options()`. One jitted function per
+        task, so shape inference (`jax.eval_shape(task.init_params, rng)`) and the state init
+        that follows share one trace of the model's init."""
+        return self._init_params_jit(rng)
+
+    @functools.cached_property
+    def _init_params_jit(self) -> Callable[[jax.Array], Any]:
+        return jax.jit(lambda rng: self.model.init(
+            rng, jnp.zeros(self.init_shape(), jnp.float32))["params"])
 
     def load_initial_params(self, rng: jax.Array) -> Any:
         """Random params, then encoder (+ DPT) from `init.checkpoint` (a training workdir of
