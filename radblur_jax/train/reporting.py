@@ -2,6 +2,7 @@
 validation image grids (blurry | restored | sharp | depth) as summaries and PNGs."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -17,16 +18,29 @@ from radblur_jax.data import image_io
 METRICS_FILE = "metrics.jsonl"
 
 
+def _create_writer(logdir: str, just_logging: bool) -> Any:
+    from clu import metric_writers  # imports TensorFlow: kept out of module import
+    return metric_writers.create_default_writer(logdir, just_logging=just_logging)
+
+
 class MetricsLog:
     """Scalars to TensorBoard (WORKDIR/tensorboard) and as one JSON object per logged step
     (with `step`) appended to WORKDIR/metrics.jsonl. Only process 0 writes."""
 
     def __init__(self, workdir: str):
-        from clu import metric_writers  # imports tensorflow: keep it out of module import
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, METRICS_FILE)
-        self.writer = metric_writers.create_default_writer(
-            os.path.join(workdir, "tensorboard"), just_logging=not self.active)
+        # clu's writer imports TensorFlow (seconds of CPU): it is built in a thread, beside the
+        # train step's compile, and the first write waits for it.
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metrics_writer")
+        self._writer = pool.submit(_create_writer, os.path.join(workdir, "tensorboard"),
+                                   not self.active)
+        pool.shutdown(wait=False)
+
+    @property
+    def writer(self) -> Any:
+        """The clu metric writer (waits for it to be built; re-raises an error building it)."""
+        return self._writer.result()
 
     def truncate_after(self, step: int) -> None:
         """Drops records of steps > `step` (written by a run that died after its last
