@@ -87,7 +87,6 @@ def test_tasks_own_the_stage_parts():
     assert dataclasses.is_dataclass(config_base.Recipe)
 
 
-
 def test_state_init_reuses_the_shape_inference_trace(monkeypatch):
     """A training start infers the params' shapes (`jax.eval_shape`), then jits the state init
     around `init_params`: the model's init is traced once for both."""
@@ -101,6 +100,7 @@ def test_state_init_reuses_the_shape_inference_trace(monkeypatch):
     optimizers = task.make_optimizers(jax.eval_shape(task.init_params, rng))
     jax.jit(lambda r: task.create_state(task.init_params(r), optimizers, r)).trace(rng)
     assert len(traces) == 1
+
 
 def test_stage_a_warns_of_gradient_matching_from_random_weights(tmp_path, caplog):
     """The tiny recipe (random weights) trains without gradient matching; a recipe with it and

@@ -33,9 +33,8 @@ class DataError(ValueError):
 # numpy parses a .npy header with `ast.literal_eval`, and CPython 3.11's AST constructor keeps
 # its recursion counter per interpreter, not per thread: two threads parsing at once (the data
 # pipeline reads in threads) can fail with "SystemError: AST constructor recursion depth
-# mismatch" (python/cpython#106905). `.npy` files are loaded one at a time: a 1280x720 float32
-# map loads in well under a millisecond from the page cache, against ~35 ms of CPU to decode a
-# full-frame image pair (docs/benchmarks.md, data_throughput.py).
+# mismatch" (python/cpython#106905). `.npy` files are therefore loaded one at a time; a load is
+# a header parse and one read, cheap next to decoding the image it comes with.
 _NPY_LOCK = threading.Lock()
 
 
