@@ -4,7 +4,9 @@
 # time, and for `s` where the compile's time goes), inference at 1280x720 for `s` and `l`
 # (whole image and adaptive exit), and two forms of the `s` step that tell what its compile
 # is made of: without XLA's Triton GEMMs, and split into a gradient program and an optimiser
-# update program compiled side by side (train.split_step=on). ROWS picks and orders the parts
+# update program compiled side by side (train.split_step=on); and what is live at the `s`
+# step's memory peak with and without the ViT's remat (peak_memory.py: remat cannot be judged
+# on a CPU, whose XLA merges the recomputation back). ROWS picks and orders the parts
 # (default: all, in the order below). Each starts only if the time it needs (as taken on an
 # H200; estimated for rows not yet run there) is left of BUDGET seconds. Output goes to $OUT
 # (all.log + JSON rows).
@@ -41,7 +43,8 @@ run() {  # name, seconds it needs at least, command...
 STEP="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps 10 --warmup 2"
 TS="$STEP --no_split"  # one program, as training compiles it off the CPU
 INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
-for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton}; do
+PM="benchmarks/peak_memory.py --dtype bfloat16 --conv_impl lax --batch 16 --size $SIZE --no_split"
+for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton pm_s pm_s_remat}; do
   case $row in
     ts_s) run ts_s 240 $PY $TS --presets "$S" --profile-compile 40 --json "$OUT/ts_s.json" ;;
     ts_b) run ts_b 250 $PY $TS --presets "$B" --json "$OUT/ts_b.json" ;;
@@ -51,7 +54,11 @@ for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton}; do
       --profile-compile 40 --json "$OUT/ts_s_split.json" ;;
     inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
     inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
-    *) echo "== unknown row $row (expected ts_s ts_b ts_s_split ts_s_notriton inf_s inf_l)"; exit 2 ;;
+    pm_s) run pm_s 150 $PY $PM --presets "$S" --json "$OUT/pm_s.json" ;;
+    pm_s_remat) run pm_s_remat 150 $PY $PM --presets "$S" --encoder_remat \
+      --json "$OUT/pm_s_remat.json" ;;
+    *) echo "== unknown row $row (expected ts_s ts_b ts_s_split ts_s_notriton inf_s inf_l" \
+         "pm_s pm_s_remat)"; exit 2 ;;
   esac
 done
 echo "== all done, $(( $(date +%s) - START )) s"

@@ -1,6 +1,7 @@
 """The train-step benchmark's counted figures: per-op bytes of an optimized HLO module
-(benchmarks/hlo_bytes.py) against XLA's own total, and `train_step.py --compile-only` end to
-end on the tiny preset (slow: compiles the unrolled train step)."""
+(benchmarks/hlo_bytes.py) against XLA's own total, the buffers live at a program's memory peak
+(benchmarks/peak_memory.py), and `train_step.py --compile-only` end to end on the tiny preset
+(slow: compiles the unrolled train step)."""
 from __future__ import annotations
 
 import json
@@ -105,3 +106,50 @@ def test_compile_only_rows(tmp_path):
     assert breakdown["cost_analysis_per_image"] == pytest.approx(row["bytes_accessed_per_image"])
     assert any(r["name"].startswith("backward: decoder") for r in breakdown["modules"])
     assert "| module | MiB | share |" in p.stdout and "GiB accessed/img" in p.stdout
+
+
+# XLA reads its flags when the backend starts: the dump needs a process of its own.
+_PEAK_PROBE = """
+import json, os, sys, tempfile
+dump = tempfile.mkdtemp()
+os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_module_re=.*compose.*"
+import flax.linen as nn
+import jax, jax.numpy as jnp
+import peak_memory
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(512, name="wide")(x))  # (4096, 512): kept for the backward
+        return jnp.sum(jnp.sin(nn.Dense(4, name="narrow")(h)))
+
+def compose(p, x):
+    return jax.grad(lambda p: Net().apply(p, x))(p)
+
+x = jnp.ones((4096, 64))
+params = Net().init(jax.random.key(0), x)
+compiled = jax.jit(compose).lower(params, x).compile()
+(report,) = peak_memory.live_range_reports(dump)
+peak = int(report.split(peak_memory._PEAK)[1].split("bytes")[0].replace(" ", ""))
+print(json.dumps({"group": peak_memory.group(peak_memory.peak_entries(report)), "peak": peak,
+                  "args": compiled.memory_analysis().argument_size_in_bytes}))
+"""
+
+
+def test_peak_memory_names_the_buffers_live_at_the_peak():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "benchmarks")]),
+               JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", _PEAK_PROBE], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    group = out["group"]
+    # Every buffer of the report counted once: the program's inputs (params and x, by their
+    # argument names) apart, the rest by module.
+    assert group["arguments"] == out["args"]
+    assert group["arguments"] + group["temporaries"] == out["peak"]
+    modules = dict(group["modules"])
+    activation = 4096 * 512 * 4
+    assert modules["forward: (top level)"] == activation  # tanh(wide(x)), kept for the backward
+    assert modules["backward: narrow"] >= activation  # the cotangent of h from `narrow`
+    assert max(modules.values()) <= 2 * activation
