@@ -20,6 +20,8 @@ conv_impl:  the backend of the convolutions and the stem/decoder LayerNorms ("au
             "auto" = fast on the CPU backend, lax elsewhere. The same function either way.
 encoder, dpt
 decoder:    width (channels at full resolution), num_sub_decoders (K), stem_blocks,
+            stem_remat (the stem's activations recomputed in the backward pass instead of
+            kept through the decoder's backward: less memory, ~1% more FLOPs for `s`),
             fft (FFT branch in the coupling blocks), depth_fusion ("attention" | "none"),
             reversible (custom-VJP backprop), anchor_every, dw_expand, ffn_expand, unroll,
             keep_last (the reversible forward keeps the last sub-decoder's activations, so
@@ -155,8 +157,8 @@ def radblur_config(name: str) -> ml_collections.ConfigDict:
         encoder=encoder_config(name, dtype=dtype),
         dpt=dpt_config(name),
         decoder=dict(width=row.decoder_width, num_sub_decoders=row.num_sub_decoders,
-                     stem_blocks=1, fft=True, depth_fusion="attention", reversible=True,
-                     anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False,
+                     stem_blocks=1, stem_remat=False, fft=True, depth_fusion="attention",
+                     reversible=True, anchor_every=2, dw_expand=2, ffn_expand=2, unroll=False,
                      keep_last=False),
         vit_input="pad",
         exit=dict(psnr_edges=EXIT_PSNR_EDGES, hidden=128),

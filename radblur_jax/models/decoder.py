@@ -22,6 +22,7 @@ from radblur_jax.models.ada import AdaptiveDepthAttention
 from radblur_jax.models.backends import LAX, Backend
 from radblur_jax.models.blocks import Down, NAFBlock, Up
 from radblur_jax.models.conv_ops import sum_rows
+from radblur_jax.models.remat import deferred_remat
 from radblur_jax.models.reversible import early_exit_forward, reversible_sequence
 
 NUM_LEVELS = 4
@@ -48,10 +49,13 @@ class BlurStem(nn.Module, kw_only=True):
     """Shallow conv pyramid: `(B, H, W, 3)`, H and W multiples of 16 -> (states, bottleneck).
 
     states: `c^0` at 1/8, 1/4, 1/2, 1 (coarse to fine, `level_channels(width)`); bottleneck
-    `(B, H/16, W/16, 16*width)`; all float32 (computed in `dtype`).
+    `(B, H/16, W/16, 16*width)`; all float32 (computed in `dtype`). `remat`: the NAF blocks'
+    activations are recomputed in the backward pass (`remat.deferred_remat`) instead of kept
+    through the decoder's backward.
     """
     width: int
     blocks: int = 1
+    remat: bool = False
     dtype: jnp.dtype = jnp.float32
     backend: Backend = LAX
 
@@ -64,7 +68,8 @@ class BlurStem(nn.Module, kw_only=True):
         fine_to_coarse = []
         for s in range(NUM_LEVELS + 1):
             for j in range(self.blocks):
-                x = NAFBlock(dtype=dt, backend=self.backend, name=f"scale{s}_block{j}")(x)
+                block = NAFBlock(dtype=dt, backend=self.backend, name=f"scale{s}_block{j}")
+                x = deferred_remat(block, x) if self.remat else block(x)
             if s == NUM_LEVELS:
                 break
             fine_to_coarse.append(x.astype(jnp.float32))

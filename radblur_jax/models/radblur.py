@@ -95,7 +95,8 @@ class RADBlur(nn.Module):
         d, dtype = cfg.decoder, jnp.dtype(cfg.dtype)
         backend = self.backend
         self.depth = DepthAnything(cfg.encoder, cfg.dpt, backend)
-        self.stem = BlurStem(width=d.width, blocks=d.stem_blocks, dtype=dtype, backend=backend)
+        self.stem = BlurStem(width=d.width, blocks=d.stem_blocks,
+                             remat=bool(d.get("stem_remat", False)), dtype=dtype, backend=backend)
         self.decoder = ReversibleDecoder(
             width=d.width, num_sub_decoders=d.num_sub_decoders, fft=d.fft,
             depth_attention=configs.uses_depth_attention(cfg), reversible=d.reversible,

@@ -17,6 +17,7 @@ import ml_collections
 from radblur_jax.models import layers
 from radblur_jax.models.attention_ops import attention
 from radblur_jax.models.backends import LAX, Backend
+from radblur_jax.models.remat import deferred_remat
 
 LN_EPS = 1e-6
 
@@ -189,12 +190,12 @@ class DinoViT(nn.Module):
 
         hidden = (swiglu_hidden(d, cfg.mlp_ratio) if cfg.ffn == "swiglu"
                   else int(d * cfg.mlp_ratio))
-        block_cls = nn.remat(Block) if cfg.remat else Block
         norm = _layer_norm("norm", dtype)
         tapped = {}
         for i in range(cfg.depth):
-            x = block_cls(num_heads=cfg.num_heads, mlp_hidden=hidden, ffn=cfg.ffn,
-                          attention_impl=cfg.attention_impl, dtype=dtype, name=f"blocks_{i}")(x)
+            block = Block(num_heads=cfg.num_heads, mlp_hidden=hidden, ffn=cfg.ffn,
+                          attention_impl=cfg.attention_impl, dtype=dtype, name=f"blocks_{i}")
+            x = deferred_remat(block, x) if cfg.remat else block(x)
             if i in taps:
                 tapped[i] = norm(x)
         return ViTOutput(tuple(tapped[t][:, 1 + r:].reshape(b, h, w, d) for t in taps),

@@ -1,0 +1,51 @@
+"""Rematerialisation whose recomputation waits for the cotangent.
+
+`nn.remat` (`jax.checkpoint`) keeps a module's inputs and recomputes its activations for the
+backward pass, but nothing ties the recomputation to the backward: it reads only the saved
+inputs, so the compiler may run it as soon as they exist. In RADBlur's train step it did so,
+and worse: XLA:CPU removes `jax.checkpoint`'s optimisation barriers before its
+common-subexpression passes, which then merge the recomputation back into the forward pass;
+with the compiler free to schedule it, the recomputed activations were live during the
+reversible decoder's backward loop, the step's memory peak (docs/benchmarks.md,
+`peak_memory.py`).
+
+`deferred_remat(module, *args)` computes `module(*args)` and keeps only its params and args.
+The backward pass recomputes the module from its args multiplied by `1 + 0 * sum(cotangent)`:
+exactly the saved values while the cotangent is finite, but a data dependence no compiler
+pass removes, so the recomputation can start only once the cotangent exists, and it is not
+the forward's expression, so no pass merges the two. The gradients are those of `jax.vjp` of
+the module at the same point (`x * 1.0 == x`); XLA may fuse the recomputation differently
+from the forward, so they can differ from plain autodiff's in float32 rounding. A non-finite
+cotangent makes the recomputation non-finite, as its gradients would be anyway.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def deferred_remat(module: nn.Module, *args: jax.Array) -> Any:
+    """`module(*args)` for a module with `params` only and array args, its activations
+    recomputed in the backward pass once the output's cotangent is known instead of stored."""
+    definition = module.clone(parent=None)
+
+    def apply(params, *xs):
+        return definition.apply({"params": params}, *xs)
+
+    def forward(mdl, *xs):
+        return mdl(*xs), (mdl.variables["params"], xs)
+
+    def backward(residuals, g):
+        params, xs = residuals
+        one = 1 + 0 * sum(jnp.sum(t, dtype=jnp.float32) for t in jax.tree_util.tree_leaves(g))
+        xs = tuple(x * one.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+                   for x in xs)
+        _, vjp = jax.vjp(apply, params, *xs)
+        params_t, *xs_t = vjp(g)
+        return ({"params": params_t}, *xs_t)
+
+    return nn.custom_vjp(lambda mdl, *xs: mdl(*xs), forward_fn=forward,
+                         backward_fn=backward)(module, *args)

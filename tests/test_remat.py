@@ -1,0 +1,109 @@
+"""`deferred_remat`: the gradients of plain autodiff, the params of the plain module, and
+activations that are not kept until the cotangent arrives (XLA:CPU's memory analysis)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import rel_err
+
+from radblur_jax.models.configs import encoder_config
+from radblur_jax.models.decoder import BlurStem
+from radblur_jax.models.remat import deferred_remat
+from radblur_jax.models.vit import DinoViT
+
+
+class Wide(nn.Module):
+    """Activations of (rows, 1024) floats from a (rows, 16) input."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(1024, name="up")(x))
+        return nn.Dense(16, name="down")(jnp.sin(h) * h)
+
+
+class Net(nn.Module):
+    mode: str  # "plain" | "deferred"
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(2):
+            block = Wide(name=f"block{i}")
+            x = deferred_remat(block, x) if self.mode == "deferred" else block(x)
+        # A later part whose backward keeps its own (rows, 1024) activations: where the
+        # earlier blocks' activations would add to the peak if they were kept.
+        h = x
+        for i in range(3):
+            h = jnp.tanh(nn.Dense(1024, name=f"late{i}_up")(h))
+            h = nn.Dense(16, name=f"late{i}_down")(h * h)
+        return jnp.sum(jnp.sin(h))
+
+
+def _setup(rows: int = 2048):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(rows, 16)), jnp.float32)
+    return x, Net("plain").init(jax.random.key(0), x)
+
+
+def test_same_params_and_gradients():
+    x, params = _setup(64)
+    deferred = Net("deferred").init(jax.random.key(0), x)
+    assert jax.tree.structure(deferred) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(deferred), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    grads = {m: jax.jit(jax.grad(lambda p, x, m=m: Net(m).apply(p, x), argnums=(0, 1)))(
+        params, x) for m in ("plain", "deferred")}
+    for a, b in zip(jax.tree.leaves(grads["deferred"]), jax.tree.leaves(grads["plain"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recomputed_activations_are_not_live_at_the_peak():
+    x, params = _setup()
+    activation = x.shape[0] * 1024 * 4
+
+    def temp_bytes(mode: str) -> int:
+        grad = jax.jit(jax.grad(lambda p: Net(mode).apply(p, x)))
+        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    plain, deferred = temp_bytes("plain"), temp_bytes("deferred")
+    # Each of the two early blocks keeps >= 2 activations for its backward in the plain form.
+    assert deferred <= plain - 2 * activation, (plain, deferred, activation)
+
+
+def test_stem_remat_keeps_the_params_and_gradients():
+    image = jax.random.uniform(jax.random.key(1), (2, 32, 48, 3))
+    plain = BlurStem(width=4)
+    params = plain.init(jax.random.key(0), image)
+    stem = BlurStem(width=4, remat=True)
+    for a, b in zip(jax.tree.leaves(stem.init(jax.random.key(0), image)),
+                    jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+    def loss(p, x, module):
+        states, bottleneck = module.apply(p, x)
+        return sum(jnp.sum(jnp.sin(s)) for s in states) + jnp.sum(bottleneck ** 2)
+
+    got = jax.jit(jax.grad(lambda p, x: loss(p, x, stem), argnums=(0, 1)))(params, image)
+    want = jax.jit(jax.grad(lambda p, x: loss(p, x, plain), argnums=(0, 1)))(params, image)
+    # The recomputed blocks are compiled in another context (other fusions): float32 rounding.
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert rel_err(a, b) <= 1e-5
+
+
+def test_vit_remat_keeps_the_params_and_gradients():
+    cfg = encoder_config("tiny")
+    x = jax.random.uniform(jax.random.key(2), (2, 42, 56, 3))
+    params = DinoViT(cfg).init(jax.random.key(0), x)
+    cfg_remat = cfg.copy_and_resolve_references()
+    cfg_remat.remat = True
+    assert jax.tree.structure(DinoViT(cfg_remat).init(jax.random.key(0), x)) == \
+        jax.tree.structure(params)
+
+    def loss(p, x, c):
+        out = DinoViT(c).apply(p, x)
+        return sum(jnp.sum(jnp.sin(t)) for t in out.taps) + jnp.sum(out.last_hidden ** 2)
+
+    got = jax.jit(jax.grad(lambda p, x: loss(p, x, cfg_remat), argnums=(0, 1)))(params, x)
+    want = jax.jit(jax.grad(lambda p, x: loss(p, x, cfg), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert rel_err(a, b) <= 1e-5
