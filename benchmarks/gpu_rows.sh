@@ -5,8 +5,8 @@
 # (whole image and adaptive exit), and two forms of the `s` step that tell what its compile
 # is made of: without XLA's Triton GEMMs, and split into a gradient program and an optimiser
 # update program compiled side by side (train.split_step=on); and what is live at the `s`
-# step's memory peak with and without the ViT's remat (peak_memory.py: remat cannot be judged
-# on a CPU, whose XLA merges the recomputation back). ROWS picks and orders the parts
+# step's memory peak without and with the ViT's and the stem's remat (peak_memory.py). ROWS
+# picks and orders the parts
 # (default: all, in the order below). Each starts only if the time it needs (as taken on an
 # H200; estimated for rows not yet run there) is left of BUDGET seconds. Output goes to $OUT
 # (all.log + JSON rows).
@@ -55,7 +55,7 @@ for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton pm_s pm_s_rema
     inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
     inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
     pm_s) run pm_s 150 $PY $PM --presets "$S" --json "$OUT/pm_s.json" ;;
-    pm_s_remat) run pm_s_remat 150 $PY $PM --presets "$S" --encoder_remat \
+    pm_s_remat) run pm_s_remat 150 $PY $PM --presets "$S" --encoder_remat --stem_remat \
       --json "$OUT/pm_s_remat.json" ;;
     *) echo "== unknown row $row (expected ts_s ts_b ts_s_split ts_s_notriton inf_s inf_l" \
          "pm_s pm_s_remat)"; exit 2 ;;

@@ -13,10 +13,8 @@ They are grouped by direction and Flax module path (`xla_profile.module_of`: "fo
 "backward: decoder/blocks_3", ...); the program's arguments (params, optimiser state, batch)
 are reported apart, since XLA's `temp_size_in_bytes` leaves them out. Per image, in GiB.
 
-XLA:CPU removes optimisation barriers before its common-subexpression passes, so on a CPU a
-rematerialised block's recomputation (`jax.checkpoint`, `nn.remat`) is merged back into the
-forward pass and its activations stay live: remat cannot show in a CPU count. XLA:GPU removes
-the barriers after scheduling; measure remat on the accelerator.
+`--encoder_remat` and `--stem_remat` turn on the model's remat switches
+(`model.encoder.remat`, `model.decoder.stem_remat`; models/remat.py).
 """
 from __future__ import annotations
 
@@ -102,8 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--no_split", action="store_true", help="one program (as on accelerators)")
     p.add_argument("--encoder_remat", action="store_true",
-                   help="the ViT's blocks rematerialised (model.encoder.remat; on a CPU the "
-                        "recomputation is merged back: see above)")
+                   help="the ViT's blocks rematerialised (model.encoder.remat)")
+    p.add_argument("--stem_remat", action="store_true",
+                   help="the blur stem's blocks rematerialised (model.decoder.stem_remat)")
     p.add_argument("--depth", type=int, default=2, help="module path depth of the groups")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--json", default=None)
@@ -123,6 +122,7 @@ def main(argv=None) -> int:
         for preset in [s for s in args.presets.split(",") if s]:
             config = bench_config(preset, args.dtype, args.conv_impl, args.batch, args.size)
             config.model.encoder.remat = args.encoder_remat
+            config.model.decoder.stem_remat = args.stem_remat
             task = DeblurTask(config)
             state, images, optimizers = _abstract(task, args.batch, args.size)
             _clear(dump_dir)
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             per_image = lambda b: b / args.batch / 2**30
             rows.append({"preset": preset, "dtype": args.dtype, "conv_impl": args.conv_impl,
                          "size": args.size, "batch": args.batch, "split": not args.no_split,
-                         "encoder_remat": args.encoder_remat,
+                         "encoder_remat": args.encoder_remat, "stem_remat": args.stem_remat,
                          "device": jax.devices()[0].device_kind,
                          "temp_bytes_per_image": temp / args.batch,
                          "output_bytes_per_image": output / args.batch,
