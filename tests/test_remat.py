@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import rel_err
 
 from radblur_jax.models.configs import encoder_config
@@ -15,21 +16,24 @@ from radblur_jax.models.vit import DinoViT
 
 
 class Wide(nn.Module):
-    """Activations of (rows, 1024) floats from a (rows, 16) input."""
+    """Activations of (rows, 1024) floats from a (rows, C) input; `features` outputs."""
+    features: int = 16
 
     @nn.compact
     def __call__(self, x):
         h = jnp.tanh(nn.Dense(1024, name="up")(x))
-        return nn.Dense(16, name="down")(jnp.sin(h) * h)
+        return nn.Dense(self.features, name="down")(jnp.sin(h) * h)
 
 
 class Net(nn.Module):
     mode: str  # "plain" | "deferred"
+    widths: tuple = (16, 16)  # the blocks' outputs; an input of another shape than the
+    # output takes the cotangent's sum as its dependence, the same shape elementwise
 
     @nn.compact
     def __call__(self, x):
-        for i in range(2):
-            block = Wide(name=f"block{i}")
+        for i, width in enumerate(self.widths):
+            block = Wide(width, name=f"block{i}")
             x = deferred_remat(block, x) if self.mode == "deferred" else block(x)
         # A later part whose backward keeps its own (rows, 1024) activations: where the
         # earlier blocks' activations would add to the peak if they were kept.
@@ -40,29 +44,34 @@ class Net(nn.Module):
         return jnp.sum(jnp.sin(h))
 
 
-def _setup(rows: int = 2048):
+WIDTHS = [(16, 16), (12, 16)]
+
+
+def _setup(widths: tuple, rows: int = 2048):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(rows, 16)), jnp.float32)
-    return x, Net("plain").init(jax.random.key(0), x)
+    return x, Net("plain", widths).init(jax.random.key(0), x)
 
 
-def test_same_params_and_gradients():
-    x, params = _setup(64)
-    deferred = Net("deferred").init(jax.random.key(0), x)
+@pytest.mark.parametrize("widths", WIDTHS)
+def test_same_params_and_gradients(widths):
+    x, params = _setup(widths, 64)
+    deferred = Net("deferred", widths).init(jax.random.key(0), x)
     assert jax.tree.structure(deferred) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(deferred), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
-    grads = {m: jax.jit(jax.grad(lambda p, x, m=m: Net(m).apply(p, x), argnums=(0, 1)))(
-        params, x) for m in ("plain", "deferred")}
+    grads = {m: jax.jit(jax.grad(lambda p, x, m=m: Net(m, widths).apply(p, x),
+                                 argnums=(0, 1)))(params, x) for m in ("plain", "deferred")}
     for a, b in zip(jax.tree.leaves(grads["deferred"]), jax.tree.leaves(grads["plain"])):
         np.testing.assert_array_equal(a, b)
 
 
-def test_recomputed_activations_are_not_live_at_the_peak():
-    x, params = _setup()
+@pytest.mark.parametrize("widths", WIDTHS)
+def test_recomputed_activations_are_not_live_at_the_peak(widths):
+    x, params = _setup(widths)
     activation = x.shape[0] * 1024 * 4
 
     def temp_bytes(mode: str) -> int:
-        grad = jax.jit(jax.grad(lambda p: Net(mode).apply(p, x)))
+        grad = jax.jit(jax.grad(lambda p: Net(mode, widths).apply(p, x)))
         return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     plain, deferred = temp_bytes("plain"), temp_bytes("deferred")

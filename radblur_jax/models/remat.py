@@ -10,10 +10,11 @@ reversible decoder's backward loop, the step's memory peak (docs/benchmarks.md,
 `peak_memory.py`).
 
 `deferred_remat(module, *args)` computes `module(*args)` and keeps only its params and args.
-The backward pass recomputes the module from its args multiplied by `1 + 0 * sum(cotangent)`:
-exactly the saved values while the cotangent is finite, but a data dependence no compiler
-pass removes, so the recomputation can start only once the cotangent exists, and it is not
-the forward's expression, so no pass merges the two. The gradients are those of `jax.vjp` of
+The backward pass recomputes the module from its args multiplied by `1 + 0 * g`, `g` the
+output's cotangent (elementwise where it has the arg's shape, else its sum): exactly the saved
+values while the cotangent is finite, but a data dependence no compiler pass removes, so the
+recomputation can start only once the cotangent exists, and it is not the forward's
+expression, so no pass merges the two. The gradients are those of `jax.vjp` of
 the module at the same point (`x * 1.0 == x`); XLA may fuse the recomputation differently
 from the forward, so they can differ from plain autodiff's in float32 rounding. A non-finite
 cotangent makes the recomputation non-finite, as its gradients would be anyway.
@@ -25,6 +26,19 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def _after(x: jax.Array, cotangent: Any) -> jax.Array:
+    """`x`, computed from `cotangent`: `x * (1 + 0 * g)` with a cotangent leaf `g` of `x`'s
+    shape (a residual block's; elementwise, so a sharded `x` needs no communication), else
+    with the cotangent's sum."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    leaves = jax.tree_util.tree_leaves(cotangent)
+    g = next((t for t in leaves if t.shape == x.shape), None)
+    if g is None:
+        g = sum(jnp.sum(t, dtype=jnp.float32) for t in leaves)
+    return x * (1 + 0 * g).astype(x.dtype)
 
 
 def deferred_remat(module: nn.Module, *args: jax.Array) -> Any:
@@ -40,9 +54,7 @@ def deferred_remat(module: nn.Module, *args: jax.Array) -> Any:
 
     def backward(residuals, g):
         params, xs = residuals
-        one = 1 + 0 * sum(jnp.sum(t, dtype=jnp.float32) for t in jax.tree_util.tree_leaves(g))
-        xs = tuple(x * one.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x
-                   for x in xs)
+        xs = tuple(_after(x, g) for x in xs)
         _, vjp = jax.vjp(apply, params, *xs)
         params_t, *xs_t = vjp(g)
         return ({"params": params_t}, *xs_t)
