@@ -74,14 +74,17 @@ def test_synthetic_split_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_main_cli_dispatches_eval(tmp_path):
-    """`python -m radblur_jax.main --config configs/eval.py:tiny ...` runs the evaluation."""
+    """`python -m radblur_jax.main --config configs/eval.py:tiny ...` runs the evaluation.
+    Images and batch as in the test above, so with a compilation cache (.ci/run) this run
+    loads that test's programs instead of compiling its own."""
     import subprocess
     root = tmp_path / "syn"
-    write_dataset(root, 0, 1, SyntheticParams(height=32, width=48), seed=4, frames_per_scene=1)
+    write_dataset(root, 0, 1, SyntheticParams(height=40, width=56), seed=4, frames_per_scene=1)
     repo = os.path.join(os.path.dirname(__file__), "..")
     cmd = [sys.executable, "-m", "radblur_jax.main", "--config",
            os.path.join(repo, "configs", "eval.py") + ":tiny", "--workdir", str(tmp_path / "w"),
-           "--config.random_init=True", f"--config.data.root={root}", "--config.grids=False"]
+           "--config.random_init=True", f"--config.data.root={root}", "--config.grids=False",
+           "--config.batch_size=2"]
     env = {**os.environ, "PYTHONPATH": os.path.abspath(repo)}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
