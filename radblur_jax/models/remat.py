@@ -1,11 +1,11 @@
 """Rematerialisation whose recomputation waits for the cotangent.
 
-`nn.remat` (`jax.checkpoint`) keeps a module's inputs and recomputes its activations for the
-backward pass, but nothing ties the recomputation to the backward: it reads only the saved
-inputs, so the compiler may run it as soon as they exist. In RADBlur's train step it did so,
-and worse: XLA:CPU removes `jax.checkpoint`'s optimisation barriers before its
-common-subexpression passes, which then merge the recomputation back into the forward pass;
-with the compiler free to schedule it, the recomputed activations were live during the
+`nn.remat` (`jax.checkpoint`) keeps a module's inputs and recomputes its activations in the
+backward pass, but the recomputation reads only the saved inputs, so nothing makes it wait
+for the backward. In RADBlur's train step it saved nothing: XLA:CPU removes
+`jax.checkpoint`'s optimisation barriers before its common-subexpression passes, which merge
+the recomputation back into the forward; with those passes off, the compiler scheduled the
+recomputation right after the forward. Either way the activations were live during the
 reversible decoder's backward loop, the step's memory peak (docs/benchmarks.md,
 `peak_memory.py`).
 
@@ -14,10 +14,10 @@ The backward pass recomputes the module from its args multiplied by `1 + 0 * g`,
 output's cotangent (elementwise where it has the arg's shape, else its sum): exactly the saved
 values while the cotangent is finite, but a data dependence no compiler pass removes, so the
 recomputation can start only once the cotangent exists, and it is not the forward's
-expression, so no pass merges the two. The gradients are those of `jax.vjp` of
-the module at the same point (`x * 1.0 == x`); XLA may fuse the recomputation differently
-from the forward, so they can differ from plain autodiff's in float32 rounding. A non-finite
-cotangent makes the recomputation non-finite, as its gradients would be anyway.
+expression, so no pass merges the two. The gradients are those of `jax.vjp` of the module at
+the same point (`x * 1.0 == x`); XLA may fuse the recomputation differently from the
+forward, so they can differ from plain autodiff's in float32 rounding. A non-finite cotangent
+makes the recomputation non-finite, as its gradients would be anyway.
 """
 from __future__ import annotations
 
