@@ -55,7 +55,7 @@ for row in ${ROWS:-ts_s inf_s inf_l ts_b ts_s_split ts_s_notriton pm_s pm_s_rema
     inf_s) run inf_s 80 $PY $INF --presets "$S" --json "$OUT/inf_s.json" ;;
     inf_l) run inf_l 150 $PY $INF --presets "$L" --json "$OUT/inf_l.json" ;;
     pm_s) run pm_s 150 $PY $PM --presets "$S" --json "$OUT/pm_s.json" ;;
-    pm_s_remat) run pm_s_remat 150 $PY $PM --presets "$S" --encoder_remat --stem_remat \
+    pm_s_remat) run pm_s_remat 150 $PY $PM --presets "$S" --remat both \
       --json "$OUT/pm_s_remat.json" ;;
     *) echo "== unknown row $row (expected ts_s ts_b ts_s_split ts_s_notriton inf_s inf_l" \
          "pm_s pm_s_remat)"; exit 2 ;;

@@ -1,7 +1,8 @@
 """What is live at the train step's memory peak, by the model code that made it.
 
     python benchmarks/peak_memory.py --presets s --dtype float32 --conv_impl lax --size 256 \
-        --batch 4 [--no_split] [--top 20] [--json out.json]
+        --batch 4 [--no_split] [--remat recipe|none|encoder|stem|both] [--top 20] \
+        [--json out.json]
 
 Compiles the deblur train step as training compiles it (the preset's recipe, loops kept;
 gradients and update split on a CPU unless `--no_split`), from abstract shapes (nothing runs),
@@ -13,8 +14,9 @@ They are grouped by direction and Flax module path (`xla_profile.module_of`: "fo
 "backward: decoder/blocks_3", ...); the program's arguments (params, optimiser state, batch)
 are reported apart, since XLA's `temp_size_in_bytes` leaves them out. Per image, in GiB.
 
-`--encoder_remat` and `--stem_remat` turn on the model's remat switches
-(`model.encoder.remat`, `model.decoder.stem_remat`; models/remat.py).
+`--remat` sets the model's remat switches as `train_step.py --remat` does (`encoder`:
+`model.encoder.remat`, `stem`: `model.decoder.stem_remat`, `both`, `none`; models/remat.py);
+the default keeps the preset's recipe.
 """
 from __future__ import annotations
 
@@ -99,10 +101,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--no_split", action="store_true", help="one program (as on accelerators)")
-    p.add_argument("--encoder_remat", action="store_true",
-                   help="the ViT's blocks rematerialised (model.encoder.remat)")
-    p.add_argument("--stem_remat", action="store_true",
-                   help="the blur stem's blocks rematerialised (model.decoder.stem_remat)")
+    p.add_argument("--remat", default="recipe",
+                   choices=("recipe", "none", "encoder", "stem", "both"),
+                   help="blocks that recompute their activations in the backward "
+                        "(as train_step.py's --remat; default: the preset's recipe)")
     p.add_argument("--depth", type=int, default=2, help="module path depth of the groups")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--json", default=None)
@@ -113,18 +115,17 @@ def main(argv=None) -> int:
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={dump_dir}",
         "--xla_dump_hlo_module_re=.*(compose|gradients|update).*"]))
     import jax
-    from train_step import _abstract, bench_config, compile_step
+    from step_counts import abstract_inputs, bench_config, compile_step, remat_name
 
     from radblur_jax.atomic_io import write_json_atomic
     from radblur_jax.train.tasks import DeblurTask
     rows = []
     try:
         for preset in [s for s in args.presets.split(",") if s]:
-            config = bench_config(preset, args.dtype, args.conv_impl, args.batch, args.size)
-            config.model.encoder.remat = args.encoder_remat
-            config.model.decoder.stem_remat = args.stem_remat
+            config = bench_config(preset, args.dtype, args.conv_impl, args.batch, args.size,
+                                  remat=args.remat)
             task = DeblurTask(config)
-            state, images, optimizers = _abstract(task, args.batch, args.size)
+            state, images, optimizers = abstract_inputs(task, args.batch, args.size)
             _clear(dump_dir)
             _, executables, *_ = compile_step(
                 task.train_step(optimizers, split=not args.no_split), state, images)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
             per_image = lambda b: b / args.batch / 2**30
             rows.append({"preset": preset, "dtype": args.dtype, "conv_impl": args.conv_impl,
                          "size": args.size, "batch": args.batch, "split": not args.no_split,
-                         "encoder_remat": args.encoder_remat, "stem_remat": args.stem_remat,
+                         "remat": remat_name(config),
                          "device": jax.devices()[0].device_kind,
                          "temp_bytes_per_image": temp / args.batch,
                          "output_bytes_per_image": output / args.batch,

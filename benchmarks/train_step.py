@@ -16,7 +16,7 @@ breakdown of one step's time from a `jax.profiler` trace.
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_counts] \
         [--compile-only] [--bytes-breakdown [N]] [--profile-compile [N]] [--no_huge_pages] \
-        [--warmup N] [--no_split]
+        [--warmup N] [--no_split] [--remat recipe,none,encoder,stem,both]
 
 Counted figures (per image, deterministic: nothing runs; `--compile-only` gives only these,
 `--no_counts` skips them). XLA's cost analysis counts a loop body once, so every count is of
@@ -57,7 +57,7 @@ it profiles the step as trained compiled from abstract shapes, without running i
 from __future__ import annotations
 
 import argparse
-import functools
+import itertools
 import os
 import sys
 import time
@@ -68,98 +68,24 @@ import numpy as np
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
-from flops import cpu_cost_analysis  # noqa: E402
-from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
-from xla_profile import (  # noqa: E402
-    compile_phases,
-    fusions_by_module,
-    print_compile_phases,
-    print_profile,
-    profile_compiled,
+from step_counts import (  # noqa: E402
+    COUNTED,
+    REMAT_CHOICES,
+    abstract_inputs,
+    bench_config,
+    compile_step,
+    count_step,
+    on_cpu,
+    remat_name,
 )
+from xla_profile import print_profile, profile_compiled  # noqa: E402
 
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.configs import radblur_names  # noqa: E402
-from radblur_jax.train.config_base import check_config, load_config  # noqa: E402
-from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
 from radblur_jax.train.tasks import DeblurTask  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
-COUNTED = ("the training step with the reversible decoder, sub-decoder loop unrolled, "
-           "compiled for the CPU")
-
-
-def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, *,
-                 reversible: bool = True, unroll: bool = False):
-    """The preset's training config (configs/deblur.py) with this batch, crop, compute dtype
-    (and convolution implementation when given); checked as training checks it."""
-    config = load_config(os.path.join(REPO, "configs", "deblur.py"), preset)
-    config.model.dtype = dtype
-    if conv_impl is not None:
-        config.model.conv_impl = conv_impl
-    config.model.decoder.reversible = reversible
-    config.model.decoder.unroll = unroll
-    config.train.batch_size, config.input.crop_size = batch, size
-    check_config(config)
-    return config
-
-
-def _abstract(task: DeblurTask, batch: int, size: int):
-    """(abstract state, abstract batch, optimizers) of `task` at this batch and crop."""
-    rng = jax.random.key(0)
-    params = jax.eval_shape(task.init_params, rng)
-    optimizers = task.make_optimizers(params)
-    state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r), params, rng)
-    image = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    return state, {"blur": image, "sharp": image}, optimizers
-
-
-def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int) -> float:
-    """The model's FLOPs of one train step (whole batch): XLA's cost analysis of the CPU lowering
-    with no loops (sub-decoder scan unrolled, XLA's plain attention) and plain autodiff (no
-    reversible recomputation)."""
-    config = bench_config(preset, dtype, conv_impl, batch, size, reversible=False, unroll=True)
-    # The loop-free attention (same maths): the CPU's blocked form loops over heads, and the
-    # cost analysis would count one loop body (benchmarks/flops.py).
-    config.model.encoder.attention_impl = "xla"
-    task = DeblurTask(config)
-    state, images, optimizers = _abstract(task, batch, size)
-    step = functools.partial(compose, task.gradients, task.update(optimizers))
-    return float(cpu_cost_analysis(step, state, images)["flops"])
-
-
-def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
-                    split: bool = True) -> tuple:
-    """The executables of the counted program: the training step as the loop builds it
-    (reversible decoder, split or one program), the sub-decoder scan unrolled; compiled from
-    abstract shapes (nothing runs)."""
-    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
-                                   unroll=True))
-    state, images, optimizers = _abstract(task, batch, size)
-    return compile_step(task.train_step(optimizers, split=split), state, images)[1]
-
-
-def compiled_counts(executables, batch: int) -> dict:
-    """Per-image figures of compiled programs run one after the other: FLOPs executed and bytes
-    accessed (XLA cost analysis, summed) and temporaries (memory analysis: the largest
-    program's temp buffer, since the programs run in turn)."""
-    flops = accessed = 0.0
-    for e in executables:
-        cost = e.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops += float(cost["flops"])
-        accessed += float(cost["bytes accessed"])
-    temp = max(e.memory_analysis().temp_size_in_bytes for e in executables)
-    return dict(flops_executed_per_image=flops / batch, bytes_accessed_per_image=accessed / batch,
-                temp_bytes_per_image=temp / batch)
-
-
-def on_cpu() -> bool:
-    """Whether JAX's default backend is the CPU."""
-    return jax.default_backend() == "cpu"
-
-
 def matmul_flops_per_s(n: int | None = None, reps: int = 5, dtype=None) -> float:
     """FLOP/s of an `n x n @ n x n` matmul (best of `reps`): the reference a run's speed is
     judged by. Defaults: float32 2048^3 on a CPU; bfloat16 8192^3 on an accelerator (its
@@ -188,41 +114,12 @@ def cpu_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-def compile_step(step, state, batch, profile_top: int = 0) -> tuple:
-    """Compiles `step` (a `SplitStep` or a jitted function) for `state` and `batch` (arrays or
-    abstract shapes): `(callable step, executables, lower_s or None, compile profile or None)`.
-    With `profile_top` > 0 the compile runs under the tracer and its phases and the programs'
-    fusions by module are printed (top rows) and returned (xla_profile.py)."""
-    t0 = time.perf_counter()
-    lower_s = None
-    if isinstance(step, SplitStep):
-        compile_fn = functools.partial(step.compile, state, batch)
-    else:
-        lowered = step.lower(state, batch)
-        lower_s = time.perf_counter() - t0
-        compile_fn = lowered.compile
-    profile = None
-    if profile_top:
-        compiled, profile = compile_phases(compile_fn)
-    else:
-        compiled = compile_fn()
-    if isinstance(step, SplitStep):
-        executables = compiled.executables
-    else:
-        step, executables = compiled, (compiled,)
-    if profile:
-        profile["phases"] = profile["phases"][:max(profile_top, 40)]
-        profile["fusions"] = fusions_by_module([e.as_text() for e in executables])
-        print_compile_phases(profile, profile_top)
-    return step, executables, lower_s, profile
-
-
 def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_size: int,
-                         size: int, split: bool, top: int) -> dict:
+                         size: int, split: bool, top: int, remat: str = "recipe") -> dict:
     """The step as trained (loops kept) compiled from abstract shapes under the tracer, nothing
     run: `compile_s` and `compile_phases` of a row."""
-    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size))
-    state, images, optimizers = _abstract(task, batch_size, size)
+    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat))
+    state, images, optimizers = abstract_inputs(task, batch_size, size)
     t0 = time.perf_counter()
     *_, profile = compile_step(task.train_step(optimizers, split=split), state, images, top)
     return dict(compile_s=time.perf_counter() - t0, compile_phases=profile)
@@ -230,11 +127,11 @@ def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_s
 
 def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
               steps: int, matmul_rate: float, profile: bool, warmup: int = 1,
-              split: bool = True, compile_profile: int = 0) -> dict:
+              split: bool = True, compile_profile: int = 0, remat: str = "recipe") -> dict:
     """Compiles and times the train step training runs (the sub-decoder scan as trained);
     returns the timing part of a row. `compile_profile` > 0 traces the compile and prints its
     top phases (xla_profile.compile_phases)."""
-    config = bench_config(preset, dtype, conv_impl, batch_size, size)
+    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat)
     task = DeblurTask(config)
     params = task.load_initial_params(jax.random.key(0))
     optimizers = task.make_optimizers(params)
@@ -288,51 +185,24 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
     return row
 
 
-def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
-               split: bool = True, breakdown: int = 0) -> dict:
-    """The counted figures of a row (module docstring); with `breakdown` > 0 prints the
-    counted program's bytes by module, op kind and op (top `breakdown` rows) and adds them.
-    Off the CPU only the FLOPs (counted from the CPU's lowering): the bytes and temporaries
-    are those of the CPU's compiled program."""
-    row = {}
-    if on_cpu():
-        t0 = time.perf_counter()
-        executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split)
-        row = dict(counted=COUNTED + (" (gradients and update programs)" if split else ""),
-                   counted_compile_s=time.perf_counter() - t0,
-                   **compiled_counts(executables, batch_size))
-    flops = count_flops(preset, dtype, conv_impl, batch_size, size)
-    row.update(flops=flops, flops_per_image=flops / batch_size)
-    if breakdown and on_cpu():
-        result = bytes_breakdown(executables)
-        print(f"\n# {preset} {dtype} {conv_impl or 'default'}, batch {batch_size}, {size}x{size}")
-        print_bytes_breakdown(result, top=breakdown, per=batch_size)
-        row["bytes_breakdown"] = dict(
-            estimated_per_image=result["estimated"] / batch_size,
-            cost_analysis_per_image=result["cost_analysis"] / batch_size,
-            **{k: [dict(r, bytes=r["bytes"] / batch_size) for r in result[k][:n]]
-               for k, n in (("modules", max(breakdown, 40)), ("kinds", 20),
-                            ("ops", max(breakdown, 40)))})
-    return row
-
-
 def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
           steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
           split: bool = True, timed: bool = True, breakdown: int = 0,
-          compile_profile: int = 0) -> dict:
+          compile_profile: int = 0, remat: str = "recipe") -> dict:
     """One result row: timing of the train step (unless not `timed`) and its counted figures
     (unless not `flops`)."""
-    config = bench_config(preset, dtype, conv_impl, batch_size, size)
+    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat)
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
-               size=size, split=split, remat=bool(config.model.encoder.remat))
+               size=size, split=split, remat=remat_name(config))
     if timed:
         row.update(time_step(preset, dtype, conv_impl, batch_size, size, steps, matmul_rate,
-                             profile, warmup, split, compile_profile))
+                             profile, warmup, split, compile_profile, remat))
     elif compile_profile:
         row.update(profile_compile_only(preset, dtype, conv_impl, batch_size, size, split,
-                                        compile_profile))
+                                        compile_profile, remat))
     if flops:
-        row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown))
+        row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown,
+                              remat))
         if timed:
             row.update(achieved_flops_per_s=row["flops"] / row["step_s"],
                        flops_ratio=row["flops"] / row["step_s"] / matmul_rate)
@@ -361,6 +231,7 @@ COLUMNS = (
     ("preset", "preset", str), ("dtype", "dtype", str), ("conv", "conv_impl", str),
     ("split", "split", lambda v: "yes" if v else "no"), ("batch", "batch", str),
     ("size", "size", str),
+    ("remat", "remat", str),
     ("GFLOP/img", "flops_per_image", lambda v: f"{v / 1e9:.4g}"),
     ("GFLOP/img executed", "flops_executed_per_image", lambda v: f"{v / 1e9:.4g}"),
     ("GiB accessed/img", "bytes_accessed_per_image", _gib),
@@ -403,6 +274,10 @@ def main() -> None:
                         help="untimed steps before the timed ones (0: time a slow step once)")
     parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
                         help="convolution implementation (default: the config's)")
+    parser.add_argument("--remat", default="recipe",
+                        help="comma-separated: blocks that recompute their activations in the "
+                             "backward, the ViT's (encoder), the blur stem's (stem), both, "
+                             "none, or the preset's recipe (default); a row each")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no_split", action="store_true",
                         help="compile the step as one program (default: gradients and update "
@@ -439,6 +314,10 @@ def main() -> None:
     for d in dtypes:
         if d not in DTYPES:
             parser.error(f"--dtypes: unknown dtype {d!r}; expected some of {DTYPES}")
+    remats = [r for r in args.remat.split(",") if r]
+    for r in remats:
+        if r not in REMAT_CHOICES:
+            parser.error(f"--remat: unknown {r!r}; expected some of {REMAT_CHOICES}")
     if args.batch < 1 or args.steps < 1 or args.size < 16 or args.size % 16:
         parser.error("--batch and --steps must be >= 1, --size a multiple of 16")
     if args.warmup < 0:
@@ -451,17 +330,17 @@ def main() -> None:
           f"{'on' if host_memory.huge_pages_enabled() else 'off'}", flush=True)
     rate = float("nan") if args.compile_only else matmul_flops_per_s()
     rows = []
-    for preset in presets:
-        for dtype in dtypes:
-            row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
-                        args.profile, flops=not args.no_counts, warmup=args.warmup,
-                        split=not args.no_split, timed=not args.compile_only,
-                        breakdown=args.bytes_breakdown, compile_profile=args.profile_compile)
-            rows.append(row)
-            done = [f"{k} {row[k]:.1f} s" for k in ("step_s", "compile_s", "counted_compile_s")
-                    if k in row]
-            print(f"# {preset} {dtype}: {', '.join(done)}, load {os.getloadavg()[0]:.2f}",
-                  flush=True)
+    for preset, dtype, remat in itertools.product(presets, dtypes, remats):
+        row = bench(preset, dtype, args.conv_impl, args.batch, args.size, args.steps, rate,
+                    args.profile, flops=not args.no_counts, warmup=args.warmup,
+                    split=not args.no_split, timed=not args.compile_only,
+                    breakdown=args.bytes_breakdown, compile_profile=args.profile_compile,
+                    remat=remat)
+        rows.append(row)
+        done = [f"{k} {row[k]:.1f} s" for k in ("step_s", "compile_s", "counted_compile_s")
+                if k in row]
+        print(f"# {preset} {dtype} remat {row['remat']}: {', '.join(done)}, "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
     print_table(rows)
     if args.json:
         write_json_atomic(args.json, rows)
