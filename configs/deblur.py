@@ -23,6 +23,7 @@ from radblur_jax.train.config_base import Recipe, parse_arg, training_config
 class DeblurRecipe(Recipe):
     exit_steps: int = 2000   # exit-head phase after the main one; 0 = none
     eval_crop: int = 0       # validation centre crop side, px; 0 = full images
+    stem_remat: bool = False  # rematerialise the blur stem's blocks (model.decoder.stem_remat)
 
 
 _TINY = dict(log_every=10, checkpoint_every=100, ema_decay=0.99, layer_decay=1.0,
@@ -33,11 +34,13 @@ RECIPES = {
     "s": DeblurRecipe(batch_size=16, crop_size=256, num_steps=200_000, lr=2e-4,
                       warmup_steps=1000, eval_every=5000),
     "b": DeblurRecipe(batch_size=16, crop_size=256, num_steps=200_000, lr=2e-4,
-                      warmup_steps=1000, eval_every=5000, remat=True),
+                      warmup_steps=1000, eval_every=5000, remat=True, stem_remat=True),
     "l": DeblurRecipe(batch_size=32, crop_size=256, num_steps=300_000, lr=1e-4,
-                      warmup_steps=1000, eval_every=5000, fsdp=8, remat=True),
+                      warmup_steps=1000, eval_every=5000, fsdp=8, remat=True,
+                      stem_remat=True),
     "g": DeblurRecipe(batch_size=64, crop_size=256, num_steps=300_000, lr=1e-4,
-                      warmup_steps=1000, eval_every=5000, fsdp=16, remat=True),
+                      warmup_steps=1000, eval_every=5000, fsdp=16, remat=True,
+                      stem_remat=True),
 }
 
 
@@ -45,6 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Stage-B config for `arg` = `PRESET[,FIELD=VALUE...]` (default tiny)."""
     name, recipe = parse_arg(arg, RECIPES, "configs/deblur.py")
     c = training_config("deblur", name, recipe, dataset="synthetic")
+    # Where memory is tight (b, l, g) the stem's activations are recomputed in the backward
+    # as well as the ViT's: for `b` they free more memory than the ViT's remat for a quarter
+    # of its extra FLOPs (docs/benchmarks.md, train_step.py --remat).
+    c.model.decoder.stem_remat = recipe.stem_remat
     # The main phase leaves the exit head alone; it is trained afterwards in its own phase.
     c.optimizer.freeze = ["^exit_head/"]
     c.loss = ml_collections.ConfigDict(dict(

@@ -15,6 +15,10 @@ def test_arg_options_change_recipe_fields():
     c = load_config("deblur.py", "s,num_steps=300,lr=5e-4,remat=true,compute_dtype=float32")
     assert (c.model.name, c.train.num_steps, c.optimizer.lr) == ("s", 300, 5e-4)
     assert c.model.encoder.remat is True and c.model.dtype == c.model.encoder.dtype == "float32"
+    # The stem's remat is a deblur recipe field, on where memory is tight (b, l, g).
+    assert load_config("deblur.py", "b").model.decoder.stem_remat is True
+    assert load_config("deblur.py", "b,stem_remat=false").model.decoder.stem_remat is False
+    assert load_config("deblur.py", "s").model.decoder.stem_remat is False
     default = load_config("deblur.py", "num_steps=7")
     assert default.model.name == "tiny" and default.train.num_steps == 7
     assert load_config("depth_pretrain.py").model.name == "tiny"  # one default preset
