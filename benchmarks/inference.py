@@ -19,8 +19,9 @@ Modes:
   python benchmarks/inference.py [--presets tiny,s] [--modes full,tiles,adaptive] [--tile 384]
       [--overlap 32] [--batch 1] [--repeats 2] [--dtype float32|bfloat16] [--json out.json]
 
-Like the deblur CLI it re-executes itself with glibc's huge-page malloc
-(`radblur_jax/host_memory.py`) unless `RADBLUR_HUGE_PAGES=0`. `--dtype bfloat16` sets the
+Like the deblur CLI it re-executes itself with glibc's huge-page malloc and a heap kept between
+calls (`radblur_jax/host_memory.py`, `forward_only`) unless `RADBLUR_HUGE_PAGES=0`; the JSON
+records the `GLIBC_TUNABLES` it ran with. `--dtype bfloat16` sets the
 compute dtype (params stay float32); judge bf16 on an accelerator only (XLA:CPU widens it).
 """
 from __future__ import annotations
@@ -48,9 +49,11 @@ MODES = ("full", "tiles", "adaptive")
 
 
 def write_results(path: str, loadavg_before: tuple, results: list[dict]) -> None:
-    """The rows as JSON at `path`, with the device, JAX version and load around the run."""
+    """The rows as JSON at `path`, with the device, JAX version, glibc tunables and load
+    around the run."""
     write_json_atomic(path, {"device": jax.devices()[0].device_kind,
                              "devices": jax.device_count(), "jax": jax.__version__,
+                             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                              "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
                              "results": results})
 
@@ -169,5 +172,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from radblur_jax.host_memory import reexec_with_huge_pages
-    reexec_with_huge_pages()
+    reexec_with_huge_pages(forward_only=True)
     sys.exit(main())

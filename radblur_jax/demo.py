@@ -108,5 +108,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from radblur_jax.host_memory import reexec_with_huge_pages
-    reexec_with_huge_pages()
+    reexec_with_huge_pages(forward_only=True)
     sys.exit(main())
