@@ -10,10 +10,10 @@ same buffer (measured figures: docs/benchmarks.md).
 Forward-only programs (`reexec_with_huge_pages(forward_only=True)`: the deblur and depth
 CLIs, the demo page, `benchmarks/inference.py`) also keep the freed memory for the next call:
 one malloc arena, no mmap, no trimming (`FORWARD_ONLY_TUNABLES`). Each call then reuses the
-pages the previous one touched instead of faulting in fresh, zeroed ones; for `s` on a
-1280x720 photo that is ~18% of the call's time, for compiles ~1.5 s longer (docs/benchmarks.md).
-Training keeps the default arenas: with one arena its many threads' small allocations contend
-for one lock, which slowed the `tiny` train step by a third and its compiles by 40-70%.
+pages the previous one touched instead of faulting in fresh, zeroed ones: faster calls for a
+slower compile (figures: docs/benchmarks.md). Training keeps the default arenas: with one
+arena its many threads' small allocations contend for one lock, which slows the train step
+and its compile more than the kept pages save.
 
 glibc reads tunables once, at process start, so `reexec_with_huge_pages()` re-executes the
 running program with the tunables added (a tunable already set in `GLIBC_TUNABLES` is kept as
