@@ -48,7 +48,7 @@ class ReferenceNorm(norms.LayerNorm):
         return norms._reference(x.astype(jnp.float32), scale, bias, self.epsilon)
 
 
-# The gradients compile without LLVM's optimisations (~20% less compile time here): the
+# The gradients compile without LLVM's optimisations, which shortens the test's compiles: the
 # comparison is of formulations, each compiled the same way.
 UNOPTIMISED = {"xla_backend_optimization_level": 0}
 REFERENCE = Backend(name="lax", conv=functools.partial(ReferenceConv, impl="lax"),
