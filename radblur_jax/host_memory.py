@@ -44,13 +44,18 @@ def _set_names(value: str) -> set[str]:
     return {t.split("=")[0] for t in value.split(":") if t}
 
 
-def huge_pages_enabled(forward_only: bool = False) -> bool:
-    """Whether this process started with glibc's huge-page tunable (and, `forward_only`, the
-    other `FORWARD_ONLY_TUNABLES` set, to any value)."""
+def huge_pages_enabled() -> bool:
+    """Whether this process started with glibc's huge-page tunable."""
+    return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
+def tunables_set(forward_only: bool = False) -> bool:
+    """Whether this process started with the tunables `reexec_with_huge_pages(forward_only)`
+    adds: the huge-page one on, and (`forward_only`) the other `FORWARD_ONLY_TUNABLES` set to
+    any value."""
     value = os.environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE not in value.split(":"):
-        return False
-    return _set_names(value) >= _set_names(":".join(_tunables(forward_only)))
+    return huge_pages_enabled() and _set_names(value) >= _set_names(
+        ":".join(_tunables(forward_only)))
 
 
 def huge_pages_supported() -> bool:
@@ -78,7 +83,7 @@ def reexec_with_huge_pages(forward_only: bool = False) -> None:
     Returns without doing anything when the tunables are already set, unsupported here, or
     `RADBLUR_HUGE_PAGES=0`. Call it first thing in a `__main__` block: the process is replaced.
     """
-    if (huge_pages_enabled(forward_only) or os.environ.get(OPT_OUT) == "0"
+    if (tunables_set(forward_only) or os.environ.get(OPT_OUT) == "0"
             or not huge_pages_supported()):
         return
     env = dict(os.environ)
