@@ -1,9 +1,11 @@
 """The train-step benchmark's counted figures: per-op bytes of an optimized HLO module
 (benchmarks/hlo_bytes.py) against XLA's own total, the buffers live at a program's memory peak
-(benchmarks/peak_memory.py), and `train_step.py --compile-only` end to end on the tiny preset
-(slow: compiles the unrolled train step)."""
+(benchmarks/peak_memory.py), `train_step.py --compile-only` end to end on the tiny preset
+(slow: compiles the unrolled train step), and `gpu_compile.py`'s error without the CUDA
+plugin."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -157,3 +159,19 @@ def test_peak_memory_names_the_buffers_live_at_the_peak():
     assert modules["forward: (top level)"] == activation  # tanh(wide(x)), kept for the backward
     assert modules["backward: narrow"] >= activation  # the cotangent of h from `narrow`
     assert max(modules.values()) <= 2 * activation
+
+
+def _has_cuda_plugin() -> bool:
+    return (importlib.util.find_spec("jax_plugins") is not None
+            and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+
+
+@pytest.mark.skipif(_has_cuda_plugin(), reason="the CUDA plugin is here: the script compiles")
+def test_gpu_compile_without_the_cuda_plugin_says_what_to_install(tmp_path):
+    out = tmp_path / "rows.json"
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_compile.py"),
+                        "--json", str(out)], env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0
+    assert "no CUDA plugin" in p.stderr and "jax[cuda12]" in p.stderr, p.stderr[-2000:]
+    assert not out.exists()

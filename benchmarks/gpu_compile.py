@@ -1,0 +1,141 @@
+"""Where the accelerator train step's GPU compile goes, measured on a machine without a GPU.
+
+    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
+    python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
+        [--program step|update] [--phases 30] --json out.json
+
+XLA compiles the deblur train step ahead of time for an NVIDIA H100 (`H100`, a device
+description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its LLVM and
+`ptxas` work, on this host's CPU, from abstract shapes. Nothing needs a GPU or a driver, only
+the CUDA plugin and libraries. The step is the one a GPU trains (`conv_impl=lax`, the
+preset's recipe, bfloat16 compute, cuDNN attention, one program); `--program update`
+compiles only its optimiser-and-EMA half. Without a device XLA cannot time kernels, so there
+is no autotuning and XLA's Triton GEMMs are off (their tile sizes come from autotuning): what
+remains is the compile's device-independent part. On the GPU the same step also autotunes.
+Prints the compile's wall and CPU time, the program's fusions by module and, with
+`--phases N`, the top N compile phases (`xla_profile.compile_phases`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+# An H100 SXM (80 GB HBM3) as XLA's GPU compiler sees it: NVIDIA's published figures.
+H100 = """
+gpu_device_info {
+  cuda_compute_capability { major: 9 minor: 0 }
+  core_count: 132
+  fpus_per_core: 128
+  threads_per_warp: 32
+  threads_per_block_limit: 1024
+  threads_per_core_limit: 2048
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  shared_memory_per_block: 49152
+  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472
+  l2_cache_size: 52428800
+  memory_bandwidth: 3352320000000
+  device_memory_size: 84929347584
+  clock_rate_ghz: 1.98
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+
+def _deviceless_env() -> None:
+    """Before JAX starts: no GPU is looked for, and the CUDA plugin loads without a driver."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), "--xla_gpu_enable_triton_gemm=false"]))
+
+
+def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int) -> dict:
+    """Compiles the preset's step (or its update) for `H100`; the row of figures."""
+    import jax
+    from jax.experimental import topologies
+    from step_counts import abstract_inputs, bench_config
+    from xla_profile import compile_phases, fusions_by_module, print_compile_phases
+
+    from radblur_jax.train.tasks import DeblurTask
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", target_config=H100,
+                                                topology="1x1x1")
+    except Exception as e:  # noqa: BLE001 - any failure here means the plugin is missing
+        raise SystemExit(f"gpu_compile.py: no CUDA plugin to compile with ({e}); install "
+                         "jax[cuda12] at this JAX version (see the docstring)") from e
+    mesh = topologies.make_mesh(topology, (1,), ("batch",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def on_gpu(tree):
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                           sharding=replicated), tree)
+
+    # The CPU is this process's default backend: name what a GPU's "auto" would pick.
+    config = bench_config(preset, "bfloat16", "lax", batch, size)
+    config.model.encoder.attention_impl = "cudnn"
+    task = DeblurTask(config)
+    state, images, optimizers = abstract_inputs(task, batch, size)
+    state, images = on_gpu(state), on_gpu(images)
+    if program == "step":
+        fn, args = task.train_step(optimizers, split=False), (state, images)
+    else:
+        grads = jax.eval_shape(task.gradients, state, images)[0]
+        fn, args = jax.jit(task.update(optimizers)), (state, on_gpu(grads))
+    t0 = time.perf_counter()
+    lowered = fn.lower(*args)
+    lower_s = time.perf_counter() - t0
+    cpu0, t1 = time.process_time(), time.perf_counter()
+    compiled, profile = compile_phases(lowered.compile)
+    compile_s, compile_cpu_s = time.perf_counter() - t1, time.process_time() - cpu0
+    profile["fusions"] = fusions_by_module([compiled.as_text()], 2)
+    print(f"\n# {preset} {program}, bfloat16, batch {batch}, {size}x{size}, for an H100 "
+          f"(deviceless): lowering {lower_s:.1f} s, compile {compile_s:.1f} s "
+          f"({compile_cpu_s:.1f} CPU-s)")
+    if phases:
+        print_compile_phases(profile, phases)
+    return dict(preset=preset, program=program, dtype="bfloat16", conv_impl="lax",
+                batch=batch, size=size, target="H100 (deviceless)", lower_s=lower_s,
+                compile_s=compile_s, compile_cpu_s=compile_cpu_s,
+                fusions=sum(r["count"] for r in profile["fusions"]),
+                fusions_by_module=profile["fusions"], phases=profile["phases"][:max(phases, 40)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", default="s")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--program", default="step", choices=("step", "update"))
+    p.add_argument("--phases", type=int, default=0, help="print the top N compile phases")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    _deviceless_env()
+    from radblur_jax.atomic_io import write_json_atomic
+    rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases)
+            for preset in args.presets.split(",") if preset]
+    print("\n| preset | program | batch x crop | fusions | lowering s | compile s | "
+          "compile CPU s |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['program']} | {r['batch']} x {r['size']} | {r['fusions']} "
+              f"| {r['lower_s']:.1f} | {r['compile_s']:.1f} | {r['compile_cpu_s']:.1f} |")
+    if args.json:
+        write_json_atomic(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
