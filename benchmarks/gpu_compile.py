@@ -2,14 +2,15 @@
 
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
-        [--program step|update] [--phases 30] --json out.json
+        [--program step|split|gradients|update] [--phases 30] --json out.json
 
 XLA compiles the deblur train step ahead of time for an NVIDIA H100 (`H100`, a device
 description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its LLVM and
 `ptxas` work, on this host's CPU, from abstract shapes. Nothing needs a GPU or a driver, only
 the CUDA plugin and libraries. The step is the one a GPU trains (`conv_impl=lax`, the
-preset's recipe, bfloat16 compute, cuDNN attention, one program); `--program update`
-compiles only its optimiser-and-EMA half. Without a device XLA cannot time kernels, so there
+preset's recipe, bfloat16 compute, cuDNN attention, one program); `--program split`
+compiles it as the split step's two programs (`train.split_step`), concurrently, and
+`gradients` and `update` each of them alone. Without a device XLA cannot time kernels, so there
 is no autotuning and XLA's Triton GEMMs are off (their tile sizes come from autotuning): what
 remains is the compile's device-independent part. On the GPU the same step also autotunes.
 Prints the compile's wall and CPU time, the program's fusions by module and, with
@@ -18,6 +19,7 @@ Prints the compile's wall and CPU time, the program's fusions by module and, wit
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import sys
 import time
@@ -90,18 +92,21 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
     task = DeblurTask(config)
     state, images, optimizers = abstract_inputs(task, batch, size)
     state, images = on_gpu(state), on_gpu(images)
-    if program == "step":
-        fn, args = task.train_step(optimizers, split=False), (state, images)
-    else:
-        grads = jax.eval_shape(task.gradients, state, images)[0]
-        fn, args = jax.jit(task.update(optimizers)), (state, on_gpu(grads))
+    grads = on_gpu(jax.eval_shape(task.gradients, state, images)[0])
+    halves = {"gradients": (jax.jit(task.gradients), (state, images)),
+              "update": (jax.jit(task.update(optimizers), donate_argnums=(0,)), (state, grads))}
+    jobs = ([(task.train_step(optimizers, split=False), (state, images))] if program == "step"
+            else list(halves.values()) if program == "split" else [halves[program]])
     t0 = time.perf_counter()
-    lowered = fn.lower(*args)
+    lowered = [fn.lower(*args) for fn, args in jobs]
     lower_s = time.perf_counter() - t0
     cpu0, t1 = time.process_time(), time.perf_counter()
-    compiled, profile = compile_phases(lowered.compile)
+    # The split step's two programs compile concurrently, as `SplitStep.compile` does.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowered)) as pool:
+        compiled, profile = compile_phases(
+            lambda: list(pool.map(lambda lo: lo.compile(), lowered)))
     compile_s, compile_cpu_s = time.perf_counter() - t1, time.process_time() - cpu0
-    profile["fusions"] = fusions_by_module([compiled.as_text()], 2)
+    profile["fusions"] = fusions_by_module([c.as_text() for c in compiled], 2)
     print(f"\n# {preset} {program}, bfloat16, batch {batch}, {size}x{size}, for an H100 "
           f"(deviceless): lowering {lower_s:.1f} s, compile {compile_s:.1f} s "
           f"({compile_cpu_s:.1f} CPU-s)")
@@ -119,7 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--presets", default="s")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--program", default="step", choices=("step", "update"))
+    p.add_argument("--program", default="step",
+                   choices=("step", "split", "gradients", "update"))
     p.add_argument("--phases", type=int, default=0, help="print the top N compile phases")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
