@@ -1,5 +1,7 @@
 """Where the accelerator train step's GPU compile goes, measured on a machine without a GPU.
 
+    # in a copy of the environment: with the plugin and no GPU, JAX reports a CUDA error at
+    # every start before falling back to the CPU
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
         [--program step|split|gradients|update] [--phases 30] --json out.json
