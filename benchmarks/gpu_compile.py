@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-# An H100 SXM (80 GB HBM3) as XLA's GPU compiler sees it: NVIDIA's published figures.
+# An H100 SXM (80 GB HBM3) as XLA's GPU compiler sees it: the hardware figures NVIDIA publishes,
+# and the CUDA and cuDNN versions to compile for (those of the jax-cuda12 wheels' era).
 H100 = """
 gpu_device_info {
   cuda_compute_capability { major: 9 minor: 0 }
@@ -68,7 +69,9 @@ def _deviceless_env() -> None:
 
 
 def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int) -> dict:
-    """Compiles the preset's step (or its update) for `H100`; the row of figures."""
+    """Compiles `program` of the preset's train step for `H100` ("step": one program;
+    "split": its gradient and update programs, concurrently; "gradients" or "update" alone);
+    the row of figures."""
     import jax
     from jax.experimental import topologies
     from step_counts import abstract_inputs, bench_config
@@ -78,9 +81,10 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
     try:
         topology = topologies.get_topology_desc(platform="cuda", target_config=H100,
                                                 topology="1x1x1")
-    except Exception as e:  # noqa: BLE001 - any failure here means the plugin is missing
-        raise SystemExit(f"gpu_compile.py: no CUDA plugin to compile with ({e}); install "
-                         "jax[cuda12] at this JAX version (see the docstring)") from e
+    except Exception as e:  # noqa: BLE001 - without the plugin: "topology not implemented"
+        raise SystemExit(f"gpu_compile.py: no CUDA plugin to compile with, or not one for this "
+                         f"JAX version ({e}); install jax[cuda12] at this JAX version (see the "
+                         "docstring)") from e
     mesh = topologies.make_mesh(topology, (1,), ("batch",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -94,11 +98,14 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
     task = DeblurTask(config)
     state, images, optimizers = abstract_inputs(task, batch, size)
     state, images = on_gpu(state), on_gpu(images)
-    grads = on_gpu(jax.eval_shape(task.gradients, state, images)[0])
-    halves = {"gradients": (jax.jit(task.gradients), (state, images)),
-              "update": (jax.jit(task.update(optimizers), donate_argnums=(0,)), (state, grads))}
-    jobs = ([(task.train_step(optimizers, split=False), (state, images))] if program == "step"
-            else list(halves.values()) if program == "split" else [halves[program]])
+    jobs = []
+    if program == "step":
+        jobs.append((task.train_step(optimizers, split=False), (state, images)))
+    if program in ("split", "gradients"):
+        jobs.append((jax.jit(task.gradients), (state, images)))
+    if program in ("split", "update"):
+        grads = on_gpu(jax.eval_shape(task.gradients, state, images)[0])
+        jobs.append((jax.jit(task.update(optimizers), donate_argnums=(0,)), (state, grads)))
     t0 = time.perf_counter()
     lowered = [fn.lower(*args) for fn, args in jobs]
     lower_s = time.perf_counter() - t0
