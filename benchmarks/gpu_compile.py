@@ -4,7 +4,8 @@
     # every start before falling back to the CPU
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
-        [--program step|split|gradients|update] [--phases 30] --json out.json
+        [--program step|split|gradients|update] [--layout recipe|flat|per_leaf] \
+        [--phases 30] --json out.json
 
 XLA compiles the deblur train step ahead of time for an NVIDIA H100 (`H100`, a device
 description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its LLVM and
@@ -12,11 +13,13 @@ description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its 
 the CUDA plugin and libraries. The step is the one a GPU trains (`conv_impl=lax`, the
 preset's recipe, bfloat16 compute, cuDNN attention, one program); `--program split`
 compiles it as the split step's two programs (`train.split_step`), concurrently, and
-`gradients` and `update` each of them alone. Without a device XLA cannot time kernels, so there
-is no autotuning and XLA's Triton GEMMs are off (their tile sizes come from autotuning): what
-remains is the compile's device-independent part. On the GPU the same step also autotunes.
-Prints the compile's wall and CPU time, the program's fusions by module and, with
-`--phases N`, the top N compile phases (`xla_profile.compile_phases`).
+`gradients` and `update` each of them alone; `--layout` sets `optimizer.layout` (the
+optimiser's moments as one flat vector or per leaf; "recipe": the preset's). Without a
+device XLA cannot time kernels, so there is no autotuning and XLA's Triton GEMMs are off
+(their tile sizes come from autotuning): what remains is the compile's device-independent
+part. On the GPU the same step also autotunes. Prints the compile's wall and CPU time, the
+program's fusions by module and, with `--phases N`, the top N compile phases
+(`xla_profile.compile_phases`).
 """
 from __future__ import annotations
 
@@ -68,7 +71,8 @@ def _deviceless_env() -> None:
         os.environ.get("XLA_FLAGS"), "--xla_gpu_enable_triton_gemm=false"]))
 
 
-def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int) -> dict:
+def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int,
+                     layout: str = "recipe") -> dict:
     """Compiles `program` of the preset's train step for `H100` ("step": one program;
     "split": its gradient and update programs, concurrently; "gradients" or "update" alone);
     the row of figures."""
@@ -95,6 +99,8 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
     # The CPU is this process's default backend: name what a GPU's "auto" would pick.
     config = bench_config(preset, "bfloat16", "lax", batch, size)
     config.model.encoder.attention_impl = "cudnn"
+    if layout != "recipe":
+        config.optimizer.layout = layout
     task = DeblurTask(config)
     state, images, optimizers = abstract_inputs(task, batch, size)
     state, images = on_gpu(state), on_gpu(images)
@@ -121,7 +127,8 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
           f"({compile_cpu_s:.1f} CPU-s)")
     if phases:
         print_compile_phases(profile, phases)
-    return dict(preset=preset, program=program, dtype="bfloat16", conv_impl="lax",
+    return dict(preset=preset, program=program, layout=config.optimizer.layout,
+                dtype="bfloat16", conv_impl="lax",
                 batch=batch, size=size, target="H100 (deviceless)", lower_s=lower_s,
                 compile_s=compile_s, compile_cpu_s=compile_cpu_s,
                 fusions=sum(r["count"] for r in profile["fusions"]),
@@ -135,17 +142,21 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--program", default="step",
                    choices=("step", "split", "gradients", "update"))
+    p.add_argument("--layout", default="recipe", choices=("recipe", "flat", "per_leaf"),
+                   help="optimizer.layout: the Adam moments as one vector or per leaf")
     p.add_argument("--phases", type=int, default=0, help="print the top N compile phases")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     _deviceless_env()
     from radblur_jax.atomic_io import write_json_atomic
-    rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases)
+    rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
+                             args.layout)
             for preset in args.presets.split(",") if preset]
-    print("\n| preset | program | batch x crop | fusions | lowering s | compile s | "
-          "compile CPU s |\n|---|---|---|---|---|---|---|")
+    print("\n| preset | program | optimizer layout | batch x crop | fusions | lowering s | "
+          "compile s | compile CPU s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['program']} | {r['batch']} x {r['size']} | {r['fusions']} "
+        print(f"| {r['preset']} | {r['program']} | {r['layout']} | {r['batch']} x {r['size']} "
+              f"| {r['fusions']} "
               f"| {r['lower_s']:.1f} | {r['compile_s']:.1f} | {r['compile_cpu_s']:.1f} |")
     if args.json:
         write_json_atomic(args.json, rows)

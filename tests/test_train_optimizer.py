@@ -22,6 +22,10 @@ def _config(num_steps: int = 100, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(optimizer=oc, train=dict(num_steps=num_steps)))
 
 
+# Both layouts of the moments run the same maths: the behaviour tests run on each.
+LAYOUTS = pytest.mark.parametrize("layout", ["flat", "per_leaf"])
+
+
 def _rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -96,13 +100,14 @@ def test_constant_schedule_and_bad_values():
 # ---------------------------------------------------------------- clipping
 
 
-def test_clipping_rescales_the_global_norm_before_adam():
+@LAYOUTS
+def test_clipping_rescales_the_global_norm_before_adam(layout):
     """Two steps against a NumPy Adam fed the clipped gradients (Adam alone is scale-free)."""
     params = {"a": jnp.ones((3, 4)), "b": jnp.zeros((5,))}
     rng = np.random.default_rng(1)
     g1 = {"a": rng.standard_normal((3, 4)) * 50, "b": rng.standard_normal(5) * 50}
     g2 = {"a": rng.standard_normal((3, 4)) * 0.01, "b": rng.standard_normal(5) * 0.01}
-    cfg = _config(clip_norm=1.0, b1=0.9, b2=0.99)
+    cfg = _config(clip_norm=1.0, b1=0.9, b2=0.99, layout=layout)
     got = _run(opt.make_optimizer(cfg, params), params,
                [jax.tree_util.tree_map(jnp.asarray, g) for g in (g1, g2)])[-1]
 
@@ -115,7 +120,7 @@ def test_clipping_rescales_the_global_norm_before_adam():
         m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g
         p = p - 1e-2 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.99 ** t)) + 1e-8)
     assert _rel(flat(got), p) < 1e-6
-    unclipped = _run(opt.make_optimizer(_config(b1=0.9, b2=0.99), params), params,
+    unclipped = _run(opt.make_optimizer(_config(b1=0.9, b2=0.99, layout=layout), params), params,
                      [jax.tree_util.tree_map(jnp.asarray, g) for g in (g1, g2)])[-1]
     assert _rel(flat(unclipped), p) > 1e-3  # the clip changed the result
 
@@ -123,9 +128,10 @@ def test_clipping_rescales_the_global_norm_before_adam():
 # ---------------------------------------------------------------- freezing
 
 
-def test_frozen_paths_get_zero_updates_and_no_state(vit_tree):
+@LAYOUTS
+def test_frozen_paths_get_zero_updates_and_no_state(vit_tree, layout):
     cfg = _config(freeze=["^depth/pretrained/"], weight_decay=0.1, clip_norm=1.0,
-                  layer_decay=0.5, accumulate_steps=2)
+                  layer_decay=0.5, accumulate_steps=2, layout=layout)
     tx = opt.make_optimizer(cfg, vit_tree)
     rng = np.random.default_rng(5)
     grads = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape),
@@ -156,10 +162,11 @@ def test_freeze_errors_name_the_key(vit_tree):
 # ---------------------------------------------------------------- layer-wise lr decay
 
 
-def test_layer_decay_scales_first_adam_step(vit_tree):
+@LAYOUTS
+def test_layer_decay_scales_first_adam_step(vit_tree, layout):
     """Constant gradients make Adam's first step exactly lr * 1 / (1 + eps) per element."""
     d, lr, n = 0.7, 1e-2, 4
-    tx = opt.make_optimizer(_config(lr=lr, layer_decay=d), vit_tree)
+    tx = opt.make_optimizer(_config(lr=lr, layer_decay=d, layout=layout), vit_tree)
     ones = jax.tree_util.tree_map(jnp.ones_like, vit_tree)
     updates, _ = jax.jit(tx.update)(ones, jax.jit(tx.init)(vit_tree), vit_tree)
     embed = ("patch_embed", "pos_embed", "cls_token", "mask_token", "register_tokens")
@@ -192,11 +199,12 @@ def test_block_count_comes_from_the_tree(radblur_tiny_params):
 # ---------------------------------------------------------------- weight decay mask
 
 
-def test_weight_decay_touches_exactly_the_kernels(radblur_tiny_params):
+@LAYOUTS
+def test_weight_decay_touches_exactly_the_kernels(radblur_tiny_params, layout):
     """Zero gradients: Adam's update is 0, so only decayed leaves move, by -lr * wd * param."""
     params = radblur_tiny_params
     lr, wd = 0.5, 0.1
-    tx = opt.make_optimizer(_config(lr=lr, weight_decay=wd), params)
+    tx = opt.make_optimizer(_config(lr=lr, weight_decay=wd, layout=layout), params)
     zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, np.float32), params)
     updates, _ = jax.jit(tx.update)(zeros, jax.jit(tx.init)(params), params)
     moved = _paths_where(jax.tree_util.tree_map(lambda u: np.any(np.asarray(u) != 0), updates))
@@ -217,9 +225,11 @@ def test_weight_decay_touches_exactly_the_kernels(radblur_tiny_params):
 # ---------------------------------------------------------------- accumulation
 
 
-def test_multisteps_equals_one_step_on_the_mean_gradient(vit_tree):
+@LAYOUTS
+def test_multisteps_equals_one_step_on_the_mean_gradient(vit_tree, layout):
     k = 3
-    over = dict(weight_decay=0.05, clip_norm=0.5, layer_decay=0.8, schedule="cosine")
+    over = dict(weight_decay=0.05, clip_norm=0.5, layer_decay=0.8, schedule="cosine",
+                layout=layout)
     rng = np.random.default_rng(3)
     grads = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape),
                                                           jnp.float32), vit_tree)
@@ -257,6 +267,43 @@ def test_accumulated_updates_follow_the_loop_step_schedule():
     assert steps[1] != 0 and steps[1] != steps[2]
 
 
+# ---------------------------------------------------------------- layouts
+
+
+def test_flat_moments_follow_the_per_leaf_chain(vit_tree):
+    """Six steps with every knob on (clip that triggers, decay, layer decay, warmup + cosine,
+    a frozen subtree, accumulation): the flat layout's trajectory is the per-leaf chain's."""
+    over = dict(weight_decay=0.05, clip_norm=0.5, layer_decay=0.8, schedule="cosine",
+                warmup_steps=2, freeze=["^stem/"], accumulate_steps=2)
+    rng = np.random.default_rng(7)
+    grads = [jax.tree_util.tree_map(lambda x: jnp.asarray(3 * rng.standard_normal(x.shape),
+                                                          jnp.float32), vit_tree)
+             for _ in range(8)]
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+    start = flat(vit_tree)
+    got, want = (_run(opt.make_optimizer(_config(layout=layout, **over), vit_tree), vit_tree,
+                      grads) for layout in ("flat", "per_leaf"))
+    for step, (a, b) in enumerate(zip(got, want)):
+        if step >= 3:  # lr is 0 at step 0; the first update lands after two micro-steps
+            assert _rel(flat(a) - start, flat(b) - start) <= 1e-5, step
+    np.testing.assert_array_equal(got[-1]["stem"]["intro"]["kernel"],
+                                  vit_tree["stem"]["intro"]["kernel"])
+    state = jax.eval_shape(opt.make_optimizer(_config(layout="flat", **over), vit_tree).init,
+                           vit_tree)
+    moments = [x for x in jax.tree_util.tree_leaves(state) if x.ndim == 1 and x.size > 100]
+    trainable = flat(vit_tree).size - flat(vit_tree["stem"]).size
+    assert [x.shape for x in moments] == [(trainable,)] * 2  # mu, nu: one vector each
+
+
+def test_recipes_pick_the_layout_by_parameter_sharding():
+    from train_helpers import load_config
+    for preset, layout in (("tiny", "flat"), ("s", "flat"), ("l", "per_leaf")):
+        cfg = load_config("deblur.py", preset)
+        assert (cfg.optimizer.layout, cfg.mesh.fsdp > 1) == (layout, layout == "per_leaf")
+    with pytest.raises(ValueError, match="optimizer.layout"):
+        opt.make_optimizer(_config(layout="flattened"), {"w": jnp.zeros(3)})
+
+
 # ---------------------------------------------------------------- EMA
 
 
@@ -271,3 +318,15 @@ def test_ema_update():
     np.testing.assert_allclose(out["b"]["c"], 0.5 * np.arange(4.0), rtol=1e-7)
     assert out["a"].dtype == jnp.float32
     assert np.array_equal(jax.jit(opt.ema_update)(ema, new, 1.0)["a"], ema["a"])
+
+
+@LAYOUTS
+def test_a_fresh_state_can_be_donated(vit_tree, layout):
+    """Built outside jit, the state holds no buffer twice (a donated step would refuse it)."""
+    cfg = _config(weight_decay=0.1, clip_norm=1.0, layout=layout)
+    tx = opt.make_optimizer(cfg, vit_tree)
+    state = tx.init(vit_tree)
+    buffers = [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state)]
+    assert len(set(buffers)) == len(buffers)
+    update = jax.jit(tx.update, donate_argnums=(1,))
+    update(jax.tree_util.tree_map(jnp.ones_like, vit_tree), state, vit_tree)

@@ -139,6 +139,10 @@ def training_config(stage: str, preset: str, recipe: Recipe, *, dataset: str
     c.optimizer.lr = recipe.lr
     c.optimizer.warmup_steps = recipe.warmup_steps
     c.optimizer.layer_decay = recipe.layer_decay
+    # Moments sharded like their parameters where the recipe shards parameters; else one
+    # flat vector (a shorter compile). Fixed here, not by the mesh: it is the checkpoint's
+    # structure, and a run may resume on another mesh.
+    c.optimizer.layout = "per_leaf" if recipe.fsdp > 1 else "flat"
 
     # Batches are split over both axes: FSDP devices are data-parallel too; only parameters
     # and optimiser state differ between the axes (sharded over fsdp, replicated over data).

@@ -18,6 +18,13 @@ Rules, by path:
 
 Order per trainable leaf: (accumulate k micro-steps, mean) -> clip by global norm (over the
 trainable leaves) -> Adam -> + wd * param (masked) -> * -lr(step) -> * layer scale.
+
+`layout`: "per_leaf" runs that chain as optax transforms, one set of moments per leaf (each
+sharded like its parameter: the recipes that shard parameters over `fsdp` take it); "flat"
+runs the same maths with the moments as one vector (`flat_adamw`: a few kernels instead of a
+few per leaf, a much shorter compile of the update). The layout is the checkpoint's
+`opt_state` structure, so it is a config field, not derived from the mesh: a run resumed on
+another mesh keeps it.
 The schedule is indexed by the training loop's step (one `update` call = one micro-batch): with
 accumulation the update applied after micro-steps `j*k .. j*k + k-1` uses `lr(j * k)`.
 """
@@ -30,6 +37,9 @@ from typing import Any
 import jax
 import ml_collections
 import optax
+
+from radblur_jax.models.configs import check_choice
+from radblur_jax.train.flat_adamw import flat_adamw
 
 _VIT = re.compile(r"^(?:depth/)?pretrained/(?:blocks_(\d+)|(patch_embed|pos_embed|cls_token|"
                   r"register_tokens|mask_token))(?:/|$)")
@@ -56,7 +66,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
         layer_decay=0.9,
         freeze=[],  # regexes over '/'-joined param paths, e.g. ["^depth/"].
         accumulate_steps=1,  # optax.MultiSteps over this many micro-batches; 1 = off.
+        layout="flat",  # "flat" | "per_leaf": the moments' layout (module docstring).
     ))
+
+
+LAYOUT_CHOICES = ("flat", "per_leaf")
 
 
 def path_str(path: tuple) -> str:
@@ -150,6 +164,27 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any
     schedule = base if k == 1 else (lambda count: base(count * k))
     n = num_vit_blocks(params)
     decay = float(oc.layer_decay)
+    if check_choice("optimizer.layout", oc.layout, LAYOUT_CHOICES) == "flat":
+        tx = flat_adamw(schedule, b1=float(oc.b1), b2=float(oc.b2), eps=float(oc.eps),
+                        weight_decay=float(oc.weight_decay), clip_norm=float(oc.clip_norm),
+                        decay_mask=lambda path: path.rsplit("/", 1)[-1] == "kernel",
+                        lr_scale=lambda path: layer_lr_scale(path, n, decay),
+                        path_str=path_str)
+    else:
+        tx = _per_leaf_adamw(oc, schedule, n)
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+    if not oc.freeze:
+        return tx
+    frozen = frozen_mask(params, list(oc.freeze))
+    labels = jax.tree_util.tree_map(lambda f: "frozen" if f else "train", frozen)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _per_leaf_adamw(oc: ml_collections.ConfigDict, schedule: optax.Schedule, n: int
+                    ) -> optax.GradientTransformation:
+    """The module docstring's chain as optax transforms, moments per leaf."""
+    decay = float(oc.layer_decay)
     parts = []
     if float(oc.clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(oc.clip_norm)))
@@ -160,14 +195,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any
     if decay != 1.0:
         parts.append(optax.stateless(lambda updates, _: _map_paths(
             lambda path, u: u * layer_lr_scale(path, n, decay), updates)))
-    tx = optax.chain(*parts)
-    if k > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
-    if not oc.freeze:
-        return tx
-    frozen = frozen_mask(params, list(oc.freeze))
-    labels = jax.tree_util.tree_map(lambda f: "frozen" if f else "train", frozen)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.chain(*parts)
 
 
 def ema_update(ema_params: Any, params: Any, decay: float | jax.Array) -> Any:

@@ -24,6 +24,7 @@ from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
 from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train import losses
 from radblur_jax.train.depth_losses import depth_loss
+from radblur_jax.train.flat_adamw import global_norm
 from radblur_jax.train.optimizer import ema_update
 from radblur_jax.train.state import Optimizers, TrainState
 
@@ -36,7 +37,7 @@ def apply_gradients(state: TrainState, grads: Any, *, optimizers: Optimizers,
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         ema_params=ema_update(state.ema_params, params, ema_decay))
-    return new, {"grad_norm": optax.tree.norm(grads), "lr": optimizers.lr(state.step)}
+    return new, {"grad_norm": global_norm(grads), "lr": optimizers.lr(state.step)}
 
 
 def _depth_on_sharp(module: RADBlur, sharp: jax.Array) -> jax.Array:
