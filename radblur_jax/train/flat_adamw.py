@@ -13,7 +13,8 @@ a slice of `u` fused with the parameter update. Same maths as the chain
 with per-leaf weight-decay mask and lr scale given as functions of the leaf's '/'-joined path.
 Frozen leaves are not its business: `optax.multi_transform` hands it the trainable subtree
 (frozen leaves are empty `MaskedNode`s, which have no leaves). The moments are one vector, so
-they cannot be sharded like each parameter: use it with replicated parameters (no FSDP).
+they cannot be sharded like each parameter: the recipes that shard parameters over `fsdp`
+keep the per-leaf chain.
 """
 from __future__ import annotations
 

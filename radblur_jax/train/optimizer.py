@@ -94,9 +94,14 @@ def _paths(tree: Any) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def is_decayed(path: str) -> bool:
+    """Whether weight decay applies to the leaf at `path` (leaves named `kernel`)."""
+    return path.rsplit("/", 1)[-1] == "kernel"
+
+
 def weight_decay_mask(params: Any) -> Any:
-    """Bool tree like `params`: True where weight decay applies (leaves named `kernel`)."""
-    return _map_paths(lambda path, _: path.rsplit("/", 1)[-1] == "kernel", params)
+    """Bool tree like `params`: True where weight decay applies (`is_decayed`)."""
+    return _map_paths(lambda path, _: is_decayed(path), params)
 
 
 def num_vit_blocks(params: Any) -> int:
@@ -167,7 +172,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any
     if check_choice("optimizer.layout", oc.layout, LAYOUT_CHOICES) == "flat":
         tx = flat_adamw(schedule, b1=float(oc.b1), b2=float(oc.b2), eps=float(oc.eps),
                         weight_decay=float(oc.weight_decay), clip_norm=float(oc.clip_norm),
-                        decay_mask=lambda path: path.rsplit("/", 1)[-1] == "kernel",
+                        decay_mask=is_decayed,
                         lr_scale=lambda path: layer_lr_scale(path, n, decay),
                         path_str=path_str)
     else:
