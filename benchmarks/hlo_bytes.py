@@ -8,9 +8,10 @@ XLA's cost analysis gives one total (`bytes accessed`), not a per-op list. Here 
 instruction of the optimized HLO (a fusion, a library call, a copy; the ops inside a fusion
 stay in registers and caches) is charged its operands' and its result's bytes, read off the
 shapes in the HLO text; parameters, constants, tuples, get-tuple-element and bitcasts move
-nothing. That is what the cost analysis charges too, except where it knows a fusion reads only
-part of an operand (a slice, an in-place dynamic-update-slice): there this estimate is larger.
-`bytes_breakdown` therefore also reports the sum against the cost analysis's total.
+nothing. A fusion operand that the fused computation only slices (through bitcasts) is charged
+the slices' bytes, as the cost analysis charges it; where the cost analysis knows of other
+partial reads (an in-place dynamic-update-slice) this estimate is larger. `bytes_breakdown`
+therefore also reports the sum against the cost analysis's total.
 
 Instructions inside a `while` body are counted once, as the cost analysis counts them: unroll a
 loop to see every iteration. Ops are grouped by `op_module` (forward/backward and the Flax
@@ -72,6 +73,40 @@ def _split_instruction(rest: str) -> tuple[str, str, str, str]:
     return shape, opcode, rest[:end], rest[end + 1:]
 
 
+_SLICES = {"slice", "dynamic-slice"}
+_PARAMETER_INDEX = re.compile(r"^\s*(\d+)")
+
+
+def _sliced_reads(instructions: list[tuple[str, str, str, str, str]]) -> dict[int, int]:
+    """Parameter index -> bytes read, for the parameters of a fused computation whose every
+    use (looking through bitcasts) is a slice: the slices' result bytes."""
+    users: dict[str, list[tuple[str, str, str]]] = {}
+    for name, shape, opcode, operands, _ in instructions:
+        for operand in re.findall(r"%([\w.\-]+)", operands):
+            users.setdefault(operand, []).append((name, shape, opcode))
+
+    def read(value: str) -> int | None:
+        total = 0
+        for name, shape, opcode in users.get(value, []):
+            if opcode == "bitcast":
+                inner = read(name)
+                if inner is None:
+                    return None
+                total += inner
+            elif opcode in _SLICES:
+                total += shape_bytes(shape)
+            else:
+                return None
+        return total if users.get(value) else None
+
+    reads = {}
+    for name, _, opcode, operands, _ in instructions:
+        index = _PARAMETER_INDEX.match(operands) if opcode == "parameter" else None
+        if index is not None and (sliced := read(name)) is not None:
+            reads[int(index.group(1))] = sliced
+    return reads
+
+
 def op_bytes(hlo_text: str) -> list[dict]:
     """One row `{name, opcode, kind, op_name, bytes}` per executed instruction of an optimized
     HLO module's text (`compiled.as_text()`): those of the entry computation and of loop bodies,
@@ -102,8 +137,10 @@ def op_bytes(hlo_text: str) -> list[dict]:
         for name, shape, opcode, operands, attributes in instructions:
             if opcode in _FREE:
                 continue
-            read = sum(shape_bytes(shapes.get(o, "")) for o in re.findall(r"%([\w.\-]+)",
-                                                                              operands))
+            fused = re.search(r"\bcalls=%?([\w.\-]+)", attributes) if opcode == "fusion" else None
+            sliced = _sliced_reads(computations.get(fused.group(1), [])) if fused else {}
+            read = sum(min(sliced.get(i, full), full) for i, full in enumerate(
+                shape_bytes(shapes.get(o, "")) for o in re.findall(r"%([\w.\-]+)", operands)))
             op_name = _OP_NAME.search(attributes)
             rows.append(dict(name=name, opcode=opcode, kind=name.rstrip("0123456789.-_"),
                              op_name=op_name.group(1) if op_name else "",
