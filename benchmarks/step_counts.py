@@ -41,7 +41,8 @@ def remat_name(config) -> str:
 
 
 def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int, *,
-                 reversible: bool = True, unroll: bool = False, remat: str = "recipe"):
+                 reversible: bool = True, unroll: bool = False, remat: str = "recipe",
+                 layout: str = "recipe"):
     """The preset's training config (configs/deblur.py) with this batch, crop, compute dtype
     (and convolution implementation when given, remat as `REMAT` says unless "recipe");
     checked as training checks it."""
@@ -51,6 +52,8 @@ def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, siz
         config.model.conv_impl = conv_impl
     if remat != "recipe":
         config.model.encoder.remat, config.model.decoder.stem_remat = REMAT[remat]
+    if layout != "recipe":
+        config.optimizer.layout = layout
     config.model.decoder.reversible = reversible
     config.model.decoder.unroll = unroll
     config.train.batch_size, config.input.crop_size = batch, size
@@ -88,12 +91,12 @@ def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size
 
 
 def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, size: int,
-                    split: bool = True, remat: str = "recipe") -> tuple:
+                    split: bool = True, remat: str = "recipe", layout: str = "recipe") -> tuple:
     """The executables of the counted program: the training step as the loop builds it
     (reversible decoder, split or one program), the sub-decoder scan unrolled; compiled from
     abstract shapes (nothing runs)."""
     task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
-                                   unroll=True, remat=remat))
+                                   unroll=True, remat=remat, layout=layout))
     state, images, optimizers = abstract_inputs(task, batch, size)
     return compile_step(task.train_step(optimizers, split=split), state, images)[1]
 
@@ -145,7 +148,8 @@ def compile_step(step, state, batch, profile_top: int = 0) -> tuple:
 
 
 def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
-               split: bool = True, breakdown: int = 0, remat: str = "recipe") -> dict:
+               split: bool = True, breakdown: int = 0, remat: str = "recipe",
+               layout: str = "recipe") -> dict:
     """The counted figures of a row (module docstring); with `breakdown` > 0 prints the
     counted program's bytes by module, op kind and op (top `breakdown` rows) and adds them.
     Off the CPU only the FLOPs (counted from the CPU's lowering): the bytes and temporaries
@@ -153,7 +157,8 @@ def count_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, 
     row = {}
     if on_cpu():
         t0 = time.perf_counter()
-        executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split, remat)
+        executables = compile_counted(preset, dtype, conv_impl, batch_size, size, split, remat,
+                                      layout)
         row = dict(counted=COUNTED + (" (gradients and update programs)" if split else ""),
                    counted_compile_s=time.perf_counter() - t0,
                    **compiled_counts(executables, batch_size))

@@ -16,7 +16,8 @@ breakdown of one step's time from a `jax.profiler` trace.
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
         --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_counts] \
         [--compile-only] [--bytes-breakdown [N]] [--profile-compile [N]] [--no_huge_pages] \
-        [--warmup N] [--no_split] [--remat recipe,none,encoder,stem,both]
+        [--warmup N] [--no_split] [--remat recipe,none,encoder,stem,both] \
+        [--layout recipe|flat|per_leaf]
 
 Counted figures (per image, deterministic: nothing runs; `--compile-only` gives only these,
 `--no_counts` skips them). XLA's cost analysis counts a loop body once, so every count is of
@@ -115,10 +116,12 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_size: int,
-                         size: int, split: bool, top: int, remat: str = "recipe") -> dict:
+                         size: int, split: bool, top: int, remat: str = "recipe",
+                         layout: str = "recipe") -> dict:
     """The step as trained (loops kept) compiled from abstract shapes under the tracer, nothing
     run: `compile_s` and `compile_phases` of a row."""
-    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat))
+    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
+                                   layout=layout))
     state, images, optimizers = abstract_inputs(task, batch_size, size)
     t0 = time.perf_counter()
     *_, profile = compile_step(task.train_step(optimizers, split=split), state, images, top)
@@ -127,11 +130,13 @@ def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_s
 
 def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
               steps: int, matmul_rate: float, profile: bool, warmup: int = 1,
-              split: bool = True, compile_profile: int = 0, remat: str = "recipe") -> dict:
+              split: bool = True, compile_profile: int = 0, remat: str = "recipe",
+              layout: str = "recipe") -> dict:
     """Compiles and times the train step training runs (the sub-decoder scan as trained);
     returns the timing part of a row. `compile_profile` > 0 traces the compile and prints its
     top phases (xla_profile.compile_phases)."""
-    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat)
+    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
+                          layout=layout)
     task = DeblurTask(config)
     params = task.load_initial_params(jax.random.key(0))
     optimizers = task.make_optimizers(params)
@@ -188,21 +193,23 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
 def bench(preset: str, dtype: str, conv_impl: str | None, batch_size: int, size: int,
           steps: int, matmul_rate: float, profile: bool, flops: bool = True, warmup: int = 1,
           split: bool = True, timed: bool = True, breakdown: int = 0,
-          compile_profile: int = 0, remat: str = "recipe") -> dict:
+          compile_profile: int = 0, remat: str = "recipe", layout: str = "recipe") -> dict:
     """One result row: timing of the train step (unless not `timed`) and its counted figures
     (unless not `flops`)."""
-    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat)
+    config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
+                          layout=layout)
     row = dict(preset=preset, dtype=dtype, conv_impl=conv_impl or "default", batch=batch_size,
-               size=size, split=split, remat=remat_name(config))
+               size=size, split=split, remat=remat_name(config),
+               layout=config.optimizer.layout)
     if timed:
         row.update(time_step(preset, dtype, conv_impl, batch_size, size, steps, matmul_rate,
-                             profile, warmup, split, compile_profile, remat))
+                             profile, warmup, split, compile_profile, remat, layout))
     elif compile_profile:
         row.update(profile_compile_only(preset, dtype, conv_impl, batch_size, size, split,
-                                        compile_profile, remat))
+                                        compile_profile, remat, layout))
     if flops:
         row.update(count_step(preset, dtype, conv_impl, batch_size, size, split, breakdown,
-                              remat))
+                              remat, layout))
         if timed:
             row.update(achieved_flops_per_s=row["flops"] / row["step_s"],
                        flops_ratio=row["flops"] / row["step_s"] / matmul_rate)
@@ -231,7 +238,7 @@ COLUMNS = (
     ("preset", "preset", str), ("dtype", "dtype", str), ("conv", "conv_impl", str),
     ("split", "split", lambda v: "yes" if v else "no"), ("batch", "batch", str),
     ("size", "size", str),
-    ("remat", "remat", str),
+    ("remat", "remat", str), ("optimizer", "layout", str),
     ("GFLOP/img", "flops_per_image", lambda v: f"{v / 1e9:.4g}"),
     ("GFLOP/img executed", "flops_executed_per_image", lambda v: f"{v / 1e9:.4g}"),
     ("GiB accessed/img", "bytes_accessed_per_image", _gib),
@@ -278,6 +285,9 @@ def main() -> None:
                         help="comma-separated: blocks that recompute their activations in the "
                              "backward, the ViT's (encoder), the blur stem's (stem), both, "
                              "none, or the preset's recipe (default); a row each")
+    parser.add_argument("--layout", default="recipe", choices=("recipe", "flat", "per_leaf"),
+                        help="optimizer.layout: Adam's moments as one vector or per leaf "
+                             "(default: the preset's recipe)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no_split", action="store_true",
                         help="compile the step as one program (default: gradients and update "
@@ -335,7 +345,7 @@ def main() -> None:
                     args.profile, flops=not args.no_counts, warmup=args.warmup,
                     split=not args.no_split, timed=not args.compile_only,
                     breakdown=args.bytes_breakdown, compile_profile=args.profile_compile,
-                    remat=remat)
+                    remat=remat, layout=args.layout)
         rows.append(row)
         done = [f"{k} {row[k]:.1f} s" for k in ("step_s", "compile_s", "counted_compile_s")
                 if k in row]

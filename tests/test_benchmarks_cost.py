@@ -106,13 +106,14 @@ def test_compile_only_rows(tmp_path):
                XLA_FLAGS="--xla_backend_optimization_level=0")
     p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "train_step.py"),
                         "--presets", "tiny", "--size", "32", "--batch", "1", "--compile-only",
-                        "--remat", "stem", "--bytes-breakdown", "5", "--json", str(out)],
+                        "--remat", "stem", "--layout", "per_leaf", "--bytes-breakdown", "5",
+                        "--json", str(out)],
                        env=env, capture_output=True, text=True, timeout=3000)
     assert p.returncode == 0, p.stderr[-4000:]
     (row,) = json.loads(out.read_text())
     assert all(k in row for k in KEYS), sorted(row)
-    assert (row["preset"], row["dtype"], row["size"], row["batch"], row["remat"]) == (
-        "tiny", "float32", 32, 1, "stem")
+    assert (row["preset"], row["dtype"], row["size"], row["batch"], row["remat"],
+            row["layout"]) == ("tiny", "float32", 32, 1, "stem", "per_leaf")
     assert "step_s" not in row  # nothing timed
     for k in ("flops_per_image", "flops_executed_per_image", "bytes_accessed_per_image",
               "temp_bytes_per_image"):
