@@ -19,14 +19,15 @@ Rules, by path:
 Order per trainable leaf: (accumulate k micro-steps, mean) -> clip by global norm (over the
 trainable leaves) -> Adam -> + wd * param (masked) -> * -lr(step) -> * layer scale.
 
+The schedule is indexed by the training loop's step (one `update` call = one micro-batch): with
+accumulation the update applied after micro-steps `j*k .. j*k + k-1` uses `lr(j * k)`.
+
 `layout`: "per_leaf" runs that chain as optax transforms, one set of moments per leaf (each
 sharded like its parameter: the recipes that shard parameters over `fsdp` take it); "flat"
 runs the same maths with the moments as one vector (`flat_adamw`: a few kernels instead of a
 few per leaf, a much shorter compile of the update). The layout is the checkpoint's
 `opt_state` structure, so it is a config field, not derived from the mesh: a run resumed on
 another mesh keeps it.
-The schedule is indexed by the training loop's step (one `update` call = one micro-batch): with
-accumulation the update applied after micro-steps `j*k .. j*k + k-1` uses `lr(j * k)`.
 """
 from __future__ import annotations
 
