@@ -135,3 +135,28 @@ def test_image_grid_and_progress_line():
     p = reporting.Progress(total_steps=100, start_step=0, batch_size=4)
     line = p.line(50, {"loss": 0.5, "steps_per_sec": 2.0})
     assert line.startswith("step 50/100 loss 0.5") and "ETA 0m25s" in line
+
+
+@pytest.mark.slow
+def test_resume_with_another_optimizer_layout_names_the_field(tmp_path):
+    """A run's checkpoints restore only onto a state of the same structure: resuming with
+    another `optimizer.layout` is an error naming the field and both values, and the
+    workdir's config.json still describes the checkpoints."""
+    from train_helpers import load_config
+
+    from radblur_jax.train.loop import train_and_evaluate
+    from radblur_jax.workdir import read_config
+
+    def config(layout: str):
+        c = load_config("deblur.py", "tiny,num_steps=1,eval_every=0,checkpoint_every=1,"
+                                     "exit_steps=0,crop_size=32")
+        c.train.batch_size = 2
+        c.optimizer.layout = layout
+        return c
+
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config("per_leaf"), workdir)
+    assert checkpointing.structure_changes(workdir, config("per_leaf")) == []
+    with pytest.raises(ValueError, match=r"optimizer\.layout: was 'per_leaf', now 'flat'"):
+        train_and_evaluate(config("flat"), workdir)
+    assert read_config(workdir).optimizer.layout == "per_leaf"

@@ -55,6 +55,30 @@ def save_config(workdir: str, config: ml_collections.ConfigDict,
                            "model_config": json.loads(model_cfg.to_json_best_effort())})
 
 
+# Config fields that decide the train state's tree structure: a checkpoint restores only onto a
+# state built with the same values.
+STATE_STRUCTURE_FIELDS = ("optimizer.layout", "optimizer.freeze", "optimizer.accumulate_steps")
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for key in dotted.split("."):
+        node = node.get(key) if node is not None else None
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def structure_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """`STATE_STRUCTURE_FIELDS` whose value in WORKDIR/config.json (the run that wrote the
+    checkpoints) differs from `config`'s, as "field: was X, now Y"; [] without a config.json."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = ml_collections.ConfigDict(json.load(f)["config"])
+    return [f"{name}: was {_field(saved, name)!r}, now {_field(config, name)!r}"
+            for name in STATE_STRUCTURE_FIELDS if _field(saved, name) != _field(config, name)]
+
+
 _REPLICAS_WHOLE = False
 
 

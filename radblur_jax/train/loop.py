@@ -128,12 +128,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     os.makedirs(workdir, exist_ok=True)
     if warmup_note:
         reporting.log_line(warmup_note)
-    checkpointing.save_config(workdir, config)
+    changes = checkpointing.structure_changes(workdir, config)
     ckpts = checkpointing.Checkpoints(
         workdir, int(config.checkpoint.keep), bool(config.checkpoint.keep_best),
         bool(config.checkpoint.async_save), task.best_metric)
     log = reporting.MetricsLog(workdir)
-    restored = ckpts.restore_latest(_with_shardings(abstract_state, state_sh), iterator)
+    try:
+        restored = ckpts.restore_latest(_with_shardings(abstract_state, state_sh), iterator)
+    except Exception as e:
+        if not changes:
+            raise
+        raise ValueError(f"{workdir}/checkpoints do not restore onto this run's train state, "
+                         f"whose structure follows config fields that changed since they were "
+                         f"written ({'; '.join(changes)}); resume with the earlier values") from e
+    # After the restore: a run that cannot resume leaves the config of its checkpoints in place.
+    checkpointing.save_config(workdir, config)
     if restored is not None:
         state, start = restored
         log.truncate_after(start)
