@@ -97,10 +97,8 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
                                                            sharding=replicated), tree)
 
     # The CPU is this process's default backend: name what a GPU's "auto" would pick.
-    config = bench_config(preset, "bfloat16", "lax", batch, size)
+    config = bench_config(preset, "bfloat16", "lax", batch, size, layout=layout)
     config.model.encoder.attention_impl = "cudnn"
-    if layout != "recipe":
-        config.optimizer.layout = layout
     task = DeblurTask(config)
     state, images, optimizers = abstract_inputs(task, batch, size)
     state, images = on_gpu(state), on_gpu(images)
@@ -142,13 +140,18 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--program", default="step",
                    choices=("step", "split", "gradients", "update"))
-    p.add_argument("--layout", default="recipe", choices=("recipe", "flat", "per_leaf"),
-                   help="optimizer.layout: the Adam moments as one vector or per leaf")
+    p.add_argument("--layout", default="recipe",
+                   help="optimizer.layout (recipe, flat or per_leaf): the Adam moments as one "
+                        "vector or per leaf")
     p.add_argument("--phases", type=int, default=0, help="print the top N compile phases")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    _deviceless_env()
+    _deviceless_env()  # before JAX starts: the checks below import it
+    from step_counts import LAYOUT_CHOICES
+
     from radblur_jax.atomic_io import write_json_atomic
+    if args.layout not in LAYOUT_CHOICES:
+        p.error(f"--layout: {args.layout!r}; expected one of {', '.join(LAYOUT_CHOICES)}")
     rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
                              args.layout)
             for preset in args.presets.split(",") if preset]

@@ -19,6 +19,7 @@ from hlo_bytes import bytes_breakdown, print_bytes_breakdown  # noqa: E402
 from xla_profile import compile_phases, fusions_by_module, print_compile_phases  # noqa: E402
 
 from radblur_jax.train.config_base import check_config, load_config  # noqa: E402
+from radblur_jax.train.optimizer import LAYOUT_CHOICES as OPTIMIZER_LAYOUTS  # noqa: E402
 from radblur_jax.train.split_step import SplitStep, compose  # noqa: E402
 from radblur_jax.train.tasks import DeblurTask  # noqa: E402
 
@@ -31,6 +32,8 @@ COUNTED = ("the training step with the reversible decoder, sub-decoder loop unro
 REMAT = {"none": (False, False), "encoder": (True, False), "stem": (False, True),
          "both": (True, True)}
 REMAT_CHOICES = ("recipe", *REMAT)
+# --layout: the optimiser's moments (optimizer.layout); "recipe" keeps the preset's.
+LAYOUT_CHOICES = ("recipe", *OPTIMIZER_LAYOUTS)
 
 
 def remat_name(config) -> str:
@@ -44,8 +47,8 @@ def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, siz
                  reversible: bool = True, unroll: bool = False, remat: str = "recipe",
                  layout: str = "recipe"):
     """The preset's training config (configs/deblur.py) with this batch, crop, compute dtype
-    (and convolution implementation when given, remat as `REMAT` says unless "recipe");
-    checked as training checks it."""
+    (and convolution implementation when given, remat as `REMAT` says and the optimiser's
+    moments as `layout` says unless "recipe"); checked as training checks it."""
     config = load_config(os.path.join(REPO, "configs", "deblur.py"), preset)
     config.model.dtype = dtype
     if conv_impl is not None:

@@ -71,6 +71,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 from step_counts import (  # noqa: E402
     COUNTED,
+    LAYOUT_CHOICES,
     REMAT_CHOICES,
     abstract_inputs,
     bench_config,
@@ -285,7 +286,7 @@ def main() -> None:
                         help="comma-separated: blocks that recompute their activations in the "
                              "backward, the ViT's (encoder), the blur stem's (stem), both, "
                              "none, or the preset's recipe (default); a row each")
-    parser.add_argument("--layout", default="recipe", choices=("recipe", "flat", "per_leaf"),
+    parser.add_argument("--layout", default="recipe", choices=LAYOUT_CHOICES,
                         help="optimizer.layout: Adam's moments as one vector or per leaf "
                              "(default: the preset's recipe)")
     parser.add_argument("--json", default=None)

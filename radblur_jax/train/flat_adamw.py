@@ -12,7 +12,10 @@ a slice of `u` fused with the parameter update. Same maths as the chain
 
 with per-leaf weight-decay mask and lr scale given as functions of the leaf's '/'-joined path.
 Frozen leaves are not its business: `optax.multi_transform` hands it the trainable subtree
-(frozen leaves are empty `MaskedNode`s, which have no leaves). The moments are one vector, so
+(frozen leaves are empty `MaskedNode`s, which have no leaves). Not `optax.flatten(chain)`:
+that hands the chain one vector, so the per-leaf mask and scale would have to become
+parameter-sized vectors, and it ravels the parameters and unravels the updates every step
+besides. The moments are one vector, so
 they cannot be sharded like each parameter: the recipes that shard parameters over `fsdp`
 keep the per-leaf chain.
 """
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 
 class FlatAdamWState(NamedTuple):
@@ -35,16 +39,10 @@ class FlatAdamWState(NamedTuple):
     nu: jax.Array
 
 
-def _ravel(tree: Any) -> jax.Array:
-    """The leaves of `tree`, flattened in tree order and concatenated, float32 `(N,)`."""
-    leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
-    return jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
-
-
 def global_norm(tree: Any) -> jax.Array:
     """The L2 norm over all leaves of `tree`, as one reduction over their concatenation
     (`optax.tree.norm` reduces each leaf in its own kernel, then sums)."""
-    return jnp.sqrt(jnp.sum(jnp.square(_ravel(tree))))
+    return jnp.sqrt(jnp.sum(jnp.square(ravel_pytree(tree)[0])))
 
 
 def flat_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: float,
@@ -65,7 +63,7 @@ def flat_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: floa
                ) -> tuple[Any, FlatAdamWState]:
         if params is None:
             raise ValueError("flat_adamw: update needs params (for the weight decay)")
-        g = _ravel(grads)
+        g = ravel_pytree(grads)[0]
         if clip_norm > 0:
             norm = jnp.sqrt(jnp.sum(jnp.square(g)))  # the trainable leaves' global norm
             g = jnp.where(norm < clip_norm, g, g / norm * clip_norm)
