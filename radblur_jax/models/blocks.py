@@ -92,10 +92,11 @@ class NAFBlock(nn.Module, kw_only=True):
 
     `part` runs one piece of the block, for the striped forward (models/striped.py), which
     applies the whole block one band of rows at a time when the backend's `stripe_rows` asks
-    for it: "expand" (LN -> 1x1), "mix" (depthwise 3x3 -> SimpleGate of an expanded map),
-    "fft" (the FFT branch of the input) and "finish" (the rest, given `mixed`, the mixer's
-    rows before the channel attention, their image-wide mean `mixed_mean (B, 1, 1, C)`, and
-    `spectral`, the FFT branch's rows or None).
+    for it: "expand" (LN -> 1x1), "mix" (depthwise 3x3 -> SimpleGate of an expanded band
+    that carries a one-pixel halo on every side, zero where it lies outside the map: returns
+    the band's own pixels), "fft" (the FFT branch of the input) and "finish" (the rest, given
+    `mixed`, the mixer's rows before the channel attention, their image-wide mean
+    `mixed_mean (B, 1, 1, C)`, and `spectral`, the FFT branch's rows or None).
     """
     dw_expand: int = 2
     ffn_expand: int = 2
@@ -111,7 +112,7 @@ class NAFBlock(nn.Module, kw_only=True):
         if part == "expand":
             return self._expand(x)
         if part == "mix":
-            return self._mix(x)
+            return self._mix(x, padding="VALID")
         if part == "fft":
             return FFTBranch(dtype=self.dtype, backend=self.backend, name="fft")(x)
         if part == "finish":
@@ -132,9 +133,9 @@ class NAFBlock(nn.Module, kw_only=True):
         return self.backend.conv(hidden, (1, 1), dtype=self.dtype, name="conv1")(
             self.backend.norm(name="norm1")(x))
 
-    def _mix(self, t: jax.Array) -> jax.Array:
+    def _mix(self, t: jax.Array, padding: int | str = 1) -> jax.Array:
         hidden = t.shape[-1]
-        return self.backend.conv(hidden, (3, 3), padding=1, feature_group_count=hidden,
+        return self.backend.conv(hidden, (3, 3), padding=padding, feature_group_count=hidden,
                                  gate=True, dtype=self.dtype, name="conv2")(t)
 
     def _finish(self, x: jax.Array, y: jax.Array, y_mean: jax.Array,

@@ -6,9 +6,11 @@ CPU the decoder's forward is bound by that traffic, not by its arithmetic. Run o
 few rows, the same ops keep their intermediates in cache. Two things span the whole image and
 split the block into two passes over the bands:
 
-1. expand (LN -> 1x1) on the band plus one row above and below (zero rows outside the image, as
-   the depthwise conv's padding), depthwise 3x3 -> SimpleGate, kept for the band's own rows;
-   each band also returns its row sums for the channel attention's image-wide mean.
+1. expand (LN -> 1x1) on the band plus a one-pixel halo (zero outside the image, as the
+   depthwise conv's padding: the expanded map is masked there, so no padded copy is made),
+   depthwise 3x3 -> SimpleGate over the band's own pixels. The channel attention's
+   image-wide mean is taken over the stacked result after the loop: summed inside the loop,
+   XLA:CPU fused the depthwise conv into both the sum and the stacking and computed it twice.
 2. the FFT branch runs on the whole input in between (a transform over the full image), then
    the rest of the block (channel attention, 1x1, FFN, residuals) band by band.
 
@@ -59,15 +61,18 @@ def naf_block_striped(block: Any, params: Any, x: jax.Array, rows: int) -> jax.A
         below = lax.dynamic_slice_in_dim(a, jnp.minimum((i + 1) * rows, h - halo), halo, axis=1)
         return jnp.concatenate([above, main, below], axis=1)
 
-    def mix_band(i: jax.Array) -> tuple[jax.Array, jax.Array]:
-        t = block.apply(variables, band_rows(x, i, HALO), "expand")
-        row = i * rows - HALO + jnp.arange(rows + 2 * HALO)
-        inside = ((row >= 0) & (row < h)).astype(t.dtype)[None, :, None, None]
-        y = block.apply(variables, t * inside, "mix")[:, HALO:HALO + rows]
-        return y, jnp.sum(y.astype(jnp.float32), axis=(1, 2))
+    col = jnp.arange(w + 2 * HALO) - HALO
+    col_inside = (col >= 0) & (col < w)
 
-    mixed, sums = lax.map(mix_band, jnp.arange(bands))  # (n, B, rows, W, C'), (n, B, C')
-    mean = (jnp.sum(sums, axis=0) / (h * w))[:, None, None, :]
+    def mix_band(i: jax.Array) -> jax.Array:
+        band = jnp.pad(band_rows(x, i, HALO), ((0, 0), (0, 0), (HALO, HALO), (0, 0)))
+        t = block.apply(variables, band, "expand")  # (B, rows + 2, W + 2, C')
+        row = i * rows - HALO + jnp.arange(rows + 2 * HALO)
+        inside = ((row >= 0) & (row < h))[:, None] & col_inside[None, :]
+        return block.apply(variables, t * inside.astype(t.dtype)[None, :, :, None], "mix")
+
+    mixed = lax.map(mix_band, jnp.arange(bands))  # (n, B, rows, W, C')
+    mean = jnp.mean(mixed.astype(jnp.float32), axis=(0, 2, 3))[:, None, None, :]
     spectral = block.apply(variables, x, "fft") if block.fft else None
 
     def finish_band(args: tuple[jax.Array, jax.Array]) -> jax.Array:
