@@ -6,11 +6,12 @@ CPU the decoder's forward is bound by that traffic, not by its arithmetic. Run o
 few rows, the same ops keep their intermediates in cache. Two things span the whole image and
 split the block into two passes over the bands:
 
-1. expand (LN -> 1x1) on the band plus a one-pixel halo (zero outside the image, as the
-   depthwise conv's padding: the expanded map is masked there, so no padded copy is made),
-   depthwise 3x3 -> SimpleGate over the band's own pixels. The channel attention's
-   image-wide mean is taken over the stacked result after the loop: summed inside the loop,
-   XLA:CPU fused the depthwise conv into both the sum and the stacking and computed it twice.
+1. expand (LN -> 1x1) on the band plus a one-pixel halo, the expanded map masked to zero
+   where the halo lies outside the image (the depthwise conv's zero padding, without a padded
+   copy of the expanded map), depthwise 3x3 -> SimpleGate over the band's own pixels. The
+   channel attention's image-wide mean is taken over the stacked result after the loop: summed
+   inside the loop, XLA:CPU fused the depthwise conv into both the sum and the stacking and
+   computed it twice.
 2. the FFT branch runs on the whole input in between (a transform over the full image), then
    the rest of the block (channel attention, 1x1, FFN, residuals) band by band.
 
