@@ -15,9 +15,8 @@ Frozen leaves are not its business: `optax.multi_transform` hands it the trainab
 (frozen leaves are empty `MaskedNode`s, which have no leaves). Not `optax.flatten(chain)`:
 that hands the chain one vector, so the per-leaf mask and scale would have to become
 parameter-sized vectors, and it ravels the parameters and unravels the updates every step
-besides. The moments are one vector, so
-they cannot be sharded like each parameter: the recipes that shard parameters over `fsdp`
-keep the per-leaf chain.
+besides. The moments are one vector, so they cannot be sharded like each parameter: the
+recipes that shard parameters over `fsdp` keep the per-leaf chain.
 """
 from __future__ import annotations
 
