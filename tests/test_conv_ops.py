@@ -9,6 +9,7 @@ import pytest
 from conftest import rel_err
 
 from radblur_jax.models import conv_ops, layers
+from radblur_jax.models.backends import BACKENDS
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -207,11 +208,22 @@ def test_conv_transpose_rejects_overlapping_kernels(rng):
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 12, 5), (3, 7, 9, 4), (1, 1, 1, 3)])
-def test_sum_rows_equals_sum_over_leading_axes(shape, rng):
+@pytest.mark.parametrize("impl", ["fast", "lax"])
+def test_backend_sum_rows_equals_sum_over_leading_axes(shape, impl, rng):
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    got = jax.jit(conv_ops.sum_rows)(x)
+    got = jax.jit(BACKENDS[impl].sum_rows)(x)
     assert got.shape == (shape[-1],)
     assert rel_err(got, np.asarray(x, np.float64).sum(axis=(0, 1, 2))) <= 1e-6
+
+
+def test_lax_sum_rows_is_one_reduction():
+    """The accelerator backend sums with one reduction, not the CPU's halving folds: a GPU
+    compiler fuses the folds into one kernel whose code doubles with every fold."""
+    x = jnp.zeros((16, 64, 64, 32))
+    fast = str(jax.make_jaxpr(BACKENDS["fast"].sum_rows)(x))
+    lax_ = str(jax.make_jaxpr(BACKENDS["lax"].sum_rows)(x))
+    assert fast.count("slice") >= 20  # the folds the CPU form makes
+    assert lax_.count("reduce_sum") == 1 and "slice" not in lax_ and " add " not in lax_
 
 
 # The whole `tiny` network with the fast forms against `lax`: test_lean_step.py.

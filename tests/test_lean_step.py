@@ -53,7 +53,8 @@ class ReferenceNorm(norms.LayerNorm):
 UNOPTIMISED = {"xla_backend_optimization_level": 0}
 REFERENCE = Backend(name="lax", conv=functools.partial(ReferenceConv, impl="lax"),
                     conv_transpose=functools.partial(conv_ops.ConvTranspose, impl="lax"),
-                    norm=functools.partial(ReferenceNorm, impl="lax"))
+                    norm=functools.partial(ReferenceNorm, impl="lax"),
+                    sum_rows=conv_ops.reduce_rows)
 
 
 @pytest.mark.slow

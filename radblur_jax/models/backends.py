@@ -30,6 +30,8 @@ The factories (keyword arguments as `flax.linen.Conv`):
       torch `ConvTranspose2d` with kernel == stride; params `kernel (k, k, I, O)`, `bias (O,)`.
   norm(*, epsilon=1e-6, name=None)
       LayerNorm over channels in float32, params `scale`, `bias (C,)`.
+And one function: `sum_rows(x (..., C)) -> (C,)`, the sum over every axis but the channels
+(the decoder's per-channel gradients): halving folds on the CPU, one reduction elsewhere.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class Backend:
     conv: ModuleDef
     conv_transpose: ModuleDef
     norm: ModuleDef
+    sum_rows: Callable[[jax.Array], jax.Array]
     spectral_channels_first: bool = False
     stripe_rows: int = 0
 
@@ -62,6 +65,7 @@ def _backend(impl: str) -> Backend:
                    conv=functools.partial(conv_ops.Conv, impl=impl),
                    conv_transpose=functools.partial(conv_ops.ConvTranspose, impl=impl),
                    norm=functools.partial(norms.LayerNorm, impl=impl),
+                   sum_rows=conv_ops.sum_rows if impl == "fast" else conv_ops.reduce_rows,
                    spectral_channels_first=impl == "lax")
 
 

@@ -107,17 +107,25 @@ def _out_hw(padded_hw: Sequence[int], kernel_hw: Sequence[int],
 
 
 def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
-    """Sum of `x (..., C)` over all leading axes -> `(C,)`.
+    """Sum of `x (..., C)` over all leading axes -> `(C,)`, for XLA:CPU (`impl="fast"`).
 
     Folds halves with elementwise adds while the row count is even, then reduces the rest:
     XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply
-    much slower than these vectorised, multi-threaded adds.
+    much slower than these vectorised, multi-threaded adds. Not for accelerators: their
+    compilers fuse the folds into one kernel whose code doubles with every fold
+    (`reduce_rows`).
     """
     x = x.reshape(-1, x.shape[-1])
     while x.shape[0] > min_rows and x.shape[0] % 2 == 0:
         half = x.shape[0] // 2
         x = lax.add(lax.slice_in_dim(x, 0, half), lax.slice_in_dim(x, half, 2 * half))
     return jnp.sum(x, axis=0)
+
+
+def reduce_rows(x: jax.Array) -> jax.Array:
+    """Sum of `x (..., C)` over all leading axes -> `(C,)` as one reduction (`impl="lax"`):
+    a GPU or TPU compiler emits it as a reduction kernel."""
+    return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
 def _times_channels(x: jax.Array, w: jax.Array) -> jax.Array:

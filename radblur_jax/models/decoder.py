@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from radblur_jax.models.ada import AdaptiveDepthAttention
 from radblur_jax.models.backends import LAX, Backend
 from radblur_jax.models.blocks import Down, NAFBlock, Up
-from radblur_jax.models.conv_ops import sum_rows
 from radblur_jax.models.remat import deferred_remat
 from radblur_jax.models.reversible import early_exit_forward, reversible_sequence
 
@@ -204,7 +203,7 @@ def sub_decoder_backward(module: SubDecoder, params: dict, new: States, anchor: 
         old[k] = jnp.where(use_anchor, anchor[k], (new[k] - coupled) / alpha)
         g_level, g_coarse, g_fine, g_depth[k] = coupling_vjp(g_new[k])
         g_params.update({n: v for n, v in g_level.items() if not n.startswith("alpha_")})
-        (g_params[f"alpha_{k}"],) = alpha_vjp(sum_rows(g_new[k] * old[k]))
+        (g_params[f"alpha_{k}"],) = alpha_vjp(module.backend.sum_rows(g_new[k] * old[k]))
         g_old[k] = alpha * g_new[k]
         if k < NUM_LEVELS - 1:
             g_old[k + 1] = g_old[k + 1] + g_fine
