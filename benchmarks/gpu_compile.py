@@ -5,7 +5,7 @@
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
         [--program step|split|gradients|update] [--layout recipe|flat|per_leaf] \
-        [--phases 30] --json out.json
+        [--phases 30] [--code-sizes 10] --json out.json
 
 XLA compiles the deblur train step ahead of time for an NVIDIA H100 (`H100`, a device
 description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its LLVM and
@@ -19,14 +19,21 @@ device XLA cannot time kernels, so there is no autotuning and XLA's Triton GEMMs
 (their tile sizes come from autotuning): what remains is the compile's device-independent
 part. On the GPU the same step also autotunes. Prints the compile's wall and CPU time, the
 program's fusions by module and, with `--phases N`, the top N compile phases
-(`xla_profile.compile_phases`).
+(`xla_profile.compile_phases`). `--code-sizes N` has XLA dump the program (`--xla_dump_to`, a
+temporary directory) and prints the optimized LLVM IR of its compile units (the kernels LLVM
+and `ptxas` compile one unit at a time): their number and size, by the code that emitted
+their kernels, and the N largest.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import glob
 import os
+import re
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,19 +70,71 @@ device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
 
-def _deviceless_env() -> None:
-    """Before JAX starts: no GPU is looked for, and the CUDA plugin loads without a driver."""
+def _deviceless_env(dump_dir: str | None = None) -> None:
+    """Before JAX starts: no GPU is looked for, and the CUDA plugin loads without a driver;
+    with `dump_dir`, XLA dumps what it compiles there."""
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-        os.environ.get("XLA_FLAGS"), "--xla_gpu_enable_triton_gemm=false"]))
+        os.environ.get("XLA_FLAGS"), "--xla_gpu_enable_triton_gemm=false",
+        dump_dir and f"--xla_dump_to={dump_dir}"]))
+
+
+def code_sizes(dump_dir: str, hlo_texts: list[str], top: int) -> dict:
+    """The optimized LLVM IR that XLA dumped for the compiled programs' compile units
+    (`*.<program>.*ir-with-opt.ll`): `{"units", "ir_bytes", "by_module", "largest"}`. A
+    unit's bytes are split evenly over its kernels; a kernel is charged to the code that
+    emitted its fusion (`xla_profile.module_of`, the fusion's `op_name`; kernel names are
+    fusion names with `.` and `-` as `_`)."""
+    from xla_profile import fusion_names, module_of, op_names
+
+    emitted_by, programs = {}, set()
+    for text in hlo_texts:
+        programs.add(re.match(r"HloModule ([\w.\-]+)", text).group(1))
+        names = op_names(text)
+        for fusion in fusion_names(text):
+            emitted_by[re.sub(r"[.\-]", "_", fusion)] = (
+                module_of(names[fusion], 2) if fusion in names else "(no metadata)")
+    units = []
+    paths = [path for program in programs
+             for path in glob.glob(os.path.join(dump_dir, f"*.{program}.*ir-with-opt.ll"))]
+    for path in paths:
+        with open(path) as f:
+            ir = f.read()
+        kernels = re.findall(r"^define [^@]*@([\w.\-]+)\(", ir, re.M)
+        units.append(dict(bytes=len(ir), kernels=kernels,
+                          modules=[emitted_by.get(k, "(not a fusion)") for k in kernels]))
+    by_module: dict[str, float] = collections.defaultdict(float)
+    for u in units:
+        for m in u["modules"]:
+            by_module[m] += u["bytes"] / len(u["modules"])
+    units.sort(key=lambda u: -u["bytes"])
+    return dict(units=len(units), ir_bytes=sum(u["bytes"] for u in units),
+                by_module=[dict(name=n, bytes=b) for n, b in
+                           sorted(by_module.items(), key=lambda kv: -kv[1])],
+                largest=[dict(bytes=u["bytes"], kernel=u["kernels"][0] if u["kernels"] else "",
+                              module=u["modules"][0] if u["modules"] else "")
+                         for u in units[:top]])
+
+
+def print_code_sizes(code: dict, top: int) -> None:
+    """Markdown tables of `code_sizes`: by module, and the `top` largest units."""
+    print(f"\n{code['units']} compile units, {code['ir_bytes'] / 1e6:.1f} MB of optimized "
+          f"LLVM IR\n\n| emitted by | IR KB | share |\n|---|---|---|")
+    for r in code["by_module"][:top]:
+        print(f"| {r['name']} | {r['bytes'] / 1e3:.0f} | "
+              f"{100 * r['bytes'] / code['ir_bytes']:.1f}% |")
+    print("\n| largest unit: its first kernel | IR KB | emitted by |\n|---|---|---|")
+    for r in code["largest"]:
+        print(f"| {r['kernel']} | {r['bytes'] / 1e3:.0f} | {r['module']} |")
 
 
 def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int,
-                     layout: str = "recipe") -> dict:
+                     layout: str = "recipe", dump_dir: str | None = None,
+                     code_top: int = 10) -> dict:
     """Compiles `program` of the preset's train step for `H100` ("step": one program;
     "split": its gradient and update programs, concurrently; "gradients" or "update" alone);
-    the row of figures."""
+    the row of figures, with `code` (`code_sizes`) where XLA dumped to `dump_dir`."""
     import jax
     from jax.experimental import topologies
     from step_counts import abstract_inputs, bench_config
@@ -125,12 +184,17 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
           f"({compile_cpu_s:.1f} CPU-s)")
     if phases:
         print_compile_phases(profile, phases)
+    code = None
+    if dump_dir:
+        code = code_sizes(dump_dir, [c.as_text() for c in compiled], code_top)
+        print_code_sizes(code, code_top)
     return dict(preset=preset, program=program, layout=config.optimizer.layout,
                 dtype="bfloat16", conv_impl="lax",
                 batch=batch, size=size, target="H100 (deviceless)", lower_s=lower_s,
                 compile_s=compile_s, compile_cpu_s=compile_cpu_s,
                 fusions=sum(r["count"] for r in profile["fusions"]),
-                fusions_by_module=profile["fusions"], phases=profile["phases"][:max(phases, 40)])
+                fusions_by_module=profile["fusions"], phases=profile["phases"][:max(phases, 40)],
+                code=code)
 
 
 def main(argv=None) -> int:
@@ -144,17 +208,26 @@ def main(argv=None) -> int:
                    help="optimizer.layout (recipe, flat or per_leaf): the Adam moments as one "
                         "vector or per leaf")
     p.add_argument("--phases", type=int, default=0, help="print the top N compile phases")
+    p.add_argument("--code-sizes", type=int, default=0, metavar="N",
+                   help="dump the program and print its LLVM IR by module and the N largest "
+                        "compile units (one preset)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    _deviceless_env()  # before JAX starts: the checks below import it
+    presets = [preset for preset in args.presets.split(",") if preset]
+    if args.code_sizes and len(presets) != 1:
+        p.error("--code-sizes: one preset at a time (XLA dumps every program of the process)")
+    dump = tempfile.TemporaryDirectory() if args.code_sizes else None
+    _deviceless_env(dump and dump.name)  # before JAX starts: the checks below import it
     from step_counts import LAYOUT_CHOICES
 
     from radblur_jax.atomic_io import write_json_atomic
     if args.layout not in LAYOUT_CHOICES:
         p.error(f"--layout: {args.layout!r}; expected one of {', '.join(LAYOUT_CHOICES)}")
     rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
-                             args.layout)
-            for preset in args.presets.split(",") if preset]
+                             args.layout, dump and dump.name, args.code_sizes)
+            for preset in presets]
+    if dump:
+        dump.cleanup()
     print("\n| preset | program | optimizer layout | batch x crop | fusions | lowering s | "
           "compile s | compile CPU s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

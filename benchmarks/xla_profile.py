@@ -136,9 +136,16 @@ def fusions_by_module(hlo_texts: list[str], depth: int = 1) -> list[dict]:
     counts: dict[str, int] = collections.Counter()
     for text in hlo_texts:
         names = op_names(text)
-        for fusion in re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ fusion\(", text, re.M):
+        for fusion in fusion_names(text):
             counts[module_of(names[fusion], depth) if fusion in names else "(no metadata)"] += 1
     return [dict(name=n, count=c) for n, c in counts.most_common()]
+
+
+def fusion_names(hlo_text: str) -> list[str]:
+    """Names of the fusion instructions of an optimized HLO module's text, multi-output
+    fusions (a tuple shape) included."""
+    return re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) fusion\(", hlo_text,
+                      re.M)
 
 
 def print_compile_phases(result: dict, top: int = 30) -> None:

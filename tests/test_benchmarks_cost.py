@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -90,7 +89,7 @@ def test_fusions_by_module_counts_every_fusion():
     compiled = _compiled(3, unroll=True)
     text = compiled.as_text()
     rows = fusions_by_module([text, text])  # two programs: counts add up
-    total = len(re.findall(r"^\s*(?:ROOT )?%?\S+ = \S+ fusion\(", text, re.M))
+    total = sum(" fusion(" in line and " = " in line for line in text.splitlines())
     assert total > 0 and sum(r["count"] for r in rows) == 2 * total
     assert [r["count"] for r in rows] == sorted((r["count"] for r in rows), reverse=True)
     directions = {r["name"].split(":")[0] for r in rows}
@@ -178,6 +177,59 @@ def test_peak_memory_names_the_buffers_live_at_the_peak():
 def _has_cuda_plugin() -> bool:
     return (importlib.util.find_spec("jax_plugins") is not None
             and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+
+
+# An optimized GPU module's text, cut down: a multi-output fusion (a tuple shape) and a loop
+# fusion; XLA names their kernels in its LLVM IR dumps with `_` for `.` and `-`.
+GPU_HLO = """HloModule jit_compose, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
+
+%fused_add (p0: f32[8]) -> (f32[8], f32[8]) {
+  %p0 = f32[8]{0} parameter(0)
+  ROOT %t = (f32[8]{0}, f32[8]{0}) tuple(%p0, %p0)
+}
+
+%fused_mul (p0: f32[8]) -> f32[8] {
+  %p0 = f32[8]{0} parameter(0)
+  ROOT %m = f32[8]{0} multiply(%p0, %p0)
+}
+
+ENTRY %main (x: f32[8]) -> f32[8] {
+  %x = f32[8]{0} parameter(0)
+  %loop_add_fusion.2 = (f32[8]{0}, /*index=1*/f32[8]{0}) fusion(%x), kind=kLoop, calls=%fused_add, metadata={op_name="jit(compose)/transpose(jvp(RADBlur))/decoder/add"}
+  %gte = f32[8]{0} get-tuple-element(%loop_add_fusion.2), index=0
+  ROOT %loop_multiply-fusion = f32[8]{0} fusion(%gte), kind=kLoop, calls=%fused_mul, metadata={op_name="jit(compose)/jvp(RADBlur)/stem/intro/mul"}
+}
+"""  # noqa: E501 - HLO instructions are one line each
+
+
+def test_fusion_names_include_multi_output_fusions():
+    from xla_profile import fusion_names
+    assert fusion_names(GPU_HLO) == ["loop_add_fusion.2", "loop_multiply-fusion"]
+    rows = fusions_by_module([GPU_HLO], 2)
+    assert {r["name"]: r["count"] for r in rows} == {"backward: decoder": 1,
+                                                     "forward: stem/intro": 1}
+
+
+def test_gpu_code_sizes_charge_each_unit_to_its_kernels(tmp_path):
+    from gpu_compile import code_sizes
+    units = {"module_0001.jit_compose.1.ir-with-opt.ll":
+             "define void @loop_add_fusion_2(ptr %a) {\n" + "x" * 900 + "}\n",
+             "module_0001.jit_compose.2.ir-with-opt.ll":
+             "define void @loop_multiply_fusion(ptr %a) {\n}\n"
+             "define void @other_kernel(ptr %a) {\n}\n",
+             "module_0001.jit_compose.2.ir-no-opt.ll": "y" * 5000,  # not the optimized IR
+             "module_0002.jit_other.1.ir-with-opt.ll": "z" * 5000}  # another program
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    code = code_sizes(str(tmp_path), [GPU_HLO], top=1)
+    first = len(units["module_0001.jit_compose.1.ir-with-opt.ll"])
+    second = len(units["module_0001.jit_compose.2.ir-with-opt.ll"])
+    assert code["units"] == 2 and code["ir_bytes"] == first + second
+    assert {r["name"]: r["bytes"] for r in code["by_module"]} == {
+        "backward: decoder": first, "forward: stem/intro": second / 2,
+        "(not a fusion)": second / 2}
+    assert code["largest"] == [dict(bytes=first, kernel="loop_add_fusion_2",
+                                    module="backward: decoder")]
 
 
 @pytest.mark.skipif(_has_cuda_plugin(), reason="the CUDA plugin is here: the script compiles")
