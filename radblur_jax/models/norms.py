@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from radblur_jax.models.conv_ops import check_impl, sum_rows
+from radblur_jax.models.conv_ops import check_impl, reduce_rows, sum_rows
 from radblur_jax.models.params import param
 
 
@@ -90,8 +90,7 @@ def _lean_bwd(eps, residuals, g):
     gs = g * scale
     gx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
                  - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
-    lead = tuple(range(g.ndim - 1))
-    return gx, jnp.sum(g * xhat, axis=lead), jnp.sum(g, axis=lead)
+    return gx, reduce_rows(g * xhat), reduce_rows(g)
 
 
 _lean.defvjp(_lean_fwd, _lean_bwd)
