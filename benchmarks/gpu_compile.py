@@ -84,17 +84,15 @@ def code_sizes(dump_dir: str, hlo_texts: list[str], top: int) -> dict:
     """The optimized LLVM IR that XLA dumped for the compiled programs' compile units
     (`*.<program>.*ir-with-opt.ll`): `{"units", "ir_bytes", "by_module", "largest"}`. A
     unit's bytes are split evenly over its kernels; a kernel is charged to the code that
-    emitted its fusion (`xla_profile.module_of`, the fusion's `op_name`; kernel names are
-    fusion names with `.` and `-` as `_`)."""
-    from xla_profile import fusion_names, module_of, op_names
+    emitted its fusion (`xla_profile.fusion_modules`; kernel names are fusion names with `.`
+    and `-` as `_`)."""
+    from xla_profile import fusion_modules
 
     emitted_by, programs = {}, set()
     for text in hlo_texts:
         programs.add(re.match(r"HloModule ([\w.\-]+)", text).group(1))
-        names = op_names(text)
-        for fusion in fusion_names(text):
-            emitted_by[re.sub(r"[.\-]", "_", fusion)] = (
-                module_of(names[fusion], 2) if fusion in names else "(no metadata)")
+        emitted_by.update({re.sub(r"[.\-]", "_", fusion): module
+                           for fusion, module in fusion_modules(text, 2).items()})
     units = []
     paths = [path for program in programs
              for path in glob.glob(os.path.join(dump_dir, f"*.{program}.*ir-with-opt.ll"))]

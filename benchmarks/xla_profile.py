@@ -135,17 +135,18 @@ def fusions_by_module(hlo_texts: list[str], depth: int = 1) -> list[dict]:
     optimiser update and EMA, applied leaf by leaf."""
     counts: dict[str, int] = collections.Counter()
     for text in hlo_texts:
-        names = op_names(text)
-        for fusion in fusion_names(text):
-            counts[module_of(names[fusion], depth) if fusion in names else "(no metadata)"] += 1
+        counts.update(fusion_modules(text, depth).values())
     return [dict(name=n, count=c) for n, c in counts.most_common()]
 
 
-def fusion_names(hlo_text: str) -> list[str]:
-    """Names of the fusion instructions of an optimized HLO module's text, multi-output
-    fusions (a tuple shape) included."""
-    return re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) fusion\(", hlo_text,
-                      re.M)
+def fusion_modules(hlo_text: str, depth: int = 1) -> dict[str, str]:
+    """Fusion instruction name -> the code that emitted it (`module_of(op_name, depth)`, or
+    `(no metadata)`), for every fusion of an optimized HLO module's text, multi-output fusions
+    (a tuple shape) included."""
+    names = op_names(hlo_text)
+    fusions = re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) fusion\(", hlo_text,
+                         re.M)
+    return {f: module_of(names[f], depth) if f in names else "(no metadata)" for f in fusions}
 
 
 def print_compile_phases(result: dict, top: int = 30) -> None:

@@ -202,9 +202,10 @@ ENTRY %main (x: f32[8]) -> f32[8] {
 """  # noqa: E501 - HLO instructions are one line each
 
 
-def test_fusion_names_include_multi_output_fusions():
-    from xla_profile import fusion_names
-    assert fusion_names(GPU_HLO) == ["loop_add_fusion.2", "loop_multiply-fusion"]
+def test_fusion_modules_include_multi_output_fusions():
+    from xla_profile import fusion_modules
+    assert fusion_modules(GPU_HLO, 2) == {"loop_add_fusion.2": "backward: decoder",
+                                          "loop_multiply-fusion": "forward: stem/intro"}
     rows = fusions_by_module([GPU_HLO], 2)
     assert {r["name"]: r["count"] for r in rows} == {"backward: decoder": 1,
                                                      "forward: stem/intro": 1}
