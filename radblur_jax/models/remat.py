@@ -10,14 +10,17 @@ reversible decoder's backward loop, the step's memory peak (docs/benchmarks.md,
 `peak_memory.py`).
 
 `deferred_remat(module, *args)` computes `module(*args)` and keeps only its params and args.
-The backward pass recomputes the module from its args multiplied by `1 + 0 * g`, `g` the
-output's cotangent (elementwise where it has the arg's shape, else its sum): exactly the saved
-values while the cotangent is finite, but a data dependence no compiler pass removes, so the
-recomputation can start only once the cotangent exists, and it is not the forward's
-expression, so no pass merges the two. The gradients are those of `jax.vjp` of the module at
-the same point (`x * 1.0 == x`); XLA may fuse the recomputation differently from the
-forward, so they can differ from plain autodiff's in float32 rounding. A non-finite cotangent
-makes the recomputation non-finite, as its gradients would be anyway.
+The backward pass recomputes the module from its args and params multiplied by `1 + 0 * g`,
+`g` the output's cotangent (elementwise where it has the arg's shape, else its sum): exactly
+the saved values while the cotangent is finite, but a data dependence no compiler pass
+removes, so the recomputation can start only once the cotangent exists, and it is not the
+forward's expression, so no pass merges the two. The params need it as much as the args:
+XLA:CPU materialises a bias or a LayerNorm scale broadcast to the activation's shape for its
+fused kernels, and a broadcast shared by the forward and the recomputation stayed live from
+one to the other (three activation-sized buffers per NAF block). The gradients are those of
+`jax.vjp` of the module at the same point (`x * 1.0 == x`); XLA may fuse the recomputation
+differently from the forward, so they can differ from plain autodiff's in float32 rounding.
+A non-finite cotangent makes the recomputation non-finite, as its gradients would be anyway.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def deferred_remat(module: nn.Module, *args: jax.Array) -> Any:
     def backward(residuals, g):
         params, xs = residuals
         xs = tuple(_after(x, g) for x in xs)
+        params = jax.tree_util.tree_map(lambda p: _after(p, g), params)
         _, vjp = jax.vjp(apply, params, *xs)
         params_t, *xs_t = vjp(g)
         return ({"params": params_t}, *xs_t)
