@@ -138,22 +138,22 @@ def browser(server, tmp_path_factory):
 
 def _upload(driver, path) -> str:
     """Clears the upload box if it holds a file, uploads `path`, waits for the new status."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, TIMEOUT)
+    wait = WebDriverWait(driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,))
     for button in driver.find_elements(By.CSS_SELECTOR, "#upload button[aria-label='Clear']"):
         button.click()
     field = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR,
                                                        "#upload input[type=file]")))
-    status = lambda d: d.find_element(By.ID, "status").text
-    before = status(driver)
+    # The message itself, not the status box: while a request runs, Gradio overlays the box
+    # with its progress ("processing | 1.2s", "0.0s"), which blinks on and off.
+    message = lambda d: d.find_element(By.CSS_SELECTOR, "#status [data-testid=markdown]").text
+    before = message(driver)
     field.send_keys(str(path))
-    # settled: a new message and Gradio's progress line ("processing | 1.2s") gone
-    wait.until(lambda d: status(d) not in ("", before) and "processing" not in status(d)
-               and "queue" not in status(d))
-    return status(driver)
+    return wait.until(lambda d: (lambda text: text not in ("", before) and text)(message(d)))
 
 
 def _download(driver) -> tuple[str, bytes]:
