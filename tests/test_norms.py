@@ -49,3 +49,29 @@ def test_layer_norm_casts_to_float32_and_checks_impl():
                                rtol=1e-5)
     with pytest.raises(ValueError, match="unknown conv impl"):
         norms.layer_norm(x.astype(jnp.float32), jnp.ones(4), jnp.zeros(4), impl="cudnn")
+
+
+class _NormChain(nn.Module):
+    """`n` `lax` LayerNorms, each followed by a sine."""
+    n: int
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.n):
+            x = jnp.sin(norms.LayerNorm(impl="lax", name=f"norm{i}")(x))
+        return jnp.sum(x)
+
+
+def test_lax_backward_does_not_keep_the_forward_broadcast_scale():
+    """XLA:CPU materialises the scale broadcast to the activation's shape; the backward must
+    not share the forward's buffer, which would stay live from one to the other: 4
+    activations kept per LayerNorm of this chain instead of 3."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 16)), jnp.float32)
+
+    def temp_bytes(n: int) -> int:
+        params = _NormChain(n).init(jax.random.key(0), x)
+        grad = jax.jit(jax.grad(lambda p: _NormChain(n).apply(p, x)))
+        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    per_norm = (temp_bytes(6) - temp_bytes(2)) / 4 / x.nbytes
+    assert per_norm <= 3.5, per_norm

@@ -15,9 +15,10 @@ from the saved `xhat` and `rstd` (materialised once behind `lax.optimization_bar
 the parameter gradients reduced by `conv_ops.sum_rows`. `scale` goes behind the barrier too:
 inside the decoder's scan it is a slice of the stacked params, and without the barrier XLA:CPU
 broadcasts that slice to a full activation-sized buffer for the fused backward.
-`impl="lax"` computes `nn.LayerNorm`'s forward with the same closed-form backward, without the
-barrier (a CPU remedy) and recomputing `xhat` from the saved input and statistics, so the
-backward reads two full-size tensors (x, g) instead of autodiff's saved intermediates.
+`impl="lax"` computes `nn.LayerNorm`'s forward with the same closed-form backward, recomputing
+`xhat` from the saved input and statistics (no barrier around the activations, a CPU remedy),
+so the backward reads two full-size tensors (x, g) instead of autodiff's saved intermediates;
+only `scale` goes behind a barrier (see `_lean_bwd`).
 `backends.FAST` / `backends.LAX` hand the network this module with `impl` bound.
 """
 from __future__ import annotations
@@ -86,6 +87,11 @@ def _lean_fwd(x, scale, bias, eps):
 def _lean_bwd(eps, residuals, g):
     del eps
     x, mean, rstd, scale = residuals
+    # XLA:CPU materialises `scale` broadcast to the activation's shape for its fused kernels,
+    # and kept the forward's buffer live until the backward used it; with the backward's
+    # `scale` behind a barrier it broadcasts its own (a no-op for compilers that fuse
+    # broadcasts into their consumers).
+    scale = lax.optimization_barrier(scale)
     xhat = (x - mean) * rstd
     gs = g * scale
     gx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
