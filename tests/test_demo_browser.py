@@ -153,7 +153,11 @@ def _upload(driver, path) -> str:
     message = lambda d: d.find_element(By.CSS_SELECTOR, "#status [data-testid=markdown]").text
     before = message(driver)
     field.send_keys(str(path))
-    return wait.until(lambda d: (lambda text: text not in ("", before) and text)(message(d)))
+
+    def new_message(d) -> str | bool:
+        text = message(d)
+        return text not in ("", before) and text
+    return wait.until(new_message)
 
 
 def _download(driver) -> tuple[str, bytes]:

@@ -81,7 +81,6 @@ def test_recomputed_activations_are_not_live_at_the_peak(widths):
     assert deferred <= plain - 2 * activation, (plain, deferred, activation)
 
 
-
 class NAFChain(nn.Module):
     """`early` NAF blocks under `deferred_remat`, then three plain ones whose backward keeps
     its own activations (the peak)."""
@@ -111,6 +110,7 @@ def test_a_rematerialised_block_keeps_only_its_input():
 
     added = (temp_bytes(4) - temp_bytes(2)) / 2
     assert added <= 1.25 * activation, (added / activation)
+
 
 def test_stem_remat_keeps_the_params_and_the_function(monkeypatch):
     """Each NAF block of the stem goes through `deferred_remat` (whose gradients through
