@@ -83,9 +83,9 @@ def _deviceless_env(dump_dir: str | None = None) -> None:
 def code_sizes(dump_dir: str, hlo_texts: list[str], top: int) -> dict:
     """The optimized LLVM IR that XLA dumped for the compiled programs' compile units
     (`*.<program>.*ir-with-opt.ll`): `{"units", "ir_bytes", "by_module", "largest"}`. A
-    unit's bytes are split evenly over its kernels; a kernel is charged to the code that
-    emitted its fusion (`xla_profile.fusion_modules`; kernel names are fusion names with `.`
-    and `-` as `_`)."""
+    unit's bytes are split evenly over its kernels (a unit without one is "(no kernel)"); a
+    kernel is charged to the code that emitted its fusion (`xla_profile.fusion_modules`;
+    kernel names are fusion names with `.` and `-` as `_`)."""
     from xla_profile import fusion_modules
 
     emitted_by, programs = {}, set()
@@ -101,7 +101,8 @@ def code_sizes(dump_dir: str, hlo_texts: list[str], top: int) -> dict:
             ir = f.read()
         kernels = re.findall(r"^define [^@]*@([\w.\-]+)\(", ir, re.M)
         units.append(dict(bytes=len(ir), kernels=kernels,
-                          modules=[emitted_by.get(k, "(not a fusion)") for k in kernels]))
+                          modules=[emitted_by.get(k, "(not a fusion)") for k in kernels]
+                          or ["(no kernel)"]))
     by_module: dict[str, float] = collections.defaultdict(float)
     for u in units:
         for m in u["modules"]:
@@ -111,8 +112,7 @@ def code_sizes(dump_dir: str, hlo_texts: list[str], top: int) -> dict:
                 by_module=[dict(name=n, bytes=b) for n, b in
                            sorted(by_module.items(), key=lambda kv: -kv[1])],
                 largest=[dict(bytes=u["bytes"], kernel=u["kernels"][0] if u["kernels"] else "",
-                              module=u["modules"][0] if u["modules"] else "")
-                         for u in units[:top]])
+                              module=u["modules"][0]) for u in units[:top]])
 
 
 def print_code_sizes(code: dict, top: int) -> None:
@@ -221,11 +221,13 @@ def main(argv=None) -> int:
     from radblur_jax.atomic_io import write_json_atomic
     if args.layout not in LAYOUT_CHOICES:
         p.error(f"--layout: {args.layout!r}; expected one of {', '.join(LAYOUT_CHOICES)}")
-    rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
-                             args.layout, dump and dump.name, args.code_sizes)
-            for preset in presets]
-    if dump:
-        dump.cleanup()
+    try:
+        rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
+                                 args.layout, dump and dump.name, args.code_sizes)
+                for preset in presets]
+    finally:
+        if dump:
+            dump.cleanup()
     print("\n| preset | program | optimizer layout | batch x crop | fusions | lowering s | "
           "compile s | compile CPU s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

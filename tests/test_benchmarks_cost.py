@@ -218,6 +218,7 @@ def test_gpu_code_sizes_charge_each_unit_to_its_kernels(tmp_path):
              "module_0001.jit_compose.2.ir-with-opt.ll":
              "define void @loop_multiply_fusion(ptr %a) {\n}\n"
              "define void @other_kernel(ptr %a) {\n}\n",
+             "module_0001.jit_compose.3.ir-with-opt.ll": "declare void @f()\n",  # no kernel
              "module_0001.jit_compose.2.ir-no-opt.ll": "y" * 5000,  # not the optimized IR
              "module_0002.jit_other.1.ir-with-opt.ll": "z" * 5000}  # another program
     for name, text in units.items():
@@ -225,10 +226,11 @@ def test_gpu_code_sizes_charge_each_unit_to_its_kernels(tmp_path):
     code = code_sizes(str(tmp_path), [GPU_HLO], top=1)
     first = len(units["module_0001.jit_compose.1.ir-with-opt.ll"])
     second = len(units["module_0001.jit_compose.2.ir-with-opt.ll"])
-    assert code["units"] == 2 and code["ir_bytes"] == first + second
+    third = len(units["module_0001.jit_compose.3.ir-with-opt.ll"])
+    assert code["units"] == 3 and code["ir_bytes"] == first + second + third
     assert {r["name"]: r["bytes"] for r in code["by_module"]} == {
         "backward: decoder": first, "forward: stem/intro": second / 2,
-        "(not a fusion)": second / 2}
+        "(not a fusion)": second / 2, "(no kernel)": third}
     assert code["largest"] == [dict(bytes=first, kernel="loop_add_fusion_2",
                                     module="backward: decoder")]
 
