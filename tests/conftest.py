@@ -1,5 +1,5 @@
-"""Shared test helpers: relative error and NHWC <-> NCHW at the PyTorch boundary; the order
-in which pytest-xdist hands out the tests."""
+"""Shared test helpers: relative error, a compiled gradient's temporaries, NHWC <-> NCHW at the
+PyTorch boundary; the order in which pytest-xdist hands out the tests."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,14 @@ def rel_err(a, b) -> float:
     b = np.asarray(b.detach() if hasattr(b, "detach") else b, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def grad_temp_bytes(module, params, x) -> int:
+    """XLA's temporaries (`memory_analysis().temp_size_in_bytes`) of the compiled gradient of
+    `module.apply(params, x)` (a scalar) with respect to `params`, on this backend."""
+    import jax
+    grad = jax.jit(jax.grad(lambda p: module.apply(p, x)))
+    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
 def to_nchw(x):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import grad_temp_bytes, rel_err
 
 from radblur_jax.models import norms
 
@@ -69,9 +69,8 @@ def test_lax_backward_does_not_keep_the_forward_broadcast_scale():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 16)), jnp.float32)
 
     def temp_bytes(n: int) -> int:
-        params = _NormChain(n).init(jax.random.key(0), x)
-        grad = jax.jit(jax.grad(lambda p: _NormChain(n).apply(p, x)))
-        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+        chain = _NormChain(n)
+        return grad_temp_bytes(chain, chain.init(jax.random.key(0), x), x)
 
     per_norm = (temp_bytes(6) - temp_bytes(2)) / 4 / x.nbytes
     assert per_norm <= 3.5, per_norm

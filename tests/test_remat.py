@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import grad_temp_bytes, rel_err
 
 from radblur_jax.models import decoder
 from radblur_jax.models.blocks import NAFBlock
@@ -72,11 +72,8 @@ def test_recomputed_activations_are_not_live_at_the_peak(widths):
     x, params = _setup(widths)
     activation = x.shape[0] * 1024 * 4
 
-    def temp_bytes(mode: str) -> int:
-        grad = jax.jit(jax.grad(lambda p: Net(mode, widths).apply(p, x)))
-        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
-
-    plain, deferred = temp_bytes("plain"), temp_bytes("deferred")
+    plain, deferred = (grad_temp_bytes(Net(mode, widths), params, x)
+                       for mode in ("plain", "deferred"))
     # Each of the two early blocks keeps >= 2 activations for its backward in the plain form.
     assert deferred <= plain - 2 * activation, (plain, deferred, activation)
 
@@ -104,9 +101,8 @@ def test_a_rematerialised_block_keeps_only_its_input():
     activation = x.size * 4
 
     def temp_bytes(early: int) -> int:
-        params = NAFChain(early).init(jax.random.key(0), x)
-        grad = jax.jit(jax.grad(lambda p: NAFChain(early).apply(p, x)))
-        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+        chain = NAFChain(early)
+        return grad_temp_bytes(chain, chain.init(jax.random.key(0), x), x)
 
     added = (temp_bytes(4) - temp_bytes(2)) / 2
     assert added <= 1.25 * activation, (added / activation)
