@@ -11,7 +11,11 @@ shapes in the HLO text; parameters, constants, tuples, get-tuple-element and bit
 nothing. A fusion operand that the fused computation only slices (through bitcasts) is charged
 the slices' bytes, as the cost analysis charges it; where the cost analysis knows of other
 partial reads (an in-place dynamic-update-slice) this estimate is larger. `bytes_breakdown`
-therefore also reports the sum against the cost analysis's total.
+therefore also reports the sum against the cost analysis's total. With `elementwise=True` the
+slices are also found through element-wise ops (`v[:n] / d` computed as `(v / d)[:n]`, the
+form XLA's GPU fusions take): a fused kernel computes only the elements it writes, so it reads
+only those; the cost analysis charges the whole operand there (the GPU count,
+`gpu_compile.py`, has no cost analysis to match).
 
 Instructions inside a `while` body are counted once, as the cost analysis counts them: unroll a
 loop to see every iteration. Ops are grouped by `op_module` (forward/backward and the Flax
@@ -74,43 +78,63 @@ def _split_instruction(rest: str) -> tuple[str, str, str, str]:
 
 
 _SLICES = {"slice", "dynamic-slice"}
+# Ops whose result element i depends on element i of each operand alone.
+_ELEMENTWISE = {"abs", "add", "and", "atan2", "cbrt", "ceil", "clamp", "compare", "convert",
+                "cosine", "divide", "erf", "exponential", "exponential-minus-one", "floor",
+                "is-finite", "log", "log-plus-one", "logistic", "maximum", "minimum",
+                "multiply", "negate", "not", "or", "power", "remainder", "round-nearest-afz",
+                "round-nearest-even", "rsqrt", "select", "sign", "sine", "sqrt", "subtract",
+                "tan", "tanh", "xor"}
 _PARAMETER_INDEX = re.compile(r"^\s*(\d+)")
 
 
-def _sliced_reads(instructions: list[tuple[str, str, str, str, str]]) -> dict[int, int]:
+def _elements(shape: str) -> int:
+    return sum(math.prod(int(d) for d in dims.split(",") if d)
+               for _, dims in _ARRAY.findall(shape))
+
+
+def _sliced_reads(instructions: list[tuple[str, str, str, str, str]],
+                  elementwise: bool = False) -> dict[int, int]:
     """Parameter index -> bytes read, for the parameters of a fused computation whose every
-    use (looking through bitcasts) is a slice: the slices' result bytes."""
+    use (looking through bitcasts, and through element-wise ops of the same number of elements
+    with `elementwise`) is a slice: the slices' elements at the parameter's element size."""
     users: dict[str, list[tuple[str, str, str]]] = {}
     for name, shape, opcode, operands, _ in instructions:
         for operand in re.findall(r"%([\w.\-]+)", operands):
             users.setdefault(operand, []).append((name, shape, opcode))
 
-    def read(value: str) -> int | None:
+    def read(value: str, elements: int) -> int | None:
+        """Elements of `value` (`elements` in all) its uses read, or None for all of them."""
         total = 0
         for name, shape, opcode in users.get(value, []):
-            if opcode == "bitcast":
-                inner = read(name)
+            see_through = opcode == "bitcast" or (
+                elementwise and opcode in _ELEMENTWISE and _elements(shape) == elements)
+            if see_through:
+                inner = read(name, elements)
                 if inner is None:
                     return None
                 total += inner
             elif opcode in _SLICES:
-                total += shape_bytes(shape)
+                total += _elements(shape)
             else:
                 return None
-        return total if users.get(value) else None
+        return min(total, elements) if users.get(value) else None
 
     reads = {}
-    for name, _, opcode, operands, _ in instructions:
+    for name, shape, opcode, operands, _ in instructions:
         index = _PARAMETER_INDEX.match(operands) if opcode == "parameter" else None
-        if index is not None and (sliced := read(name)) is not None:
-            reads[int(index.group(1))] = sliced
+        if index is None or not (elements := _elements(shape)):
+            continue
+        if (sliced := read(name, elements)) is not None:
+            reads[int(index.group(1))] = shape_bytes(shape) * sliced // elements
     return reads
 
 
-def op_bytes(hlo_text: str) -> list[dict]:
+def op_bytes(hlo_text: str, elementwise: bool = False) -> list[dict]:
     """One row `{name, opcode, kind, op_name, bytes}` per executed instruction of an optimized
     HLO module's text (`compiled.as_text()`): those of the entry computation and of loop bodies,
-    conditions and branches, not those inside fusions or reductions' `to_apply` computations."""
+    conditions and branches, not those inside fusions or reductions' `to_apply` computations.
+    `elementwise`: slices are found through element-wise ops too (module docstring)."""
     shapes: dict[str, str] = {}
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     nested: set[str] = set()
@@ -138,7 +162,8 @@ def op_bytes(hlo_text: str) -> list[dict]:
             if opcode in _FREE:
                 continue
             fused = re.search(r"\bcalls=%?([\w.\-]+)", attributes) if opcode == "fusion" else None
-            sliced = _sliced_reads(computations.get(fused.group(1), [])) if fused else {}
+            sliced = (_sliced_reads(computations.get(fused.group(1), []), elementwise)
+                      if fused else {})
             read = sum(min(sliced.get(i, full), full) for i, full in enumerate(
                 shape_bytes(shapes.get(o, "")) for o in re.findall(r"%([\w.\-]+)", operands)))
             op_name = _OP_NAME.search(attributes)
