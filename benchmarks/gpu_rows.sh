@@ -2,11 +2,13 @@
 # The accelerator rows of docs/benchmarks.md in one run, for a lent GPU with little time on it:
 # the bf16 train step of `s` and `b` at 256x256, batch 16 (images/s, MFU, peak memory, compile
 # time, and for `s` where the compile's time goes), inference at 1280x720 for `s` and `l`
-# (whole image and adaptive exit), and three forms of the `s` step that tell what its compile
-# is made of: without XLA's Triton GEMMs, split into a gradient program and an optimiser
-# update program compiled side by side (train.split_step=on), and with the optimiser's moments
-# per leaf (the layout before the flat one); and what is live at the `s` step's memory peak
-# without and with the ViT's and the stem's remat (peak_memory.py). ROWS picks and orders the
+# (whole image and adaptive exit), the `s` step in the formulation the lean step replaced
+# (`--conv_impl reference`: whether the lean form pays on a GPU), three forms of the `s` step
+# that tell what its compile is made of: without XLA's Triton GEMMs, split into a gradient
+# program and an optimiser update program compiled side by side (train.split_step=on), and
+# with the optimiser's moments per leaf (the layout before the flat one); and what is live at
+# the `s` step's memory peak without and with the ViT's and the stem's remat
+# (peak_memory.py). ROWS picks and orders the
 # parts (default: all, in the order below). Each starts only if the time it needs (as taken on an
 # H200; estimated for rows not yet run there) is left of BUDGET seconds. Output goes to $OUT
 # (all.log + JSON rows).
@@ -44,11 +46,13 @@ STEP="benchmarks/train_step.py --dtypes bfloat16 --batch 16 --size $SIZE --steps
 TS="$STEP --no_split"  # one program, as training compiles it off the CPU
 INF="benchmarks/inference.py --modes full,adaptive --dtype bfloat16 --repeats 3 --height $H --width $W"
 PM="benchmarks/peak_memory.py --dtype bfloat16 --conv_impl lax --batch 16 --size $SIZE --no_split"
-ALL="ts_s inf_s inf_l ts_b ts_s_perleaf ts_s_split ts_s_notriton pm_s pm_s_remat"
+ALL="ts_s ts_s_reference inf_s inf_l ts_b ts_s_perleaf ts_s_split ts_s_notriton pm_s pm_s_remat"
 for row in ${ROWS:-$ALL}; do
   case $row in
     ts_s) run ts_s 240 $PY $TS --presets "$S" --profile-compile 40 --json "$OUT/ts_s.json" ;;
     ts_b) run ts_b 250 $PY $TS --presets "$B" --json "$OUT/ts_b.json" ;;
+    ts_s_reference) run ts_s_reference 180 $PY $TS --presets "$S" --no_counts \
+      --conv_impl reference --json "$OUT/ts_s_reference.json" ;;
     ts_s_notriton) run ts_s_notriton 180 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
       $PY $TS --presets "$S" --no_counts --json "$OUT/ts_s_nt.json" ;;
     ts_s_perleaf) run ts_s_perleaf 180 $PY $TS --presets "$S" --no_counts --layout per_leaf \

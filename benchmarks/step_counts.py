@@ -34,6 +34,9 @@ REMAT = {"none": (False, False), "encoder": (True, False), "stem": (False, True)
 REMAT_CHOICES = ("recipe", *REMAT)
 # --layout: the optimiser's moments (optimizer.layout); "recipe" keeps the preset's.
 LAYOUT_CHOICES = ("recipe", *OPTIMIZER_LAYOUTS)
+# --conv_impl: the config's forms, or "reference": the lax config computed with the
+# formulation the lean step replaced (reference_forms.py).
+CONV_IMPL_CHOICES = ("auto", "lax", "fast", "reference")
 
 
 def remat_name(config) -> str:
@@ -47,12 +50,13 @@ def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, siz
                  reversible: bool = True, unroll: bool = False, remat: str = "recipe",
                  layout: str = "recipe"):
     """The preset's training config (configs/deblur.py) with this batch, crop, compute dtype
-    (and convolution implementation when given, remat as `REMAT` says and the optimiser's
-    moments as `layout` says unless "recipe"); checked as training checks it."""
+    (and convolution implementation when given, "lax" for "reference"; remat as `REMAT`
+    says and the optimiser's moments as `layout` says unless "recipe"); checked as training
+    checks it."""
     config = load_config(os.path.join(REPO, "configs", "deblur.py"), preset)
     config.model.dtype = dtype
     if conv_impl is not None:
-        config.model.conv_impl = conv_impl
+        config.model.conv_impl = "lax" if conv_impl == "reference" else conv_impl
     if remat != "recipe":
         config.model.encoder.remat, config.model.decoder.stem_remat = REMAT[remat]
     if layout != "recipe":
@@ -62,6 +66,15 @@ def bench_config(preset: str, dtype: str, conv_impl: str | None, batch: int, siz
     config.train.batch_size, config.input.crop_size = batch, size
     check_config(config)
     return config
+
+
+def deblur_task(config, conv_impl: str | None = None) -> DeblurTask:
+    """The task of `config`; for `conv_impl` "reference", one whose model computes with
+    `reference_forms.REFERENCE` (the config's `bench_config` made for "lax")."""
+    if conv_impl == "reference":
+        from reference_forms import ReferenceDeblurTask
+        return ReferenceDeblurTask(config)
+    return DeblurTask(config)
 
 
 def abstract_inputs(task: DeblurTask, batch: int, size: int):
@@ -87,7 +100,7 @@ def count_flops(preset: str, dtype: str, conv_impl: str | None, batch: int, size
     # The loop-free attention (same maths): the CPU's blocked form loops over heads, and the
     # cost analysis would count one loop body (benchmarks/flops.py).
     config.model.encoder.attention_impl = "xla"
-    task = DeblurTask(config)
+    task = deblur_task(config, conv_impl)
     state, images, optimizers = abstract_inputs(task, batch, size)
     step = functools.partial(compose, task.gradients, task.update(optimizers))
     return float(cpu_cost_analysis(step, state, images)["flops"])
@@ -98,8 +111,8 @@ def compile_counted(preset: str, dtype: str, conv_impl: str | None, batch: int, 
     """The executables of the counted program: the training step as the loop builds it
     (reversible decoder, split or one program), the sub-decoder scan unrolled; compiled from
     abstract shapes (nothing runs)."""
-    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
-                                   unroll=True, remat=remat, layout=layout))
+    task = deblur_task(bench_config(preset, dtype, conv_impl, batch, size, reversible=True,
+                                    unroll=True, remat=remat, layout=layout), conv_impl)
     state, images, optimizers = abstract_inputs(task, batch, size)
     return compile_step(task.train_step(optimizers, split=split), state, images)[1]
 

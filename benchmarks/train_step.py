@@ -7,6 +7,8 @@ deep-supervision + FFT loss, AdamW with clipping and the frozen exit head, EMA; 
 donated), built and compiled by the code the training loop uses (`DeblurTask.train_step`,
 radblur_jax/train/split_step.py): on a CPU gradients and update as two programs compiled
 concurrently (`--no_split`: one program). A change to the training step shows here.
+`--conv_impl reference` trains the `lax` config in the formulation the lean step replaced
+(reference_forms.py), to compare the two on an accelerator.
 `compile_s` is the wall time until the step is ready (tracing, lowering and XLA compile;
 `lower_s`, for one program, the tracing and lowering alone).
 Prints a markdown table; `--json PATH` writes the rows (a JSON list, each with `preset`,
@@ -14,9 +16,9 @@ Prints a markdown table; `--json PATH` writes the rows (a JSON list, each with `
 breakdown of one step's time from a `jax.profiler` trace.
 
     python benchmarks/train_step.py --presets tiny,s --dtypes float32 --batch 8 --size 128 \
-        --steps 3 [--conv_impl auto|lax|fast] [--json out.json] [--profile] [--no_counts] \
-        [--compile-only] [--bytes-breakdown [N]] [--profile-compile [N]] [--no_huge_pages] \
-        [--warmup N] [--no_split] [--remat recipe,none,encoder,stem,both] \
+        --steps 3 [--conv_impl auto|lax|fast|reference] [--json out.json] [--profile] \
+        [--no_counts] [--compile-only] [--bytes-breakdown [N]] [--profile-compile [N]] \
+        [--no_huge_pages] [--warmup N] [--no_split] [--remat recipe,none,encoder,stem,both] \
         [--layout recipe|flat|per_leaf]
 
 Counted figures (per image, deterministic: nothing runs; `--compile-only` gives only these,
@@ -70,6 +72,7 @@ import numpy as np
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 from step_counts import (  # noqa: E402
+    CONV_IMPL_CHOICES,
     COUNTED,
     LAYOUT_CHOICES,
     REMAT_CHOICES,
@@ -77,6 +80,7 @@ from step_counts import (  # noqa: E402
     bench_config,
     compile_step,
     count_step,
+    deblur_task,
     on_cpu,
     remat_name,
 )
@@ -85,7 +89,6 @@ from xla_profile import print_profile, profile_compiled  # noqa: E402
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.models.configs import radblur_names  # noqa: E402
-from radblur_jax.train.tasks import DeblurTask  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 def matmul_flops_per_s(n: int | None = None, reps: int = 5, dtype=None) -> float:
@@ -121,8 +124,8 @@ def profile_compile_only(preset: str, dtype: str, conv_impl: str | None, batch_s
                          layout: str = "recipe") -> dict:
     """The step as trained (loops kept) compiled from abstract shapes under the tracer, nothing
     run: `compile_s` and `compile_phases` of a row."""
-    task = DeblurTask(bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
-                                   layout=layout))
+    task = deblur_task(bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
+                                    layout=layout), conv_impl)
     state, images, optimizers = abstract_inputs(task, batch_size, size)
     t0 = time.perf_counter()
     *_, profile = compile_step(task.train_step(optimizers, split=split), state, images, top)
@@ -138,7 +141,7 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
     top phases (xla_profile.compile_phases)."""
     config = bench_config(preset, dtype, conv_impl, batch_size, size, remat=remat,
                           layout=layout)
-    task = DeblurTask(config)
+    task = deblur_task(config, conv_impl)
     params = task.load_initial_params(jax.random.key(0))
     optimizers = task.make_optimizers(params)
     state = task.create_state(params, optimizers, jax.random.key(1))
@@ -280,8 +283,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed steps before the timed ones (0: time a slow step once)")
-    parser.add_argument("--conv_impl", default=None, choices=("auto", "lax", "fast"),
-                        help="convolution implementation (default: the config's)")
+    parser.add_argument("--conv_impl", default=None, choices=CONV_IMPL_CHOICES,
+                        help="convolution implementation (default: the config's); "
+                             "reference: lax in the formulation the lean step replaced")
     parser.add_argument("--remat", default="recipe",
                         help="comma-separated: blocks that recompute their activations in the "
                              "backward, the ViT's (encoder), the blur stem's (stem), both, "

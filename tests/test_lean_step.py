@@ -2,59 +2,31 @@
 of the formulation it replaced, computed here by plain autodiff: `lax.conv_general_dilated`
 on concatenated channels for every convolution (then split), flax's LayerNorm formula and the
 FFT branch channels-last; and of the CPU's `fast` forms. One lean gradient serves both
-comparisons (a whole-network gradient costs tens of seconds of compile)."""
+comparisons (a whole-network gradient costs tens of seconds of compile). The pre-lean
+formulation is `benchmarks/reference_forms.py`'s `REFERENCE` backend."""
 from __future__ import annotations
 
-import functools
+import os
+import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import rel_err
-from jax import lax
 
 from radblur_jax.compile_options import init_compiler_options
-from radblur_jax.models import conv_ops, norms
-from radblur_jax.models.backends import Backend
 from radblur_jax.models.configs import radblur_config
 from radblur_jax.models.radblur import RADBlur, build_radblur, init_radblur
 from radblur_jax.train.losses import deblur_loss
 
-
-class ReferenceConv(conv_ops.Conv):
-    """The pre-lean `impl="lax"` conv: one `lax.conv_general_dilated` of the concatenated
-    pieces (1x1 convs included), bias, then split into the output pieces."""
-
-    def _pieces(self, pieces, kernel, bias, out_pieces):
-        strides = conv_ops._int_pair(self.strides)
-        pads = conv_ops._pairs(self.padding, pieces[0].shape[1:3], kernel.shape[:2], strides)
-        y = lax.conv_general_dilated(conv_ops._concat(pieces), kernel, strides, pads,
-                                     dimension_numbers=conv_ops._DN,
-                                     feature_group_count=self.feature_group_count)
-        y = y if bias is None else y + bias
-        return [y] if out_pieces == 1 else jnp.split(y, out_pieces, axis=-1)
-
-
-class ReferenceNorm(norms.LayerNorm):
-    """flax's LayerNorm formula, differentiated by autodiff."""
-
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,))
-        bias = self.param("bias", nn.initializers.zeros, (c,))
-        return norms._reference(x.astype(jnp.float32), scale, bias, self.epsilon)
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+from reference_forms import REFERENCE  # noqa: E402
 
 # The gradients compile without LLVM's optimisations, which shortens the test's compiles: the
 # comparison is of formulations, each compiled the same way.
 UNOPTIMISED = {"xla_backend_optimization_level": 0}
-REFERENCE = Backend(name="lax", conv=functools.partial(ReferenceConv, impl="lax"),
-                    conv_transpose=functools.partial(conv_ops.ConvTranspose, impl="lax"),
-                    norm=functools.partial(ReferenceNorm, impl="lax"),
-                    sum_rows=conv_ops.reduce_rows)
 
 
 @pytest.mark.slow
