@@ -5,7 +5,7 @@
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/gpu_compile.py --presets s --batch 16 --size 256 \
         [--program step|split|gradients|update] [--layout recipe|flat|per_leaf] \
-        [--phases 30] [--code-sizes 10] --json out.json
+        [--phases 30] [--code-sizes 10] [--counted] [--forms lean,reference] --json out.json
 
 XLA compiles the deblur train step ahead of time for an NVIDIA H100 (`H100`, a device
 description; `jax.experimental.topologies`): the GPU compiler's HLO passes, its LLVM and
@@ -23,6 +23,15 @@ program's fusions by module and, with `--phases N`, the top N compile phases
 temporary directory) and prints the optimized LLVM IR of its compile units (the kernels LLVM
 and `ptxas` compile one unit at a time): their number and size, by the code that emitted
 their kernels, and the N largest.
+
+`--counted` compiles instead the step `train_step.py` counts on the CPU (float32, XLA's
+attention, every scan unrolled, one program) and adds what the GPU program moves:
+`bytes_per_image`, each top-level op of the optimized program charged its operands' and
+result's bytes (`hlo_bytes.op_bytes`, slices found through element-wise ops: the GPU compiler
+has no cost analysis to read without a device), split into fusions, library calls (cuBLAS,
+cuDNN) and FFTs; and `temp_bytes_per_image` (memory analysis). The form `reference` builds the
+model with the formulation the lean step replaced (`reference_forms.py`);
+`--forms lean,reference` gives a row each, counted or not.
 """
 from __future__ import annotations
 
@@ -127,18 +136,30 @@ def print_code_sizes(code: dict, top: int) -> None:
         print(f"| {r['kernel']} | {r['bytes'] / 1e3:.0f} | {r['module']} |")
 
 
+def counted_bytes(hlo_text: str, batch: int) -> dict:
+    """Bytes per image a compiled GPU program moves (`--counted`): in all and by kind."""
+    from hlo_bytes import op_bytes
+
+    kinds = {"fusion": "fusions", "custom-call": "library calls", "fft": "FFTs"}
+    split = dict.fromkeys([*kinds.values(), "other"], 0.0)
+    for row in op_bytes(hlo_text, elementwise=True):
+        split[kinds.get(row["opcode"], "other")] += row["bytes"] / batch
+    return dict(bytes_per_image=sum(split.values()), bytes_by_kind_per_image=split)
+
+
 def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: int,
                      layout: str = "recipe", dump_dir: str | None = None,
-                     code_top: int = 10) -> dict:
+                     code_top: int = 10, counted: bool = False, form: str = "lean") -> dict:
     """Compiles `program` of the preset's train step for `H100` ("step": one program;
     "split": its gradient and update programs, concurrently; "gradients" or "update" alone);
-    the row of figures, with `code` (`code_sizes`) where XLA dumped to `dump_dir`."""
+    the row of figures, with `code` (`code_sizes`) where XLA dumped to `dump_dir`. `counted`:
+    the float32 step with every scan unrolled and its bytes (module docstring); `form`:
+    "reference" builds the model with `reference_forms.REFERENCE`."""
     import jax
     from jax.experimental import topologies
-    from step_counts import abstract_inputs, bench_config
+    from step_counts import abstract_inputs, bench_config, deblur_task
     from xla_profile import compile_phases, fusions_by_module, print_compile_phases
 
-    from radblur_jax.train.tasks import DeblurTask
     try:
         topology = topologies.get_topology_desc(platform="cuda", target_config=H100,
                                                 topology="1x1x1")
@@ -153,10 +174,12 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                            sharding=replicated), tree)
 
-    # The CPU is this process's default backend: name what a GPU's "auto" would pick.
-    config = bench_config(preset, "bfloat16", "lax", batch, size, layout=layout)
-    config.model.encoder.attention_impl = "cudnn"
-    task = DeblurTask(config)
+    # The CPU is this process's default backend: name what a GPU's "auto" would pick
+    # (cuDNN's attention takes bfloat16 only).
+    dtype = "float32" if counted else "bfloat16"
+    config = bench_config(preset, dtype, "lax", batch, size, layout=layout, unroll=counted)
+    config.model.encoder.attention_impl = "xla" if counted else "cudnn"
+    task = deblur_task(config, "reference" if form == "reference" else None)
     state, images, optimizers = abstract_inputs(task, batch, size)
     state, images = on_gpu(state), on_gpu(images)
     jobs = []
@@ -177,7 +200,7 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
             lambda: list(pool.map(lambda lo: lo.compile(), lowered)))
     compile_s, compile_cpu_s = time.perf_counter() - t1, time.process_time() - cpu0
     profile["fusions"] = fusions_by_module([c.as_text() for c in compiled], 2)
-    print(f"\n# {preset} {program}, bfloat16, batch {batch}, {size}x{size}, for an H100 "
+    print(f"\n# {preset} {program}, {form}, {dtype}, batch {batch}, {size}x{size}, for an H100 "
           f"(deviceless): lowering {lower_s:.1f} s, compile {compile_s:.1f} s "
           f"({compile_cpu_s:.1f} CPU-s)")
     if phases:
@@ -186,13 +209,33 @@ def compile_for_h100(preset: str, batch: int, size: int, program: str, phases: i
     if dump_dir:
         code = code_sizes(dump_dir, [c.as_text() for c in compiled], code_top)
         print_code_sizes(code, code_top)
+    counts = {}
+    if counted:
+        counts = counted_bytes("\n".join(c.as_text() for c in compiled), batch)
+        counts["temp_bytes_per_image"] = max(
+            c.memory_analysis().temp_size_in_bytes for c in compiled) / batch
     return dict(preset=preset, program=program, layout=config.optimizer.layout,
-                dtype="bfloat16", conv_impl="lax",
+                dtype=dtype, conv_impl="lax", form=form, unrolled=counted, **counts,
                 batch=batch, size=size, target="H100 (deviceless)", lower_s=lower_s,
                 compile_s=compile_s, compile_cpu_s=compile_cpu_s,
                 fusions=sum(r["count"] for r in profile["fusions"]),
                 fusions_by_module=profile["fusions"], phases=profile["phases"][:max(phases, 40)],
                 code=code)
+
+
+def print_counted(rows: list[dict]) -> None:
+    """The `--counted` rows: bytes moved (in all, by fusions, library calls and FFTs) and
+    temporaries per image, GiB; the program's fusions and compile time."""
+    gib = 2.0 ** 30
+    print("\n| preset | form | batch x crop | GiB/img moved | in fusions | in library calls | "
+          "in FFTs | temp GiB/img | fusions | compile s |\n" + "|---" * 10 + "|")
+    for r in rows:
+        kind = r["bytes_by_kind_per_image"]
+        print(f"| {r['preset']} | {r['form']} | {r['batch']} x {r['size']} "
+              f"| {r['bytes_per_image'] / gib:.2f} | {kind['fusions'] / gib:.2f} "
+              f"| {kind['library calls'] / gib:.2f} | {kind['FFTs'] / gib:.2f} "
+              f"| {r['temp_bytes_per_image'] / gib:.3f} | {r['fusions']} "
+              f"| {r['compile_s']:.1f} |")
 
 
 def main(argv=None) -> int:
@@ -209,9 +252,17 @@ def main(argv=None) -> int:
     p.add_argument("--code-sizes", type=int, default=0, metavar="N",
                    help="dump the program and print its LLVM IR by module and the N largest "
                         "compile units (one preset)")
+    p.add_argument("--counted", action="store_true",
+                   help="the float32 step with every scan unrolled, and the bytes it moves")
+    p.add_argument("--forms", default="lean",
+                   help="lean (the model as built) and/or reference (the formulation the "
+                        "lean step replaced), comma-separated: a row each")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     presets = [preset for preset in args.presets.split(",") if preset]
+    forms = [form for form in args.forms.split(",") if form]
+    if any(form not in ("lean", "reference") for form in forms) or not forms:
+        p.error(f"--forms: {args.forms!r}; expected lean and/or reference")
     if args.code_sizes and len(presets) != 1:
         p.error("--code-sizes: one preset at a time (XLA dumps every program of the process)")
     dump = tempfile.TemporaryDirectory() if args.code_sizes else None
@@ -223,17 +274,21 @@ def main(argv=None) -> int:
         p.error(f"--layout: {args.layout!r}; expected one of {', '.join(LAYOUT_CHOICES)}")
     try:
         rows = [compile_for_h100(preset, args.batch, args.size, args.program, args.phases,
-                                 args.layout, dump and dump.name, args.code_sizes)
-                for preset in presets]
+                                 args.layout, dump and dump.name, args.code_sizes,
+                                 args.counted, form)
+                for preset in presets for form in forms]
     finally:
         if dump:
             dump.cleanup()
-    print("\n| preset | program | optimizer layout | batch x crop | fusions | lowering s | "
-          "compile s | compile CPU s |\n|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['preset']} | {r['program']} | {r['layout']} | {r['batch']} x {r['size']} "
-              f"| {r['fusions']} "
-              f"| {r['lower_s']:.1f} | {r['compile_s']:.1f} | {r['compile_cpu_s']:.1f} |")
+    if args.counted:
+        print_counted(rows)
+    else:
+        print("\n| preset | program | form | optimizer layout | batch x crop | fusions | "
+              "lowering s | compile s | compile CPU s |\n" + "|---" * 9 + "|")
+        for r in rows:
+            print(f"| {r['preset']} | {r['program']} | {r['form']} | {r['layout']} | "
+                  f"{r['batch']} x {r['size']} | {r['fusions']} | {r['lower_s']:.1f} "
+                  f"| {r['compile_s']:.1f} | {r['compile_cpu_s']:.1f} |")
     if args.json:
         write_json_atomic(args.json, rows)
     return 0

@@ -65,6 +65,68 @@ def test_a_fusion_that_slices_an_operand_is_charged_the_slices():
     assert all(r["bytes"] < 4 * 1000 for r in result["ops"]), result["ops"]
 
 
+# A fusion that slices its first operand after an element-wise divide (the GPU compiler's form
+# of the flat optimiser's per-leaf update) and its second after a convert, beside a library call.
+SLICED_THROUGH_ELEMENTWISE = """HloModule m
+
+%fused (p0: f32[1000], p1: f32[], p2: f32[1000]) -> (f32[10], bf16[20]) {
+  %p0 = f32[1000]{0} parameter(0)
+  %p1 = f32[] parameter(1)
+  %p2 = f32[1000]{0} parameter(2)
+  %b = f32[1000]{0} broadcast(%p1), dimensions={}
+  %d = f32[1000]{0} divide(%p0, %b)
+  %s = f32[10]{0} slice(%d), slice={[0:10]}
+  %c = bf16[1000]{0} convert(%p2)
+  %t = bf16[20]{0} slice(%c), slice={[10:30]}
+  ROOT %r = (f32[10]{0}, bf16[20]{0}) tuple(%s, %t)
+}
+
+ENTRY %main (a: f32[1000], c: f32[], e: f32[1000], x: f32[64,32]) -> f32[64,16] {
+  %a = f32[1000]{0} parameter(0)
+  %c = f32[] parameter(1)
+  %e = f32[1000]{0} parameter(2)
+  %x = f32[64,32]{1,0} parameter(3)
+  %f = (f32[10]{0}, bf16[20]{0}) fusion(%a, %c, %e), kind=kLoop, calls=%fused
+  ROOT %g = f32[64,16]{1,0} custom-call(%x), custom_call_target="__cublas$gemm"
+}
+"""
+
+
+def test_slices_are_found_through_elementwise_ops_on_request():
+    (fusion, _) = op_bytes(SLICED_THROUGH_ELEMENTWISE)
+    result = 4 * 10 + 2 * 20
+    assert fusion["bytes"] == 4 * 1000 + 4 + 4 * 1000 + result  # whole operands, as XLA's
+    (fusion, gemm) = op_bytes(SLICED_THROUGH_ELEMENTWISE, elementwise=True)
+    # 10 and 20 elements of the two f32 operands; the scalar is broadcast, read whole.
+    assert fusion["bytes"] == 4 * 10 + 4 + 4 * 20 + result
+    assert gemm["bytes"] == 4 * (64 * 32 + 64 * 16)
+
+
+def test_gpu_counted_bytes_split_by_kind():
+    from gpu_compile import counted_bytes
+    counts = counted_bytes(SLICED_THROUGH_ELEMENTWISE, batch=2)
+    assert counts["bytes_by_kind_per_image"] == {
+        "fusions": (4 * 10 + 4 + 4 * 20 + 4 * 10 + 2 * 20) / 2,
+        "library calls": 4 * (64 * 32 + 64 * 16) / 2, "FFTs": 0.0, "other": 0.0}
+    assert counts["bytes_per_image"] == sum(counts["bytes_by_kind_per_image"].values())
+
+
+def test_the_reference_task_computes_with_the_pre_lean_forms():
+    from reference_forms import REFERENCE
+    from step_counts import bench_config, deblur_task
+    config = bench_config("tiny", "float32", "reference", 2, 32)
+    assert config.model.conv_impl == "lax"
+    reference, lean = deblur_task(config, "reference"), deblur_task(config)
+    assert reference.model.backend is REFERENCE
+    assert lean.model.backend.name == "lax" and lean.model.backend is not REFERENCE
+
+    def param_shapes(task):
+        image = jnp.zeros((1, 32, 32, 3))
+        return jax.tree.map(jnp.shape, jax.eval_shape(task.model.init, jax.random.key(0),
+                                                      image)["params"])
+    assert param_shapes(reference) == param_shapes(lean)
+
+
 def test_loop_bodies_count_once():
     rolled = {r["name"] for r in op_bytes(_compiled(3, unroll=False).as_text())}
     longer = op_bytes(_compiled(30, unroll=False).as_text())
