@@ -25,7 +25,8 @@ and `ptxas` compile one unit at a time): their number and size, by the code that
 their kernels, and the N largest.
 
 `--counted` compiles instead the step `train_step.py` counts on the CPU (float32, XLA's
-attention, every scan unrolled, one program) and adds what the GPU program moves:
+attention, every scan unrolled; `--program step` for its one program) and adds what the GPU
+program moves:
 `bytes_per_image`, each top-level op of the optimized program charged its operands' and
 result's bytes (`hlo_bytes.op_bytes`, slices found through element-wise ops: the GPU compiler
 has no cost analysis to read without a device), split into fusions, library calls (cuBLAS,
