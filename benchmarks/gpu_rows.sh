@@ -8,10 +8,9 @@
 # program and an optimiser update program compiled side by side (train.split_step=on), and
 # with the optimiser's moments per leaf (the layout before the flat one); and what is live at
 # the `s` step's memory peak without and with the ViT's and the stem's remat
-# (peak_memory.py). ROWS picks and orders the
-# parts (default: all, in the order below). Each starts only if the time it needs (as taken on an
-# H200; estimated for rows not yet run there) is left of BUDGET seconds. Output goes to $OUT
-# (all.log + JSON rows).
+# (peak_memory.py). ROWS picks and orders the parts (default: all, in the order below). Each
+# starts only if the time it needs (as taken on an H200; estimated for rows not yet run there)
+# is left of BUDGET seconds. Output goes to $OUT (all.log + JSON rows).
 #
 #   BUDGET=520 OUT=/tmp/rows bash benchmarks/gpu_rows.sh
 #   ROWS="inf_l ts_s_notriton" BUDGET=400 bash benchmarks/gpu_rows.sh
