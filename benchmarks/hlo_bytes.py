@@ -45,15 +45,21 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "whil
          "conditional", "call", "after-all", "partition-id", "replica-id"}
 
 
+def _arrays(shape: str) -> list[tuple[int, int]]:
+    """`(element bytes, elements)` of each array of an HLO shape string (`f32[4,64]{1,0}` or a
+    tuple of them; tokens left out)."""
+    return [(_ELEMENT_BYTES.get(dtype, 1 if dtype.startswith("f8") else 4),
+             math.prod(int(d) for d in dims.split(",") if d))
+            for dtype, dims in _ARRAY.findall(shape) if dtype != "token"]
+
+
 def shape_bytes(shape: str) -> int:
     """Bytes of an HLO shape string (`f32[4,64]{1,0}`, a tuple of them, `token[]` = 0)."""
-    total = 0
-    for dtype, dims in _ARRAY.findall(shape):
-        if dtype == "token":
-            continue
-        size = _ELEMENT_BYTES.get(dtype, 1 if dtype.startswith("f8") else 4)
-        total += size * math.prod(int(d) for d in dims.split(",") if d)
-    return total
+    return sum(size * count for size, count in _arrays(shape))
+
+
+def _elements(shape: str) -> int:
+    return sum(count for _, count in _arrays(shape))
 
 
 def _closing(text: str, depth: int) -> int:
@@ -86,11 +92,6 @@ _ELEMENTWISE = {"abs", "add", "and", "atan2", "cbrt", "ceil", "clamp", "compare"
                 "round-nearest-even", "rsqrt", "select", "sign", "sine", "sqrt", "subtract",
                 "tan", "tanh", "xor"}
 _PARAMETER_INDEX = re.compile(r"^\s*(\d+)")
-
-
-def _elements(shape: str) -> int:
-    return sum(math.prod(int(d) for d in dims.split(",") if d)
-               for _, dims in _ARRAY.findall(shape))
 
 
 def _sliced_reads(instructions: list[tuple[str, str, str, str, str]],
