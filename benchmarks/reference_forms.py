@@ -16,21 +16,21 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from radblur_jax.models import conv_ops, norms
+from radblur_jax.models import conv_modules, conv_ops, norms
 from radblur_jax.models.backends import Backend
 from radblur_jax.models.configs import validate_config
 from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train.tasks import DeblurTask
 
 
-class ReferenceConv(conv_ops.Conv):
+class ReferenceConv(conv_modules.Conv):
     """The pre-lean `impl="lax"` conv: one `lax.conv_general_dilated` of the concatenated
     pieces (1x1 convs included), bias, then split into the output pieces."""
 
     def _pieces(self, pieces, kernel, bias, out_pieces):
-        strides = conv_ops._int_pair(self.strides)
-        pads = conv_ops._pairs(self.padding, pieces[0].shape[1:3], kernel.shape[:2], strides)
-        y = lax.conv_general_dilated(conv_ops._concat(pieces), kernel, strides, pads,
+        strides = conv_modules._int_pair(self.strides)
+        pads = conv_ops.padding_pairs(self.padding, pieces[0].shape[1:3], kernel.shape[:2], strides)
+        y = lax.conv_general_dilated(conv_modules._concat(pieces), kernel, strides, pads,
                                      dimension_numbers=conv_ops._DN,
                                      feature_group_count=self.feature_group_count)
         y = y if bias is None else y + bias
@@ -49,7 +49,7 @@ class ReferenceNorm(norms.LayerNorm):
 
 
 REFERENCE = Backend(name="lax", conv=functools.partial(ReferenceConv, impl="lax"),
-                    conv_transpose=functools.partial(conv_ops.ConvTranspose, impl="lax"),
+                    conv_transpose=functools.partial(conv_modules.ConvTranspose, impl="lax"),
                     norm=functools.partial(ReferenceNorm, impl="lax"),
                     sum_rows=conv_ops.reduce_rows)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from radblur_jax.models import conv_ops, layers
+from radblur_jax.models import conv_modules, conv_ops, layers
 from radblur_jax.models.backends import BACKENDS
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -20,7 +20,7 @@ def rng():
 
 
 def _reference(x, kernel, strides, padding, groups):
-    pads = conv_ops._pairs(padding, x.shape[1:3], kernel.shape[:2], strides)
+    pads = conv_ops.padding_pairs(padding, x.shape[1:3], kernel.shape[:2], strides)
     return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=DN,
                                         feature_group_count=groups)
 
@@ -108,7 +108,7 @@ def test_resolve_backend():
 ])
 def test_conv_module_is_a_drop_in_for_nn_conv(kw, rng):
     x = jnp.asarray(rng.standard_normal((2, 10, 14, 12)), jnp.float32)
-    ref_mod, fast_mod = nn.Conv(**kw), conv_ops.Conv(**kw, impl="fast")
+    ref_mod, fast_mod = nn.Conv(**kw), conv_modules.Conv(**kw, impl="fast")
     params = ref_mod.init(jax.random.key(1), x)
     assert (jax.tree_util.tree_map(jnp.shape, fast_mod.init(jax.random.key(1), x))
             == jax.tree_util.tree_map(jnp.shape, params))
@@ -140,7 +140,7 @@ def test_conv_channel_pieces_and_gate_equal_the_concatenation(kind, impl, rng):
     params = nn.Conv(**kw).init(jax.random.key(0), whole)
     params = jax.tree_util.tree_map(
         lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-    plain, gated = conv_ops.Conv(**kw, impl=impl), conv_ops.Conv(**kw, gate=True, impl=impl)
+    plain, gated = conv_modules.Conv(**kw, impl=impl), conv_modules.Conv(**kw, gate=True, impl=impl)
     weights = jnp.asarray(rng.standard_normal((2, 7, 11, kw["features"])), jnp.float32)
     half = kw["features"] // 2
 
@@ -164,7 +164,7 @@ def test_conv_channel_pieces_and_gate_equal_the_concatenation(kind, impl, rng):
         assert rel_err(a, b) <= 1e-5
     if kind == "pointwise":
         with pytest.raises(ValueError, match="gate=True needs an even number of outputs"):
-            conv_ops.Conv(7, (1, 1), gate=True, impl=impl).init(jax.random.key(0), whole)
+            conv_modules.Conv(7, (1, 1), gate=True, impl=impl).init(jax.random.key(0), whole)
 
 
 def test_conv_module_bfloat16_compute(rng):
@@ -172,7 +172,7 @@ def test_conv_module_bfloat16_compute(rng):
     kw = dict(features=5, kernel_size=(3, 3), padding=1, dtype=jnp.bfloat16)
     params = nn.Conv(**kw).init(jax.random.key(0), x)
     ref = jax.jit(nn.Conv(**kw).apply)(params, x)
-    got = jax.jit(conv_ops.Conv(**kw, impl="fast").apply)(params, x)
+    got = jax.jit(conv_modules.Conv(**kw, impl="fast").apply)(params, x)
     assert got.dtype == ref.dtype == jnp.bfloat16
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 1e-2
 
@@ -184,14 +184,14 @@ def test_conv_transpose_matches_layers(k, rng):
     params = ref_mod.init(jax.random.key(0), x)
     params = jax.tree_util.tree_map(
         lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-    fast_mod = conv_ops.ConvTranspose(9, k, k, impl="fast")
+    fast_mod = conv_modules.ConvTranspose(9, k, k, impl="fast")
     g = jnp.asarray(rng.standard_normal((2, 5 * k, 7 * k, 9)), jnp.float32)
 
     @jax.jit
     def outputs_and_grads(p, a, g):
         y_ref, vjp_ref = jax.vjp(lambda p, a: ref_mod.apply(p, a), p, a)
         y_fast, vjp_fast = jax.vjp(lambda p, a: fast_mod.apply(p, a), p, a)
-        y_lax = conv_ops.ConvTranspose(9, k, k, impl="lax").apply(p, a)
+        y_lax = conv_modules.ConvTranspose(9, k, k, impl="lax").apply(p, a)
         return y_ref, y_fast, y_lax, vjp_ref(g), vjp_fast(g)
 
     y_ref, y_fast, y_lax, g_ref, g_fast = outputs_and_grads(params, x, g)
@@ -204,7 +204,7 @@ def test_conv_transpose_matches_layers(k, rng):
 def test_conv_transpose_rejects_overlapping_kernels(rng):
     x = jnp.zeros((1, 4, 4, 3))
     with pytest.raises(ValueError, match="kernel == stride"):
-        conv_ops.ConvTranspose(4, 3, 2).init(jax.random.key(0), x)
+        conv_modules.ConvTranspose(4, 3, 2).init(jax.random.key(0), x)
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 12, 5), (3, 7, 9, 4), (1, 1, 1, 3)])

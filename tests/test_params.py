@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from radblur_jax.models.conv_ops import Conv
+from radblur_jax.models.conv_modules import Conv
 from radblur_jax.models.params import param
 
 

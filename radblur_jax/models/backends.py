@@ -42,7 +42,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from radblur_jax.models import conv_ops, norms
+from radblur_jax.models import conv_modules, conv_ops, norms
 from radblur_jax.models.configs import CONV_IMPLS
 
 ModuleDef = Callable[..., nn.Module]
@@ -62,8 +62,8 @@ class Backend:
 
 def _backend(impl: str) -> Backend:
     return Backend(name=impl,
-                   conv=functools.partial(conv_ops.Conv, impl=impl),
-                   conv_transpose=functools.partial(conv_ops.ConvTranspose, impl=impl),
+                   conv=functools.partial(conv_modules.Conv, impl=impl),
+                   conv_transpose=functools.partial(conv_modules.ConvTranspose, impl=impl),
                    norm=functools.partial(norms.LayerNorm, impl=impl),
                    sum_rows=conv_ops.sum_rows if impl == "fast" else conv_ops.reduce_rows,
                    spectral_channels_first=impl == "lax")

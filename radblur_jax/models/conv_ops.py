@@ -23,22 +23,17 @@ the accelerator formulation) is `lax.conv_general_dilated` for every convolution
 ones, which both impls compute as the matmul (channel pieces and a gate as separate matmuls,
 see `Conv`): as a convolution their kernel gradient is a convolution over the whole image
 that XLA:CPU runs on transposed copies of the activation and its gradient, while a matmul's
-gradients are matmuls on every backend. `Conv` and `ConvTranspose` are Linen
-modules with the parameter names and shapes of `nn.Conv` / `layers.ConvTranspose`; `Conv` also
-takes channel pieces and can end in a SimpleGate (see its docstring).
+gradients are matmuls on every backend. The Linen modules over these functions (`Conv`,
+`ConvTranspose`, with `nn.Conv`'s parameter names) are in models/conv_modules.py.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from radblur_jax.models.params import param
 
 _DN = ("NHWC", "HWIO", "NHWC")
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -54,8 +49,8 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def _pairs(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
-           strides: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def padding_pairs(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
+                  strides: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Explicit `((top, bottom), (left, right))` padding, as `nn.Conv` interprets `padding`."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
@@ -69,7 +64,7 @@ def _pairs(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
     return pads
 
 
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+def matmul_channels(x: jax.Array, w: jax.Array) -> jax.Array:
     """`(..., I) @ (I, O) -> (..., O)` as one 2-D matmul."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -248,11 +243,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     strides = tuple(strides)
     kh, kw, kin, cout = kernel.shape
     cin = x.shape[-1]
-    pads = _pairs(padding, x.shape[1:3], (kh, kw), strides)
+    pads = padding_pairs(padding, x.shape[1:3], (kh, kw), strides)
     depthwise = groups == cin and kin == 1 and groups > 1
     no_pad = not any(map(any, pads))
     if (kh, kw) == (1, 1) and strides == (1, 1) and no_pad and groups == 1:
-        return _matmul(x, kernel.reshape(cin, cout))  # both impls: see the module docstring
+        # Both impls: see the module docstring.
+        return matmul_channels(x, kernel.reshape(cin, cout))
     if impl == "lax" or (groups != 1 and not depthwise):
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
                                         feature_group_count=groups)
@@ -266,7 +262,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     if (kh, kw) == strides and no_pad:
         b, h, w, _ = x.shape
         x = x[:, :h - h % kh, :w - w % kw]
-        return _matmul(space_to_depth(x, kh, kw), kernel.reshape(kh * kw * cin, cout))
+        return matmul_channels(space_to_depth(x, kh, kw), kernel.reshape(kh * kw * cin, cout))
     if strides == (1, 1) and kh * kw * cout <= 2 * cin:  # few outputs: the decoder's head
         return taps_then_shift(x, kernel, pads)
     # Other full convolutions (3x3, 3x3 stride 2): XLA:CPU's own convolution, whose forward
@@ -290,7 +286,7 @@ def taps_then_shift(x: jax.Array, kernel: jax.Array,
     b, h, w, _ = x.shape
     (top, bottom), (left, right) = pads
     ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
-    z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
+    z = matmul_channels(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
     z = z.reshape(b, h, w, kh * kw, cout)
     # Padding z by the conv's padding aligns tap (i, j) of output (r, c) at z[r + i, c + j].
     zp = _zero_pad(z, pads)
@@ -314,135 +310,4 @@ def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "fast") -
                                         ((k - 1, k - 1), (k2 - 1, k2 - 1)),
                                         lhs_dilation=(k, k2), dimension_numbers=_DN)
     w = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k2 * cout)
-    return depth_to_space(_matmul(x, w), k, k2)
-
-
-Pieces = jax.Array | Sequence[jax.Array]
-
-
-class Conv(nn.Module):
-    """Drop-in `nn.Conv` (params `kernel (kh, kw, I/groups, O)`, `bias (O,)`) over `conv2d`.
-
-    `dtype=None` computes in the inputs' and params' promoted dtype, as `nn.Conv` does.
-    `kernel_size` and `strides` take ints (square) or pairs; `padding` as `nn.Conv`.
-
-    `x` may be a tuple of arrays, meaning their concatenation on channels (ADA's `[LN(z), d]`),
-    and `gate=True` returns NAFNet's SimpleGate of the output, the product of its two channel
-    halves. The fast form never builds that concatenation or slices the output: a 1x1 conv sums
-    one matmul per input piece with the matching kernel rows, per output half; a depthwise conv
-    runs per channel half. A concatenate or split is one more pass over the activations, and
-    its backward another. `impl="lax"` concatenates, convolves and splits, except for 1x1
-    convs (matmul pieces, as the fast form).
-    """
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = (1, 1)
-    padding: PaddingLike = "SAME"
-    feature_group_count: int = 1
-    use_bias: bool = True
-    gate: bool = False
-    dtype: Any | None = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros
-    impl: str = "fast"
-
-    @nn.compact
-    def __call__(self, x: Pieces) -> jax.Array:
-        pieces = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        kh, kw = _int_pair(self.kernel_size)
-        cin = sum(p.shape[-1] for p in pieces)
-        groups = self.feature_group_count
-        if cin % groups:
-            raise ValueError(f"Conv: {cin} input channels not divisible by "
-                             f"feature_group_count={groups}")
-        out_pieces = 2 if self.gate else 1
-        if self.features % out_pieces:
-            raise ValueError(f"Conv: gate=True needs an even number of outputs, got "
-                             f"{self.features}")
-        kernel = param(self, "kernel", self.kernel_init, (kh, kw, cin // groups, self.features),
-                       self.param_dtype)
-        bias = (param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
-        *pieces, kernel, bias = nn.dtypes.promote_dtype(*pieces, kernel, bias, dtype=self.dtype)
-        outs = self._pieces(pieces, kernel, bias, out_pieces)
-        return outs[0] * outs[1] if self.gate else outs[0]
-
-    def _pieces(self, pieces: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array | None,
-                out_pieces: int) -> list[jax.Array]:
-        """The conv of the concatenated `pieces` as `out_pieces` equal channel slices."""
-        (kh, kw), strides = kernel.shape[:2], _int_pair(self.strides)
-        groups, cin = self.feature_group_count, sum(p.shape[-1] for p in pieces)
-        fast = check_impl(self.impl) == "fast"
-        pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and groups == 1 and not any(
-            map(any, _pairs(self.padding, pieces[0].shape[1:3], (1, 1), strides)))
-        depthwise = groups == cin == self.features and groups > 1
-        if pointwise and (len(pieces) > 1 or out_pieces > 1):
-            return _pointwise_pieces(pieces, kernel[0, 0], bias, out_pieces)
-        if fast and depthwise and (len(pieces) > 1 or out_pieces > 1):
-            # Channel c of the output reads channel c of the input only: convolve per slice.
-            if [p.shape[-1] for p in pieces] != [cin // out_pieces] * out_pieces:
-                pieces = jnp.split(_concat(pieces), out_pieces, axis=-1)
-            outs, at = [], 0
-            for piece in pieces:
-                c = piece.shape[-1]
-                out = conv2d(piece, kernel[..., at:at + c], strides, self.padding, c, self.impl)
-                outs.append(out if bias is None else out + bias[at:at + c])
-                at += c
-            return outs
-        y = conv2d(_concat(pieces), kernel, strides, self.padding, groups, self.impl)
-        y = y if bias is None else y + bias
-        return [y] if out_pieces == 1 else jnp.split(y, out_pieces, axis=-1)
-
-
-def _concat(pieces: Sequence[jax.Array]) -> jax.Array:
-    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
-
-
-def _int_pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _pointwise_pieces(pieces: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array | None,
-                      out_pieces: int) -> list[jax.Array]:
-    """1x1 conv of channel pieces `(B, H, W, I_i)` with `kernel (sum I_i, O)`: per output piece,
-    the sum of one matmul per input piece."""
-    step = kernel.shape[1] // out_pieces
-    outs = []
-    for o in range(out_pieces):
-        cols = slice(o * step, (o + 1) * step)
-        y, at = None, 0
-        for piece in pieces:
-            c = piece.shape[-1]
-            term = _matmul(piece, kernel[at:at + c, cols])
-            y = term if y is None else y + term
-            at += c
-        outs.append(y if bias is None else y + bias[cols])
-    return outs
-
-
-class ConvTranspose(nn.Module):
-    """torch `nn.ConvTranspose2d` with kernel == stride, no padding (the DPT's upsamplers);
-    params as `layers.ConvTranspose`: `kernel (k, k, I, O)`, `bias (O,)`."""
-    features: int
-    kernel_size: int
-    stride: int
-    padding: int = 0
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    impl: str = "fast"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        if self.stride != k or self.padding:
-            raise ValueError(f"conv_ops.ConvTranspose needs kernel == stride and padding 0, got "
-                             f"kernel {k}, stride {self.stride}, padding {self.padding}")
-        kernel = param(self, "kernel", nn.initializers.lecun_normal(),
-                       (k, k, x.shape[-1], self.features))
-        y = conv_transpose_stride(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
-        if self.use_bias:
-            bias = param(self, "bias", nn.initializers.zeros, (self.features,))
-            y = y + bias.astype(self.dtype)
-        return y
-
+    return depth_to_space(matmul_channels(x, w), k, k2)
