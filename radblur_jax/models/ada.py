@@ -1,6 +1,6 @@
 """Adaptive depth attention (ADA): gated fusion of depth-branch features into the blur stream.
 
-DESIGN §1: a gate computed from both streams decides, per pixel and channel, how much projected
+A gate computed from both streams decides, per pixel and channel, how much projected
 depth feature enters the blur stream; a per-channel output scale initialised at zero makes the
 network start as a plain reversible deblurrer. In the reversible decoder ADA acts on the coupling
 input `z = Up(c_{k-1}') + Down(c_{k+1})`, a quantity known when the coupling is inverted (see
