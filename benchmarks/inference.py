@@ -16,8 +16,13 @@ Modes:
             pick (`steps`); one compilation serves every depth. `saved` is the share of the
             `full` time saved (with `full` in `--modes`).
 
+`--profile` adds where one whole-image call's op time goes (`full` mode): by module (the Flax
+module path from the HLO op names), op kind and op (`xla_profile.py`), summed over XLA's
+threads.
+
   python benchmarks/inference.py [--presets tiny,s] [--modes full,tiles,adaptive] [--tile 384]
-      [--overlap 32] [--batch 1] [--repeats 2] [--dtype float32|bfloat16] [--json out.json]
+      [--overlap 32] [--batch 1] [--repeats 2] [--dtype float32|bfloat16] [--profile]
+      [--json out.json]
 
 Like the deblur CLI it re-executes itself with glibc's huge-page malloc and a heap kept between
 calls (`radblur_jax/host_memory.py`, `forward_only`) unless `RADBLUR_HUGE_PAGES=0`; the JSON
@@ -38,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from flops import encode_gflops, forward_gflops  # noqa: E402  (benchmarks/, the script's own folder)
 from train_step import matmul_flops_per_s  # noqa: E402
+from xla_profile import print_profile, profile_compiled, profile_summary  # noqa: E402
 
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
 from radblur_jax.eval.adaptive_exit import exit_depth, steered_params  # noqa: E402
@@ -122,6 +128,11 @@ def bench(preset: str, mode: str, args: argparse.Namespace) -> list[dict]:
                      "megapixels_per_s": args.height * args.width / 1e6 / per_image,
                      "gflops": gflops / args.batch, "matmul_gflops_per_s": matmul,
                      "floor_ratio": per_image / (gflops / args.batch / matmul)})
+        if args.profile and mode == "full":
+            profile = profile_compiled(restorer.lower(x).compile(), lambda: restorer.restore(x),
+                                       depth=4)
+            print_profile(profile, what="call")
+            rows[-1]["profile"] = profile_summary(profile)
     return rows
 
 
@@ -137,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--profile", action="store_true",
+                   help="per-op profile of one whole-image call (full mode)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]

@@ -84,7 +84,7 @@ from step_counts import (  # noqa: E402
     on_cpu,
     remat_name,
 )
-from xla_profile import print_profile, profile_compiled  # noqa: E402
+from xla_profile import print_profile, profile_compiled, profile_summary  # noqa: E402
 
 from radblur_jax import host_memory  # noqa: E402
 from radblur_jax.atomic_io import write_json_atomic  # noqa: E402
@@ -189,8 +189,7 @@ def time_step(preset: str, dtype: str, conv_impl: str | None, batch_size: int, s
             m["loss"].block_until_ready()
         result = profile_compiled(executables, run_once)
         print_profile(result)
-        row["profile"] = dict(total_ms=result["total_ms"], modules=result["modules"][:40],
-                              kinds=result["kinds"][:20], ops=result["ops"][:40])
+        row["profile"] = profile_summary(result)
     return row
 
 

@@ -35,6 +35,13 @@ _WRAPPER = re.compile(r"^(jvp|transpose|vmap|jit|pjit|remat|checkpoint|custom_jv
 T = TypeVar("T")
 
 
+def container_ops(hlo_text: str) -> set[str]:
+    """Names of a compiled module's `while`, `conditional` and `call` instructions: ops that
+    run other computations, whose ops the trace times on their own."""
+    return set(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (?:while|conditional|call)\(",
+                          hlo_text, re.M))
+
+
 def op_names(hlo_text: str) -> dict[str, str]:
     """HLO instruction name -> jax name stack (`op_name` metadata) of a compiled module."""
     names = {}
@@ -167,12 +174,16 @@ def print_compile_phases(result: dict, top: int = 30) -> None:
 def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> dict:
     """Op times of one `run_once()` of `compiled` (one executable or a sequence of them):
     `{"total_ms", "ops", "kinds", "modules"}`, each list sorted by time, rows
-    `{name, ms, share}` (ops also carry `kind` and `module`)."""
+    `{name, ms, share}` (ops also carry `kind` and `module`). A loop or conditional is left
+    out: its span holds its body's ops, which are timed on their own (counted twice
+    otherwise)."""
     programs = compiled if isinstance(compiled, (list, tuple)) else (compiled,)
-    names = {}
+    names, containers = {}, set()
     for program in programs:
-        names.update(op_names(program.as_text()))
-    times = trace_op_times(run_once)
+        text = program.as_text()
+        names.update(op_names(text))
+        containers |= container_ops(text)
+    times = {n: ms for n, ms in trace_op_times(run_once).items() if n not in containers}
     total = sum(times.values()) or 1.0
     ops = [dict(name=n, kind=n.split(".")[0].rstrip("0123456789_-"),
                 module=module_of(names[n], depth) if n in names else "(unattributed)",
@@ -183,9 +194,15 @@ def profile_compiled(compiled, run_once: Callable[[], None], depth: int = 3) -> 
                 modules=grouped(ops, "module", "ms", total))
 
 
-def print_profile(profile: dict, top: int = 25) -> None:
-    """Markdown tables: by module, by op kind, and the `top` single ops."""
-    print(f"\nper-op profile: one step, {profile['total_ms']:.0f} ms of op time (all threads)")
+def profile_summary(profile: dict, top: int = 40) -> dict:
+    """`profile_compiled`'s result cut to its `top` modules and ops (20 op kinds), for JSON."""
+    return dict(total_ms=profile["total_ms"], modules=profile["modules"][:top],
+                kinds=profile["kinds"][:20], ops=profile["ops"][:top])
+
+
+def print_profile(profile: dict, top: int = 25, what: str = "step") -> None:
+    """Markdown tables: by module, by op kind, and the `top` single ops of one `what`."""
+    print(f"\nper-op profile: one {what}, {profile['total_ms']:.0f} ms of op time (all threads)")
     for title, rows, limit in (("module", profile["modules"], top), ("op kind",
                                profile["kinds"], 12), ("op", profile["ops"], top)):
         print(f"\n| {title} | ms | share |" + (" module |" if title == "op" else ""))

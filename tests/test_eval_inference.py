@@ -121,6 +121,17 @@ def test_restorer_pads_the_batch(images):
         r(np.zeros((37, 53, 3), np.float32))
 
 
+def test_restorer_lower_is_the_program_restore_runs(images):
+    r = inf.Restorer(PointwiseModel(), PARAMS)
+    x = np.asarray(images[:1])
+    compiled = r.lower(x).compile()
+    restored, disp, steps = compiled(r.params, x)
+    want = r.restore(x)
+    np.testing.assert_array_equal(np.asarray(restored), want.restored)
+    np.testing.assert_array_equal(np.asarray(disp), want.disparity)
+    assert "fusion" in compiled.as_text() or "multiply" in compiled.as_text()
+
+
 def test_options_validate():
     with pytest.raises(ValueError, match="overlap"):
         inf.InferenceOptions(tile=16, overlap=16)

@@ -209,6 +209,12 @@ class Restorer:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.restore(images)[:2]
 
+    def lower(self, images: np.ndarray) -> jax.stages.Lowered:
+        """The program `restore` runs for `images (B, H, W, 3)`, lowered (B a multiple of the
+        device count): for its cost analysis, its optimized HLO, or a profile's op names."""
+        return self._fn.lower(self.params, jax.device_put(np.asarray(images, np.float32),
+                                                          self._batch))
+
     def restore(self, images: np.ndarray) -> Restoration:
         """`Restoration` of `images (B, H, W, 3)` float32 in [0, 1]."""
         images = np.asarray(images, np.float32)
