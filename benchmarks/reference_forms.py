@@ -4,8 +4,8 @@
 backend had before the lean step: one `lax.conv_general_dilated` per convolution on the
 concatenated channel pieces (1x1 convs included), split afterwards; flax's LayerNorm formula
 differentiated by autodiff; the FFT branch channels-last. `tests/test_lean_step.py` checks the
-lean step's gradients against it; `gpu_compile.py --form reference` compiles the train step
-with it (`ReferenceDeblurTask`).
+lean step's gradients against it; `gpu_compile.py --forms reference` and `train_step.py
+--conv_impl reference` compile the train step with it (`ReferenceDeblurTask`).
 """
 from __future__ import annotations
 
