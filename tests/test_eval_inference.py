@@ -129,7 +129,7 @@ def test_restorer_lower_is_the_program_restore_runs(images):
     want = r.restore(x)
     np.testing.assert_array_equal(np.asarray(restored), want.restored)
     np.testing.assert_array_equal(np.asarray(disp), want.disparity)
-    assert "fusion" in compiled.as_text() or "multiply" in compiled.as_text()
+    np.testing.assert_array_equal(np.asarray(steps), want.steps)
 
 
 def test_options_validate():
