@@ -47,7 +47,7 @@ def test_split_step_equals_one_program():
     got = jax.tree.map(jnp.copy, state)  # the split step donates its input state
     for m_want in want_metrics:
         got, m = step(got, batch)
-        assert sorted(m) == sorted(m_want) == ["grad_norm", "loss", "lr"]
+        assert sorted(m) == sorted(m_want) == ["grad_norm", "grad_norm/dense", "loss", "lr"]
         for k in m:
             np.testing.assert_allclose(np.asarray(m[k]), np.asarray(m_want[k]), rtol=1e-6)
     assert int(got.step) == 3

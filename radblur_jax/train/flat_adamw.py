@@ -38,12 +38,6 @@ class FlatAdamWState(NamedTuple):
     nu: jax.Array
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """The L2 norm over all leaves of `tree`, as one reduction over their concatenation
-    (`optax.tree.norm` reduces each leaf in its own kernel, then sums)."""
-    return jnp.sqrt(jnp.sum(jnp.square(ravel_pytree(tree)[0])))
-
-
 def flat_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: float,
                weight_decay: float, decay_mask: Callable[[str], bool],
                lr_scale: Callable[[str], float], clip_norm: float,

@@ -18,26 +18,49 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.flatten_util import ravel_pytree
 
 from radblur_jax.eval import metrics as eval_metrics
 from radblur_jax.models.depth_anything import IMAGENET_MEAN, IMAGENET_STD
 from radblur_jax.models.radblur import RADBlur
 from radblur_jax.train import losses
 from radblur_jax.train.depth_losses import depth_loss
-from radblur_jax.train.flat_adamw import global_norm
 from radblur_jax.train.optimizer import ema_update
 from radblur_jax.train.state import Optimizers, TrainState
 
 
 def apply_gradients(state: TrainState, grads: Any, *, optimizers: Optimizers,
-                    ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+                    ema_decay: float, per_leaf_norms: bool = False
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The main optimiser's update of `state` by `grads` (shaped like `state.params`), the EMA
-    update and the step count; metrics grad_norm, lr."""
+    update and the step count; metrics lr and the gradient norms (`gradient_norms`)."""
     updates, opt_state = optimizers.main.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         ema_params=ema_update(state.ema_params, params, ema_decay))
-    return new, {"grad_norm": global_norm(grads), "lr": optimizers.lr(state.step)}
+    return new, {**gradient_norms(grads, per_leaf=per_leaf_norms),
+                 "lr": optimizers.lr(state.step)}
+
+
+def gradient_norms(grads: Any, *, per_leaf: bool = False) -> dict[str, jax.Array]:
+    """`grad_norm`, the L2 norm of all of `grads`, and `grad_norm/<part>` for each top-level
+    part of the param tree (`stem`, `decoder`, `depth`, `exit_head`; stage A: `pretrained`,
+    `depth_head`). A part whose gradient dies (stage A's depth head once did) shows as its
+    norm falling to zero while the total stays up.
+
+    Each part's squares are summed in one reduction over its leaves concatenated, a few kernels
+    where `optax.tree.norm` makes one per leaf; `per_leaf` (for params sharded over devices,
+    whose concatenation would gather every gradient onto every device) sums each leaf's
+    squares where it lies and adds the sums."""
+    def squares(part: Any) -> jax.Array:
+        if per_leaf:
+            return sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(part)),
+                       jnp.zeros((), jnp.float32))
+        return jnp.sum(jnp.square(ravel_pytree(part)[0]))
+
+    sq = {name: squares(part) for name, part in grads.items()}
+    return {"grad_norm": jnp.sqrt(sum(sq.values())),
+            **{f"grad_norm/{name}": jnp.sqrt(s) for name, s in sq.items()}}
 
 
 def _depth_on_sharp(module: RADBlur, sharp: jax.Array) -> jax.Array:

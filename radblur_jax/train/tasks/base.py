@@ -128,13 +128,19 @@ class Task:
             params = self.splice_depth(params, src)
         return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
-    def update(self, optimizers: Optimizers) -> Callable:
-        """The main optimiser's half of the step: `(state, grads) -> (state, metrics)`."""
+    def update(self, optimizers: Optimizers, *, sharded_params: bool = False) -> Callable:
+        """The main optimiser's half of the step: `(state, grads) -> (state, metrics)`;
+        `sharded_params`: the params are sharded over devices (the gradient norms are then
+        reduced per leaf, `steps.gradient_norms`)."""
         return functools.partial(steps.apply_gradients, optimizers=optimizers,
-                                 ema_decay=float(self.config.train.ema_decay))
+                                 ema_decay=float(self.config.train.ema_decay),
+                                 per_leaf_norms=sharded_params)
 
     def train_step(self, optimizers: Optimizers, *, split: bool,
                    shardings: split_step.StepShardings | None = None) -> Step:
         """The main phase's step, as training compiles it (`split_step.train_step`)."""
-        return split_step.train_step(self.gradients, self.update(optimizers), split=split,
-                                     shardings=shardings)
+        sharded = shardings is not None and not all(
+            s.is_fully_replicated for s in jax.tree.leaves(shardings.state.params))
+        return split_step.train_step(self.gradients,
+                                     self.update(optimizers, sharded_params=sharded),
+                                     split=split, shardings=shardings)
