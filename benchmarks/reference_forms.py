@@ -28,10 +28,10 @@ class ReferenceConv(conv_modules.Conv):
     pieces (1x1 convs included), bias, then split into the output pieces."""
 
     def _pieces(self, pieces, kernel, bias, out_pieces):
-        strides = conv_modules._int_pair(self.strides)
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
         pads = conv_ops.padding_pairs(self.padding, pieces[0].shape[1:3], kernel.shape[:2], strides)
-        y = lax.conv_general_dilated(conv_modules._concat(pieces), kernel, strides, pads,
-                                     dimension_numbers=conv_ops._DN,
+        y = lax.conv_general_dilated(jnp.concatenate(pieces, axis=-1), kernel, strides, pads,
+                                     dimension_numbers=conv_ops.DIMENSION_NUMBERS,
                                      feature_group_count=self.feature_group_count)
         y = y if bias is None else y + bias
         return [y] if out_pieces == 1 else jnp.split(y, out_pieces, axis=-1)

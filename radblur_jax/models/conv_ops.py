@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_DN = ("NHWC", "HWIO", "NHWC")
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")  # activations NHWC, kernels HWIO (flax's layout)
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
 
@@ -250,7 +250,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         # Both impls: see the module docstring.
         return matmul_channels(x, kernel.reshape(cin, cout))
     if impl == "lax" or (groups != 1 and not depthwise):
-        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
+        return lax.conv_general_dilated(x, kernel, strides, pads,
+                                        dimension_numbers=DIMENSION_NUMBERS,
                                         feature_group_count=groups)
     if depthwise:
         if cout == cin and strides == (1, 1) and pads == ((kh // 2, kh // 2), (kw // 2, kw // 2)):
@@ -269,7 +270,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
     # and gradients run as fast as im2col + matmul or faster at the network's shapes (the
     # im2col concatenation is a pass over kh*kw times the input), and compile to one library
     # call instead of a dozen fused kernels.
-    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=DIMENSION_NUMBERS)
 
 
 def taps_then_shift(x: jax.Array, kernel: jax.Array,
@@ -308,6 +309,6 @@ def conv_transpose_stride(x: jax.Array, kernel: jax.Array, impl: str = "fast") -
     if check_impl(impl) == "lax":
         return lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1),
                                         ((k - 1, k - 1), (k2 - 1, k2 - 1)),
-                                        lhs_dilation=(k, k2), dimension_numbers=_DN)
+                                        lhs_dilation=(k, k2), dimension_numbers=DIMENSION_NUMBERS)
     w = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k2 * cout)
     return depth_to_space(matmul_channels(x, w), k, k2)
