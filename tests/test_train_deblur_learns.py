@@ -12,6 +12,10 @@ from train_helpers import load_config
 
 from radblur_jax.train.loop import train_and_evaluate
 
+# One xdist worker runs the module (`--dist loadgroup`, .ci/run), so the training run, a module
+# fixture, runs once rather than once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deblur_learns")]
+
 STEPS, EXIT_STEPS, LOG, EVAL = 100, 20, 10, 25
 
 
@@ -36,7 +40,6 @@ def run(tmp_path_factory) -> dict[int, dict]:
         return {r["step"]: r for r in map(json.loads, f)}
 
 
-@pytest.mark.slow
 def test_stage_b_loss_falls_and_every_part_keeps_a_gradient(run):
     main = [run[s] for s in range(LOG, STEPS + 1, LOG)]
     losses = np.array([r["loss"] for r in main])
@@ -53,7 +56,6 @@ def test_stage_b_loss_falls_and_every_part_keeps_a_gradient(run):
         assert r["grad_norm/depth"] > 1e-7, r
 
 
-@pytest.mark.slow
 def test_stage_b_validation_psnr_rises(run):
     val = [run[s]["val_psnr"] for s in range(EVAL, STEPS + 1, EVAL)]
     blurry = run[STEPS]["val_blurry_psnr"]
@@ -63,7 +65,6 @@ def test_stage_b_validation_psnr_rises(run):
     assert val[-1] > blurry - 1.0, (val, blurry)
 
 
-@pytest.mark.slow
 def test_exit_phase_lowers_the_exit_loss(run):
     exit_logs = [run[s] for s in range(STEPS + LOG, STEPS + EXIT_STEPS + 1, LOG)]
     assert all("exit_accuracy" in r and r["grad_norm"] > 0 for r in exit_logs), exit_logs
