@@ -2,6 +2,7 @@
 top-level part of the param tree, concatenated or per leaf (for sharded params)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def test_norms_per_part_and_total(per_leaf):
 
 
 _SHARDED = """
+    import json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from radblur_jax.train import steps
@@ -55,7 +57,7 @@ _SHARDED = """
         f = jax.jit(lambda g: steps.gradient_norms(g, per_leaf=per_leaf))
         hlo = f.lower(grads).compile().as_text()
         norms = {k: float(v) for k, v in f(grads).items()}
-        print(per_leaf, hlo.count("all-gather"), norms)
+        print(json.dumps([per_leaf, hlo.count("all-gather"), norms]))
 """
 
 
@@ -69,11 +71,9 @@ def test_per_leaf_norms_of_sharded_params_gather_nothing():
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(_SHARDED)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = {}
-    for line in run.stdout.splitlines():
-        per_leaf, gathers, norms = line.split(" ", 2)
-        rows[per_leaf] = (int(gathers), eval(norms))  # noqa: S307 (our own dict literal)
-    assert rows["True"][0] == 0, rows
-    assert rows["False"][0] > 0, rows  # the concatenation gathers: the shards are real
-    for key, value in rows["False"][1].items():
-        assert rows["True"][1][key] == pytest.approx(value, rel=1e-6), key
+    rows = {per_leaf: (gathers, norms) for per_leaf, gathers, norms
+            in map(json.loads, run.stdout.splitlines())}
+    assert rows[True][0] == 0, rows
+    assert rows[False][0] > 0, rows  # the concatenation gathers: the shards are real
+    for key, value in rows[False][1].items():
+        assert rows[True][1][key] == pytest.approx(value, rel=1e-6), key

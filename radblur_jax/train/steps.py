@@ -50,12 +50,11 @@ def gradient_norms(grads: Any, *, per_leaf: bool = False) -> dict[str, jax.Array
 
     Each part's squares are summed in one reduction over its leaves concatenated, a few kernels
     where `optax.tree.norm` makes one per leaf; `per_leaf` (for params sharded over devices,
-    whose concatenation would gather every gradient onto every device) sums each leaf's
-    squares where it lies and adds the sums."""
+    whose concatenation would gather every gradient onto every device) takes `optax.tree.norm`,
+    which reduces each leaf where it lies."""
     def squares(part: Any) -> jax.Array:
         if per_leaf:
-            return sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(part)),
-                       jnp.zeros((), jnp.float32))
+            return optax.tree.norm(part, squared=True)
         return jnp.sum(jnp.square(ravel_pytree(part)[0]))
 
     sq = {name: squares(part) for name, part in grads.items()}
