@@ -330,3 +330,34 @@ def test_a_fresh_state_can_be_donated(vit_tree, layout):
     assert len(set(buffers)) == len(buffers)
     update = jax.jit(tx.update, donate_argnums=(1,))
     update(jax.tree_util.tree_map(jnp.ones_like, vit_tree), state, vit_tree)
+
+
+# ---------------------------------------------------------------- EMA
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_ema_moves_once_per_update_with_accumulation(k):
+    """`steps.apply_gradients`: the EMA moves when the params do, once every k loop steps with
+    accumulation, so after n updates it is `decay**n`-weighted whatever k is."""
+    from radblur_jax.train import state as state_lib
+    from radblur_jax.train import steps
+
+    decay, params = 0.5, {"w": jnp.zeros((3,))}
+    cfg = _config(num_steps=12, lr=1e-2, accumulate_steps=k)
+    optimizers = state_lib.Optimizers(opt.make_optimizer(cfg, params), None,
+                                      opt.learning_rate_fn(cfg))
+    st = state_lib.create_state(params, optimizers, jax.random.key(0))
+    step = jax.jit(lambda s, g: steps.apply_gradients(
+        s, g, optimizers=optimizers, ema_decay=decay, accumulate_steps=k)[0])
+    want_ema, ema_moves = np.zeros(3), 0
+    for i in range(4 * k):
+        before = np.asarray(st.params["w"])
+        st = step(st, {"w": jnp.ones((3,))})
+        after = np.asarray(st.params["w"])
+        if (i + 1) % k == 0:
+            assert np.all(after != before), i  # the update lands here ...
+            want_ema, ema_moves = decay * want_ema + (1 - decay) * after, ema_moves + 1
+        else:
+            np.testing.assert_array_equal(after, before)  # ... and only here
+        np.testing.assert_allclose(np.asarray(st.ema_params["w"]), want_ema, rtol=1e-6)
+    assert ema_moves == 4

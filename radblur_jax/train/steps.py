@@ -30,12 +30,18 @@ from radblur_jax.train.state import Optimizers, TrainState
 
 
 def apply_gradients(state: TrainState, grads: Any, *, optimizers: Optimizers,
-                    ema_decay: float, per_leaf_norms: bool = False
+                    ema_decay: float, accumulate_steps: int = 1, per_leaf_norms: bool = False
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The main optimiser's update of `state` by `grads` (shaped like `state.params`), the EMA
-    update and the step count; metrics lr and the gradient norms (`gradient_norms`)."""
+    update and the step count; metrics lr and the gradient norms (`gradient_norms`).
+
+    With `accumulate_steps` k > 1 the params change once every k steps (`optax.MultiSteps`,
+    after steps k-1, 2k-1, ...), and the EMA moves only then: once per update, as without
+    accumulation, not k times towards the same params."""
     updates, opt_state = optimizers.main.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if accumulate_steps > 1:
+        ema_decay = jnp.where((state.step + 1) % accumulate_steps == 0, ema_decay, 1.0)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         ema_params=ema_update(state.ema_params, params, ema_decay))
     return new, {**gradient_norms(grads, per_leaf=per_leaf_norms),

@@ -134,6 +134,7 @@ class Task:
         reduced per leaf, `steps.gradient_norms`)."""
         return functools.partial(steps.apply_gradients, optimizers=optimizers,
                                  ema_decay=float(self.config.train.ema_decay),
+                                 accumulate_steps=int(self.config.optimizer.accumulate_steps),
                                  per_leaf_norms=sharded_params)
 
     def train_step(self, optimizers: Optimizers, *, split: bool,
