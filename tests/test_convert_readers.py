@@ -94,8 +94,13 @@ def test_truncated_file_is_one_clear_error(tmp_path, tensors, suffix):
 def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": torch.zeros(1), "obj": _Custom()}, path)
-    with pytest.raises(CheckpointError, match="evil.pth.*weights-only"):
+    with pytest.raises(CheckpointError, match="evil.pth.*weights-only") as e:
         load_state_dict(path)
+    # The unpickler's reason survives, on the one line: which global it refused.
+    msg = str(e.value)
+    assert "\n" not in msg and "\x1b" not in msg
+    assert "WeightsUnpickler error: Unsupported global: GLOBAL" in msg, msg
+    assert "_Custom" in msg and "weights_only set to `False`" not in msg, msg
 
 
 class _Custom:

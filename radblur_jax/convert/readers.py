@@ -90,11 +90,26 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a pickle, disallowed globals...
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]
-        first = first.split(". ")[0].rstrip(".")
         raise CheckpointError(
             f"{path}: cannot read PyTorch checkpoint (corrupt, truncated or not a weights-only "
-            f"state dict): {type(e).__name__}: {first}") from None
+            f"state dict): {type(e).__name__}: {_torch_error_summary(e)}") from None
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".")
+
+
+def _torch_error_summary(error: Exception) -> str:
+    """One line from a `torch.load` error: its first sentence, plus the weights-only
+    unpickler's own line when there is one, which says what was refused ("Unsupported global:
+    GLOBAL argparse.Namespace ..."). torch's advice in between (load with weights_only=False,
+    or allowlist the global) is dropped: this reader never does either."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    summary = _first_sentence(text.split("\n")[0])
+    cause = re.search(r"WeightsUnpickler error: [^\n]*", text)
+    if cause:
+        summary += ": " + _first_sentence(cause[0])
+    return summary
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
