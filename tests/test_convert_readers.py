@@ -198,6 +198,12 @@ def test_default_pos_embed_mode():
     assert detect.default_pos_embed_mode("dinov2", 0) == "offset"
     assert detect.default_pos_embed_mode("dinov2", 4) == "antialias"
     assert detect.default_pos_embed_mode("depth_anything_hf", 0) == "size"
+    # transformers' Dinov2WithRegisters resizes with antialias=True, as the original _reg models
+    assert detect.default_pos_embed_mode("dinov2_hf", 4) == "antialias"
+    from radblur_jax.convert import keymaps
+    sd = {k: v.detach().numpy() for k, v in _hf_models()["dinov2_hf_reg"].state_dict().items()}
+    enc, _ = keymaps.check_state_dict("dinov2_hf", sd)
+    assert enc.pos_embed_mode == detect.default_pos_embed_mode("dinov2_hf", 4)
 
 
 def test_without_torch(tmp_path, tensors, monkeypatch):

@@ -163,10 +163,14 @@ def size_name(encoder_cfg: Any) -> str:
 
 
 def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
-    """How the source interpolates position embeddings (docs/conversion.md, "What is detected")."""
-    if fmt.endswith("_hf"):
-        return "size"
-    return "antialias" if num_registers else "offset"
+    """How the source interpolates position embeddings (docs/conversion.md, "What is detected"):
+    "antialias" for any model with registers (original `_reg` models and transformers
+    `Dinov2WithRegistersModel` both resize with `antialias=True`, to the target size), else
+    "size" for transformers `Dinov2Model` (`size=`, no offset) and "offset" for the original
+    layout (`interpolate_offset=0.1`). `keymaps.infer_config` uses this rule."""
+    if num_registers:
+        return "antialias"
+    return "size" if fmt.endswith("_hf") else "offset"
 
 
 def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None,

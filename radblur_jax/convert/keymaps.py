@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from radblur_jax.convert import detect
 from radblur_jax.models import configs
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,7 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
     else:
         _require(sd, [pre + "blocks.0.mlp.fc1.weight"])
         ratio = sd[pre + "blocks.0.mlp.fc1.weight"].shape[0] / dim
-    hf = fmt.endswith("_hf")
-    mode = "antialias" if regs else ("size" if hf else "offset")
+    mode = detect.default_pos_embed_mode(fmt, regs)
     enc = configs.encoder_config("vits", num_registers=regs, pos_grid=grid, pos_embed_mode=mode)
     enc.embed_dim, enc.depth, enc.patch_size = dim, depth, patch
     enc.num_heads = int(num_heads or configs.heads_for_width(dim))
@@ -219,8 +219,8 @@ def infer_config(fmt: str, state_dict: Mapping[str, np.ndarray], *, num_heads: i
 
     Heads are not stored: the `configs` table's count for its widths, else head_dim 64, unless
     `num_heads` is given. Taps default to Depth Anything V2's blocks
-    (`default_taps`). `pos_embed_mode`: original non-reg "offset", any reg model "antialias"
-    (original `_reg` and HF Dinov2WithRegisters both antialias), HF non-reg "size". The DPT
+    (`default_taps`). `pos_embed_mode`: `detect.default_pos_embed_mode` (original non-reg
+    "offset", any reg model "antialias", HF non-reg "size"). The DPT
     head type is not stored: `dpt.head` is "relative"; set "metric"/`max_depth` yourself.
     """
     return _infer_from_original(fmt, to_original_keys(fmt, state_dict), num_heads=num_heads,
