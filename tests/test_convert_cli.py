@@ -231,9 +231,28 @@ def test_failed_write_leaves_nothing(da_pth, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.json, "dump", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full") as e:  # the tool prints it, exit 2
         convert_checkpoint(da_pth, tmp_path / "out")
+    assert str(tmp_path / "out") in str(e.value) and "\n" not in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_output_under_a_file_fails_before_converting(da_pth, tmp_path, monkeypatch):
+    from radblur_jax.convert import checkpoint
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile / "out", afile / "a" / "out"):
+        proc = run_tool("--input", da_pth, "--output", out)
+        _assert_one_line_error(proc, out, afile)
+        assert "Traceback" not in proc.stderr and "converted" not in proc.stdout
+
+    def no_read(*a, **k):
+        raise AssertionError("read the source before checking --output")
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", no_read)
+    with pytest.raises(CheckpointError, match="afile"):
+        convert_checkpoint(da_pth, afile / "out")
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
 
 
 def test_load_pretrained_rejects_other_dirs(tmp_path):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from radblur_jax.cli_args import output_dir_problem
 from radblur_jax.convert import detect
 from radblur_jax.convert.readers import CheckpointError, load_checkpoint
 from radblur_jax.models.configs import DPT_HEADS
@@ -66,12 +67,19 @@ def count_params(params: Any) -> int:
 
 
 def _check_destination(output: str, overwrite: bool) -> None:
+    """CheckpointError unless `output` can be written: checked before the (long) conversion, so
+    a bad `--output` fails at once. The parent must be a writable directory or creatable as one:
+    the result is built in a temporary directory beside `output`."""
     if os.path.exists(output):
         if not os.path.isdir(output):
             raise CheckpointError(f"{output}: exists and is not a directory")
         if os.listdir(output) and not overwrite:
             raise CheckpointError(
                 f"{output}: exists and is not empty (pass --overwrite to replace)")
+    parent = os.path.dirname(output)
+    problem = output_dir_problem(parent)
+    if problem:
+        raise CheckpointError(f"{output}: cannot be written: {parent} {problem}")
 
 
 def _install(tmp: str, output: str) -> None:
@@ -97,13 +105,23 @@ def save_converted(output: str | os.PathLike, params: Any, config: dict[str, Any
     """Write `params` + `config.json` + `conversion.json` to `output` atomically.
 
     Everything is built in a hidden temporary directory beside `output`, then moved into place;
-    on any error nothing is left at `output` (an existing directory is kept unchanged).
+    on any error nothing is left at `output` (an existing directory is kept unchanged). An
+    OSError while writing (disk full, permissions) becomes a one-line CheckpointError.
     """
+    output = os.path.abspath(os.fspath(output))
+    _check_destination(output, overwrite)
+    try:
+        _save(output, params, config, info, overwrite)
+    except OSError as e:
+        raise CheckpointError(f"{output}: cannot write the checkpoint: {e}") from None
+    return output
+
+
+def _save(output: str, params: Any, config: dict[str, Any], info: dict[str, Any],
+          overwrite: bool) -> None:
     import orbax.checkpoint as ocp
 
-    output = os.path.abspath(os.fspath(output))
     parent = os.path.dirname(output)
-    _check_destination(output, overwrite)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
     try:
@@ -126,7 +144,6 @@ def save_converted(output: str | os.PathLike, params: Any, config: dict[str, Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return output
 
 
 def model_config(kind: str, encoder_cfg: Any, dpt_cfg: Any | None) -> dict[str, Any]:
