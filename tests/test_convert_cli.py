@@ -355,6 +355,20 @@ def test_head_from_name_rules(da_pth, tmp_path):
     assert (det.dpt_cfg.head, det.head_source) == ("relative", "given")
 
 
+def test_depth_anything_v1_names_are_refused(da_pth, tmp_path):
+    """V1 files have V2's keys but other taps: refused by their official names, not converted."""
+    for name in ("depth_anything_vits14.pth", "depth_anything_vitl14.pth"):
+        src = tmp_path / name
+        src.write_bytes(da_pth.read_bytes())
+        out = tmp_path / "out"
+        proc = run_tool("--input", src, "--output", out)
+        _assert_one_line_error(proc, src, "V1 is not supported", "V2")
+        assert not out.exists()
+    src = tmp_path / "depth_anything_vitb14.safetensors"
+    with pytest.raises(CheckpointError, match="V1 is not supported"):
+        convert_checkpoint(src, tmp_path / "out")  # by name, before the file is read
+
+
 def test_head_flag_errors(da_pth, tmp_path):
     out = tmp_path / "out"
     for args, needle in ((("--head", "metric"), "--max-depth"),

@@ -276,6 +276,7 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
     output = os.path.abspath(os.fspath(output))
     _check_head(head, max_depth)
     _check_destination(output, overwrite)
+    detect.refuse_v1_name(source)
     loaded = load_checkpoint(source)
     fmt = detect.check_format(format, loaded.state_dict, source)
     hints = hf_hints(loaded.hf_config, fmt)

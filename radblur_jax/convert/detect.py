@@ -41,6 +41,20 @@ _SIGNATURES = {
 _RELATIVE_NAME = re.compile(r"^depth_anything_v2_vit[sblg](?![a-z0-9])")
 _METRIC_NAME = re.compile(r"^depth_anything_v2_metric_(hypersim|vkitti)_vit[sblg](?![a-z0-9])")
 METRIC_MAX_DEPTH = {"hypersim": 20.0, "vkitti": 80.0}
+# The original Depth Anything (V1) releases, `depth_anything_vit{s,b,l}14.pth`: the same keys as
+# V2, but V1 taps the last 4 blocks and its head differs, so by keys alone they would convert
+# silently into a wrong model. Only the name tells them apart.
+_V1_NAME = re.compile(r"^depth_anything_vit[sbl]14(?![a-z0-9])")
+
+
+def refuse_v1_name(source: str) -> None:
+    """CheckpointError when `source` has an official Depth Anything V1 file name."""
+    name = os.path.basename(os.fspath(source).rstrip("/\\")).lower()
+    if _V1_NAME.match(name):
+        raise CheckpointError(
+            f"{source}: an original Depth Anything V1 checkpoint (by its file name): V1 is not "
+            "supported, only Depth Anything V2 (V1 has V2's keys but taps the last 4 blocks and "
+            "has another head, so it would convert into a wrong model)")
 
 
 def head_from_name(source: str) -> tuple[str, float | None] | None:
