@@ -50,6 +50,33 @@ def test_offset_scale_factor_differs_from_size():
     assert a.shape == b.shape and rel_err(a, b) > 1e-3
 
 
+# Depth Anything's sizes: the DPT upsamples 37x49 token grids to 518x686 (bilinear, corners
+# aligned) and resizes the depth map back to the photo; the pos-embed's bicubic upsamples too.
+# Over hundreds of output pixels, float64 source coordinates drift from ATen's float32 ones.
+LARGE = [((37, 49), (518, 686)), ((259, 343), (518, 686)), ((518, 686), (480, 640))]
+
+
+@pytest.mark.parametrize("sizes", LARGE)
+@pytest.mark.parametrize("mode", ["bilinear_corners", "bilinear", "bicubic", "bicubic_aa",
+                                  "bicubic_scale_factor"])
+def test_large_resizes_compute_coordinates_as_aten(sizes, mode):
+    (h, w), (oh, ow) = sizes
+    x = np.random.default_rng(2).standard_normal((1, h, w, 3)).astype(np.float32)
+    factor = ((oh + 0.1) / h, (ow + 0.1) / w)
+    if mode.startswith("bilinear"):
+        corners = mode == "bilinear_corners"
+        got = layers.bilinear_resize(jnp.asarray(x), (oh, ow), align_corners=corners)
+        ref = F.interpolate(to_nchw(x), size=(oh, ow), mode="bilinear", align_corners=corners)
+        bound = 2e-7
+    else:
+        kw = dict(scale_factor=factor) if mode == "bicubic_scale_factor" else dict(size=(oh, ow))
+        aa = mode == "bicubic_aa"
+        got = layers.bicubic_resize(jnp.asarray(x), antialias=aa, **kw)
+        ref = F.interpolate(to_nchw(x), mode="bicubic", align_corners=False, antialias=aa, **kw)
+        bound = 1e-6
+    assert rel_err(got, to_nhwc(ref)) <= bound
+
+
 @pytest.mark.parametrize("size", [(22, 34), (7, 9), (11, 17), (1, 4)])
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_bilinear(image, size, align_corners):

@@ -1,7 +1,8 @@
 """PyTorch-exact resampling and convolution helpers, NHWC.
 
 Resizes are separable: the `(out, in)` interpolation matrix of each axis is built in numpy at
-trace time (float64) and applied by `resample_axis`, as gathers of each output's few non-zero
+trace time (source coordinates and weights in float32, as ATen computes them for float32
+tensors) and applied by `resample_axis`, as gathers of each output's few non-zero
 taps summed in float32 (`MAX_TAPS`; a matmul over every input would spend its work on zeros
 and, on a CPU, on transposes of the full-resolution result). They reproduce
 `torch.nn.functional.interpolate` for:
@@ -26,63 +27,88 @@ import numpy as np
 # ------------------------------------------------------------------ interpolation matrices
 
 
+F32 = np.float32
+
+
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
-    """Keys cubic convolution kernel at distances `x` (any sign)."""
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
+    """Keys cubic convolution kernel at distances `x` (any sign), in float32 as ATen
+    evaluates it (`cubic_convolution1` / `cubic_convolution2`)."""
+    x, a = np.abs(np.asarray(x, F32)), F32(a)
+    near = ((a + F32(2)) * x - (a + F32(3))) * x * x + F32(1)
+    far = ((a * x - F32(5) * a) * x + F32(8) * a) * x - F32(4) * a
+    return np.where(x < F32(1), near, np.where(x < F32(2), far, F32(0)))
+
+
+def _source_scale(in_size: int, out_size: int, scale: float | None) -> np.float32:
+    """ATen's `area_pixel_compute_scale` (align_corners=False) in float32: `1 / scale_factor`
+    (given here as `scale`, computed in float64 as torch does) or `in / out`."""
+    return F32(scale) if scale is not None else F32(in_size) / F32(out_size)
+
+
+def _fma_source(s: np.float32, out_size: int) -> np.ndarray:
+    """`s * (i + 0.5) - 0.5` for output pixels `i`, rounded to float32 once: the x86 build of
+    ATen computes it as one fused multiply-add (two roundings move some coordinates by an
+    ulp, which shows as 1e-5 at a handful of pixels)."""
+    half = np.arange(out_size, dtype=F32) + F32(0.5)
+    return (np.float64(s) * half.astype(np.float64) - 0.5).astype(F32)
 
 
 def bicubic_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
     """(out, in) matrix of torch's non-antialiased bicubic, align_corners=False.
 
     `scale` is the source step per output pixel: `in/out` for `size=`, `1/scale_factor` for
-    `scale_factor=`.
+    `scale_factor=`. Coordinates and weights are computed in float32, as ATen computes them
+    for float32 tensors: in float64 they differ in the last bits, which a large upsampling
+    (37 -> 518 px) turns into a 1e-5 relative difference of the output.
     """
-    s = in_size / out_size if scale is None else scale
-    src = s * (np.arange(out_size) + 0.5) - 0.5
-    base = np.floor(src)
-    t = src - base
+    s = _source_scale(in_size, out_size, scale)
+    src = _fma_source(s, out_size)
+    base = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    t = np.clip(src - base.astype(F32), F32(0), F32(1))
+    coeffs = (_cubic(t + F32(1), -0.75), _cubic(t, -0.75), _cubic(F32(1) - t, -0.75),
+              _cubic((F32(1) - t) + F32(1), -0.75))
     mat = np.zeros((out_size, in_size))
     rows = np.arange(out_size)
-    for k in range(-1, 3):
-        idx = np.clip(base + k, 0, in_size - 1).astype(np.int64)
-        np.add.at(mat, (rows, idx), _cubic(t - k, -0.75))
+    for k, w in zip(range(-1, 3), coeffs):
+        idx = np.clip(base + k, 0, in_size - 1)
+        np.add.at(mat, (rows, idx), w.astype(np.float64))
     return mat
 
 
 def bicubic_aa_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
-    """(out, in) matrix of torch's antialiased bicubic (`antialias=True`)."""
-    s = in_size / out_size if scale is None else scale
-    support = 2.0 * s if s >= 1.0 else 2.0
-    inv = 1.0 / s if s >= 1.0 else 1.0
+    """(out, in) matrix of torch's antialiased bicubic (`antialias=True`), float32 weights as
+    ATen's `_compute_weights_aa`."""
+    s = _source_scale(in_size, out_size, scale)
+    support = F32(2) * s if s >= 1.0 else F32(2)
+    inv = F32(1) / s if s >= 1.0 else F32(1)
     mat = np.zeros((out_size, in_size))
     for i in range(out_size):
-        center = s * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
+        center = F32(s * (i + 0.5))
+        lo = max(int(float(center) - float(support) + 0.5), 0)
+        hi = min(int(float(center) + float(support) + 0.5), in_size)
         j = np.arange(lo, hi)
-        w = _cubic((j - center + 0.5) * inv, -0.5)
-        total = w.sum()
-        mat[i, lo:hi] = w / total if total != 0.0 else w
+        w = _cubic(((j - center).astype(np.float64) + 0.5) * float(inv), -0.5)
+        total = np.sum(w, dtype=F32) if len(w) else F32(0)
+        mat[i, lo:hi] = (w / total if total != 0.0 else w).astype(np.float64)
     return mat
 
 
 def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = True) -> np.ndarray:
-    """(out, in) matrix of torch's bilinear interpolation (`size=` given)."""
+    """(out, in) matrix of torch's bilinear interpolation (`size=` given); coordinates and
+    weights in float32 (as `bicubic_matrix`)."""
     if align_corners:
-        s = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = s * np.arange(out_size)
+        s = F32(in_size - 1) / F32(out_size - 1) if out_size > 1 else F32(0)
+        src = s * np.arange(out_size, dtype=F32)
     else:
-        src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
+        s = _source_scale(in_size, out_size, None)
+        src = np.maximum(_fma_source(s, out_size), F32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    lam = src - i0
+    lam = np.clip(src - i0.astype(F32), F32(0), F32(1))
     mat = np.zeros((out_size, in_size))
     rows = np.arange(out_size)
-    np.add.at(mat, (rows, i0), 1.0 - lam)
-    np.add.at(mat, (rows, i1), lam)
+    np.add.at(mat, (rows, i0), (F32(1) - lam).astype(np.float64))
+    np.add.at(mat, (rows, i1), lam.astype(np.float64))
     return mat
 
 
