@@ -24,17 +24,18 @@ class ImageError(image_io.DataError):
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """`(H, W, 3)` uint8 RGB of a user photo: grayscale is repeated, alpha dropped, 16-bit
-    rounded to 8-bit. Raises ImageError naming the file."""
-    try:
-        img = image_io.read_image(os.fspath(path), allow_gray=True, drop_alpha=True, raw=True)
-    except image_io.DataError as e:
-        raise ImageError(str(e)) from None
-    if img.dtype == np.uint16:
-        img = np.round(img / 257.0).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"{os.fspath(path)}: {img.dtype} pixels, expected an 8- or 16-bit image")
-    return np.ascontiguousarray(img)
+    """`(H, W, 3)` uint8 RGB of a user photo, decoded as Depth Anything V2's `run.py` reads one
+    (`cv2.imread`): EXIF orientation applied, grayscale repeated, alpha dropped, 16-bit
+    reduced to its high byte. Raises ImageError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file not found")
+    buf = np.fromfile(path, dtype=np.uint8)
+    # imdecode with IMREAD_COLOR is imread's decode: the same pixels, orientation included.
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:
+        raise ImageError(f"{path}: cannot decode (corrupt or not an image, {buf.size} bytes)")
+    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def _multiple(x: float, multiple: int, min_val: int) -> int:

@@ -134,6 +134,23 @@ def test_corrupt_image_names_file(tmp_path, ckpt, capsys):
         preprocess.load_rgb(tmp_path / "junk.jpg")
 
 
+def test_photos_are_read_as_depth_anything_reads_them(tmp_path):
+    """`load_rgb` gives `cv2.imread`'s pixels (Depth Anything V2's run.py), RGB: a phone
+    photo's EXIF rotation applied, a 16-bit PNG reduced as OpenCV reduces it."""
+    cv2 = pytest.importorskip("cv2")
+    img = photo("chelsea.png")[:40, :60]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
+    Image.fromarray(img).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    got = preprocess.load_rgb(tmp_path / "phone.jpg")
+    assert got.shape == (60, 40, 3)
+    np.testing.assert_array_equal(got, cv2.imread(str(tmp_path / "phone.jpg"))[:, :, ::-1])
+    deep = np.random.default_rng(0).integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    np.testing.assert_array_equal(preprocess.load_rgb(tmp_path / "deep.png"),
+                                  cv2.imread(str(tmp_path / "deep.png"))[:, :, ::-1])
+
+
 def test_batching_matches_single(tmp_path, loaded):
     module, params = loaded
     predict = depth.make_predictor(module, params)
