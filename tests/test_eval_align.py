@@ -30,8 +30,10 @@ def pair():
     return pred, gt
 
 
-def _official(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """The official evaluation_RealBlur_ecc.py steps, written out independently here."""
+def _official(pred: np.ndarray, gt: np.ndarray,
+              rsblur: bool = False) -> tuple[float, float, np.ndarray]:
+    """The official evaluation_RealBlur_ecc.py steps, written out independently here;
+    `rsblur=True`: evaluate_RSBlur.py's, which clip the aligned pair to [0, 1] before scoring."""
     z, x = pred.astype(np.float32), gt.astype(np.float32)
     zs = (np.sum(x * z) / np.sum(z * z)) * z
     warp = np.eye(3, 3, dtype=np.float32)
@@ -46,6 +48,8 @@ def _official(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, np.ndarra
                              flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     zr, xr = zr * cr, x * cr
+    if rsblur:
+        zr, xr = np.clip(zr, 0, 1), np.clip(xr, 0, 1)
     err = np.sum((xr - zr) ** 2, dtype=np.float64) / np.sum(cr)
     psnr = 10 * np.log10(1.0 / err)
     # skimage 0.17.2 (pinned by the script) computes in float64; cast as it did.
@@ -91,14 +95,37 @@ def test_ecc_failure_is_reported_not_silent():
     assert np.isfinite(res["psnr"])
 
 
-def test_rsblur_clips(pair):
-    pred, gt = pair
-    over = pred.copy()
-    over[:20] = 1.3
-    clipped = np.clip(over, 0, 1)
-    a = align.realblur_scores(over, gt, clip=True)
-    b = align.realblur_scores(clipped, gt)
-    assert a == b
+@pytest.fixture(scope="module")
+def bright_pair():
+    """gt with saturated highlights; pred: gt warped by H_TRUE at 80% brightness, noisy, 8-bit.
+    The intensity gain (~1.25) and the cubic warp push the aligned prediction past 1 there."""
+    gt8 = data.astronaut()[100:340, 120:440].astype(np.float32)
+    gt = np.round(np.clip(gt8 * 1.4, 0, 255)) / 255.0  # ~15% of the pixels at 1.0
+    gt = gt.astype(np.float32)
+    h, w = gt.shape[:2]
+    warped = cv2.warpPerspective(gt, H_TRUE, (w, h), flags=cv2.INTER_CUBIC,
+                                 borderMode=cv2.BORDER_REFLECT)
+    rng = np.random.default_rng(2)
+    pred = 0.8 * warped + rng.normal(0, 0.02, gt.shape)
+    return (np.round(np.clip(pred, 0, 1) * 255) / 255.0).astype(np.float32), gt
+
+
+def test_rsblur_clips_the_aligned_pair_as_the_official_script(bright_pair):
+    from radblur_jax.eval import protocols
+
+    pred, gt = bright_pair
+    a = align.align(pred, gt)
+    assert a.ecc_ok and (a.pred > 1.0).mean() > 0.01  # the clip has work to do
+    want_psnr, want_ssim, _ = _official(pred, gt, rsblur=True)
+    (got,) = protocols.score_batch(pred[None], gt[None], "rsblur")
+    assert abs(got["psnr"] - want_psnr) < 1e-6 and abs(got["ssim"] - want_ssim) < 1e-6
+    # RealBlur keeps the unclipped values (its official script has no clip) ...
+    (rb,) = protocols.score_batch(pred[None], gt[None], "realblur")
+    rb_psnr, rb_ssim, _ = _official(pred, gt)
+    assert abs(rb["psnr"] - rb_psnr) < 1e-6 and abs(rb["ssim"] - rb_ssim) < 1e-6
+    assert abs(got["psnr"] - rb["psnr"]) > 0.05
+    # ... and clipping before the alignment (the inputs are 8-bit already) changes nothing.
+    assert align.realblur_scores(np.clip(pred, 0, 1), gt) == rb
 
 
 def test_shape_mismatch():

@@ -11,6 +11,11 @@ Follows the official `evaluation_RealBlur_ecc.py` step by step (docs/evaluation.
 5. SSIM map (Gaussian 11 taps, sigma 1.5, per channel, float64) times the mask, 5-pixel border
    cropped, per channel sum / mask sum, mean over channels.
 
+RSBlur (official `evaluate_RSBlur.py`, `clip=True`) takes the same steps and, between 3 and 4,
+clips the aligned, masked prediction and ground truth to [0, 1]: the intensity gain and the
+cubic warp can push values past 1, and the clip is what limits them. RealBlur's script has no
+such clip. Both scripts read 8-bit PNGs, so the inputs here are already in [0, 1].
+
 Unlike some copies of the script, a failed ECC is not silent: the pair is scored without
 alignment and `ecc_ok` is False in its result (reports count such pairs).
 Images are `(H, W, 3)` float in [0, 1] (8-bit levels as saved to PNG).
@@ -115,17 +120,19 @@ def masked_ssim(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
 def realblur_scores(pred: np.ndarray, gt: np.ndarray, *, clip: bool = False) -> dict:
     """Protocol scores of one pair: `{"psnr", "ssim", "ecc_ok"}` (plus "ecc_message" on failure).
 
-    `clip=True` clips the prediction to [0, 1] first (the RSBlur variant).
+    `clip=True` is the RSBlur variant: the aligned, masked prediction and ground truth are
+    clipped to [0, 1] after the intensity matching and the warp, just before PSNR and SSIM.
     """
     pred = np.asarray(pred, np.float32)
     gt = np.asarray(gt, np.float32)
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[2] != 3:
         raise ValueError(f"realblur_scores: expected two (H, W, 3) images of one size, got "
                          f"{pred.shape} and {gt.shape}")
-    if clip:
-        pred = np.clip(pred, 0.0, 1.0)
     a = align(pred, gt)
-    out = {"psnr": masked_psnr(a.pred, a.gt, a.mask), "ssim": masked_ssim(a.pred, a.gt, a.mask),
+    p, g = a.pred, a.gt
+    if clip:
+        p, g = np.clip(p, 0.0, 1.0), np.clip(g, 0.0, 1.0)
+    out = {"psnr": masked_psnr(p, g, a.mask), "ssim": masked_ssim(p, g, a.mask),
            "ecc_ok": a.ecc_ok}
     if not a.ecc_ok:
         out["ecc_message"] = a.ecc_message

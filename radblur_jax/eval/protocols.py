@@ -5,7 +5,9 @@ rounded to uint8 levels (`quantize_uint8`) first.
 - "gopro" (also HIDE, REDS, the synthetic set): RGB PSNR over the whole image; SSIM in the
   3-D form of the papers' tables (`ssim_mode="3d"`) or per channel (`"per_channel"`).
 - "realblur": intensity matching, ECC homography alignment, masked PSNR/SSIM (eval.align).
-- "rsblur": as realblur on the clipped output; reports add saturated / non-saturated means.
+- "rsblur": as realblur, but the aligned prediction and ground truth are clipped to [0, 1]
+  before PSNR/SSIM (the official evaluate_RSBlur.py order); reports add saturated /
+  non-saturated means.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ def score_batch(pred: np.ndarray, gt: np.ndarray, protocol: str, *,
     # In numpy: exactly `uint8 / 255.0` in float32, as the official script reads its PNGs
     # (ECC is sensitive to 1-ulp differences that XLA's constant folding may introduce).
     q, gq = quantize_uint8_np(pred), quantize_uint8_np(gt)
-    return [align.realblur_scores(p, g) for p, g in zip(q, gq)]
+    clip = protocol == "rsblur"
+    return [align.realblur_scores(p, g, clip=clip) for p, g in zip(q, gq)]
 
 
 def quantize_uint8_np(images: np.ndarray) -> np.ndarray:
@@ -65,6 +68,9 @@ def ssim_label(protocol: str, ssim_mode: str) -> str:
     if protocol == "gopro":
         return ("3-D Gaussian SSIM (11x11x11, as MATLAB ssim / the papers' tables)"
                 if ssim_mode == "3d" else "per-channel Gaussian SSIM (scikit-image form)")
+    if protocol == "rsblur":
+        return ("masked per-channel Gaussian SSIM after ECC alignment, aligned images clipped "
+                "to [0, 1] (official RSBlur script)")
     return "masked per-channel Gaussian SSIM after ECC alignment (official RealBlur script)"
 
 
