@@ -150,3 +150,21 @@ def test_depth_metrics_match_numpy_reference():
         assert res[k].shape == (3,)
         np.testing.assert_allclose(np.asarray(res[k]), want[k], rtol=1e-4, atol=1e-6)
     assert np.all(want["delta1"] < 1.0) and np.all(want["abs_rel"] > 0.01)
+
+
+def test_depth_metrics_constant_prediction_scores_the_best_constant():
+    """A dead depth head (constant output, here 0 and 0.37) gets scale 0: the aligned map is
+    the mean GT disparity, scored as such, not NaN (0/0)."""
+    rng = np.random.default_rng(4)
+    depth = rng.uniform(1.0, 8.0, (2, 21, 33)).astype(np.float32)
+    valid = rng.random(depth.shape) > 0.3
+    pred = np.stack([np.zeros((21, 33)), np.full((21, 33), 0.37)]).astype(np.float32)
+    res = jax.jit(metrics.depth_metrics)(jnp.asarray(pred), jnp.asarray(depth),
+                                         jnp.asarray(valid))
+    for i in range(2):
+        g = depth[i][valid[i]].astype(np.float64)
+        d = 1.0 / max(np.mean(1.0 / g), 1.0 / g.max())  # the best constant disparity, capped
+        want_abs_rel = np.mean(np.abs(d - g) / g)
+        want_delta1 = np.mean(np.maximum(d / g, g / d) < 1.25)
+        np.testing.assert_allclose(float(res["abs_rel"][i]), want_abs_rel, rtol=1e-5)
+        np.testing.assert_allclose(float(res["delta1"][i]), want_delta1, atol=1e-6)

@@ -150,7 +150,9 @@ def depth_metrics(pred_disparity: jax.Array, gt_depth: jax.Array, valid: jax.Arr
     minimise `sum_valid (s * pred + t - 1 / gt_depth)^2` (least squares); the aligned disparity
     is clamped below at `1 / depth_cap` (default: the image's largest valid GT depth) and
     inverted to depth. AbsRel = mean |d - gt| / gt; delta1 = fraction with max(d/gt, gt/d) <
-    1.25; both over valid pixels. Images without valid pixels give NaN.
+    1.25; both over valid pixels. A prediction constant over the valid pixels gets s = 0 (the
+    aligned map is the mean GT disparity), so a dead depth head scores what the best constant
+    scores instead of NaN. Images without valid pixels give NaN.
     """
     p = _squeeze_depth(pred_disparity).astype(jnp.float32)
     g = _squeeze_depth(gt_depth).astype(jnp.float32)
@@ -166,8 +168,13 @@ def depth_metrics(pred_disparity: jax.Array, gt_depth: jax.Array, valid: jax.Arr
     p_mean = jnp.sum(w * p, axis=axes, keepdims=True) / n
     g_mean = jnp.sum(g_disp, axis=axes, keepdims=True) / n
     pc = (p - p_mean) * w
-    s = jnp.sum(pc * (g_disp - g_mean), axis=axes, keepdims=True) / jnp.sum(pc * pc, axis=axes,
-                                                                            keepdims=True)
+    var_p = jnp.sum(pc * pc, axis=axes, keepdims=True)
+    # A constant prediction has no scale to fit: s = 0 (aligned = mean GT disparity, the best
+    # constant) instead of 0/0. The guard is relative, as in train/depth_losses.py `_fit`:
+    # the centred values of a constant map are float32 round-off, not exact zeros.
+    fit = var_p > 1e-10 * jnp.sum(w * p * p, axis=axes, keepdims=True)
+    cov = jnp.sum(pc * (g_disp - g_mean), axis=axes, keepdims=True)
+    s = jnp.where(fit, cov / jnp.where(fit, var_p, 1.0), 0.0)
     t = g_mean - s * p_mean
     aligned = s * p + t
     if depth_cap is None:
