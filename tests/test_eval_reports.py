@@ -119,3 +119,23 @@ def test_comparison_grid_and_ranking():
     assert grid.shape[0] == 22 + 80 + 4 + 22 + 120
     rows = [{"psnr": 30.0}, {"psnr": float("nan")}, {"psnr": 20.0}, {"psnr": 25.0}]
     assert reports.pick_best_median_worst(rows) == {"best": 0, "median": 3, "worst": 2}
+
+
+def test_saved_png_holds_the_scored_levels(tmp_path):
+    """Float32 values next to the level boundaries (k + 0.5) / 255: rounding x * 255 in float64
+    puts 128 of them one level away from the scored float32 levels; the saved PNG must not."""
+    from radblur_jax.data.image_io import save_png
+    from radblur_jax.eval import metrics, protocols
+
+    mid = ((np.arange(255) + 0.5) / 255).astype(np.float32)
+    x = np.concatenate([np.nextafter(mid, np.float32(-1)), mid, np.nextafter(mid, np.float32(2)),
+                        np.float32([-0.1, 0.0, 1.0, 1.2])])
+    img = np.resize(x, (17, 15, 3)).astype(np.float32)  # 769 values, each at least once
+    assert (np.round(x.astype(np.float64) * 255) != np.round(x * np.float32(255))).sum() >= 100
+    save_png(str(tmp_path / "r.png"), reports.to_uint(img))
+    saved = cv2.cvtColor(cv2.imread(str(tmp_path / "r.png")), cv2.COLOR_BGR2RGB)
+    scored = np.asarray(metrics.quantize_uint8(jnp.asarray(img)[None]))[0]
+    np.testing.assert_array_equal(saved, np.round(scored * 255).astype(np.uint8))
+    np.testing.assert_array_equal(saved.astype(np.float32) / np.float32(255),
+                                  protocols.quantize_uint8_np(img))
+    assert reports.to_uint(np.float32([0.5, 1.0]), bits=16).tolist() == [32768, 65535]

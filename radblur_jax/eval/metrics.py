@@ -2,7 +2,8 @@
 
 All functions are jittable and return one value per image. Images are `(B, H, W, C)` float in
 `[0, data_range]`; the GoPro/HIDE/REDS protocol first calls `quantize_uint8` so that scores match
-evaluation on 8-bit PNGs (see docs/evaluation.md).
+evaluation on 8-bit PNGs (see docs/evaluation.md); `uint_levels` is its numpy form, which the
+saved PNGs use.
 
 SSIM constants follow Wang et al. (2004): K1 = 0.01, K2 = 0.03, Gaussian window of 11 taps per
 axis with sigma 1.5 (`cv2.getGaussianKernel(11, 1.5)`, equal to scikit-image's truncate=3.5
@@ -47,10 +48,25 @@ def gaussian_window(taps: int = SSIM_TAPS, sigma: float = SSIM_SIGMA) -> tuple[f
 def quantize_uint8(images: jax.Array) -> jax.Array:
     """Clip to [0, 1] and round to the 256 uint8 levels, kept as float32 in [0, 1].
 
-    `(B, H, W, C)` -> same shape. Rounding is half-to-even (`np.round`); exact halves do not
-    occur for network outputs in practice.
+    `(B, H, W, C)` -> same shape. The arithmetic is `uint_levels`' (float32 multiply by 255,
+    round half to even), so the scored levels are the ones a saved PNG holds.
     """
     return jnp.round(jnp.clip(images.astype(jnp.float32), 0.0, 1.0) * 255.0) / 255.0
+
+
+def uint_levels(images: np.ndarray, bits: int = 8) -> np.ndarray:
+    """numpy: clip to [0, 1], multiply by `2**bits - 1` and round half to even, in float32;
+    returns uint8 (bits 8) or uint16 (bits 16), same shape.
+
+    The one quantiser of saved and scored images: for 8 bits it is `quantize_uint8`'s
+    arithmetic exactly. (Rounding `x * 255` in float64 instead puts some float32 values one
+    level apart: those whose float32 product rounds to an exact half.)
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"uint_levels: bits must be 8 or 16, got {bits}")
+    top = np.float32(255.0 if bits == 8 else 65535.0)
+    levels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * top)
+    return levels.astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def psnr(pred: jax.Array, target: jax.Array, *, data_range: float = 1.0) -> jax.Array:

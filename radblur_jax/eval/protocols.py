@@ -1,7 +1,7 @@
 """Scores by benchmark protocol: `score_batch(pred, gt, protocol)` -> one dict per image.
 
 Every protocol scores the 8-bit image a method saves: predictions are clipped to [0, 1] and
-rounded to uint8 levels (`quantize_uint8`) first.
+rounded to uint8 levels first (`metrics.quantize_uint8`, `metrics.uint_levels`: one arithmetic).
 - "gopro" (also HIDE, REDS, the synthetic set): RGB PSNR over the whole image; SSIM in the
   3-D form of the papers' tables (`ssim_mode="3d"`) or per channel (`"per_channel"`).
 - "realblur": intensity matching, ECC homography alignment, masked PSNR/SSIM (eval.align).
@@ -58,9 +58,8 @@ def score_batch(pred: np.ndarray, gt: np.ndarray, protocol: str, *,
 
 
 def quantize_uint8_np(images: np.ndarray) -> np.ndarray:
-    """numpy twin of `metrics.quantize_uint8`: float32 `round(clip(x) * 255) / 255`."""
-    levels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * np.float32(255.0))
-    return levels.astype(np.float32) / np.float32(255.0)
+    """numpy twin of `metrics.quantize_uint8`: `metrics.uint_levels(x) / 255` in float32."""
+    return metrics.uint_levels(images).astype(np.float32) / np.float32(255.0)
 
 
 def ssim_label(protocol: str, ssim_mode: str) -> str:

@@ -15,13 +15,13 @@ import numpy as np
 
 from radblur_jax.atomic_io import write_bytes_atomic, write_json_atomic
 from radblur_jax.data import image_io
+from radblur_jax.eval import metrics
 
 
 def to_uint(img: np.ndarray, bits: int = 8) -> np.ndarray:
-    """float in [0, 1] -> uint8/uint16 (clipped, rounded half to even)."""
-    top = 255 if bits == 8 else 65535
-    dtype = np.uint8 if bits == 8 else np.uint16
-    return np.round(np.clip(np.asarray(img, np.float64), 0.0, 1.0) * top).astype(dtype)
+    """float in [0, 1] -> uint8/uint16 by `metrics.uint_levels`, the quantiser the scores use,
+    so a saved 8-bit PNG holds exactly the levels that were scored."""
+    return metrics.uint_levels(img, bits)
 
 
 def write_rows(out_dir: str, stem: str, rows: Sequence[dict[str, Any]],
