@@ -93,3 +93,17 @@ def test_unmatched_and_missized_files_are_errors(dirs, capsys):
     with pytest.raises(SystemExit) as e:
         score.main(["--pred", str(pred), "--gt", str(gt), "--protocol", "nope"])
     assert e.value.code == 2
+
+
+def test_identical_outputs_are_counted_not_dropped(dirs, capsys):
+    """An output identical to its ground truth has PSNR inf: the table's mean is over the
+    others, and a note says how many were left out."""
+    pred, gt = dirs
+    (pred / "a.png").write_bytes((gt / "a.png").read_bytes())
+    assert score.main(["--pred", str(pred), "--gt", str(gt), "--protocol", "gopro"]) == 0
+    out = capsys.readouterr().out
+    rows = score.score_dirs(str(pred), str(gt), "gopro")
+    assert rows[0]["psnr"] == float("inf")
+    assert f"{np.mean([r['psnr'] for r in rows[1:]]):.2f} / " in out
+    assert ("PSNR mean over 2 of 3 images; 1 infinite (output identical to the ground truth) "
+            "left out.") in out

@@ -74,10 +74,44 @@ def ssim_label(protocol: str, ssim_mode: str) -> str:
 
 
 def mean_scores(rows: Sequence[dict], keys: Sequence[str]) -> dict:
-    """Means over rows of each key present (NaN-free rows only); `count` = number of rows."""
+    """`count` (the number of rows) and, per key, the mean over the rows whose value is finite.
+
+    Rows left out of a key's mean are counted, never dropped silently: `<key>_infinite` (+-inf,
+    e.g. the PSNR of an output identical to its ground truth) and `<key>_missing` (absent, None
+    or NaN), each present only when non-zero. `mean_notes` turns them into sentences.
+    """
     out: dict = {"count": len(rows)}
     for k in keys:
-        vals = [r[k] for r in rows if k in r and r[k] is not None and np.isfinite(r[k])]
-        if vals:
-            out[k] = float(np.mean(vals))
+        vals = [r.get(k) for r in rows]
+        if all(v is None for v in vals):
+            continue  # a key these rows do not have (e.g. depth on a set without depth)
+        finite = [v for v in vals if v is not None and np.isfinite(v)]
+        infinite = sum(v is not None and bool(np.isinf(v)) for v in vals)
+        missing = len(vals) - len(finite) - infinite
+        if finite:
+            out[k] = float(np.mean(finite))
+        if infinite:
+            out[f"{k}_infinite"] = infinite
+        if missing:
+            out[f"{k}_missing"] = missing
     return out
+
+
+def mean_notes(means: dict, keys: Sequence[str] = ("psnr", "ssim"), label: str = "") -> list[str]:
+    """Sentences saying which rows a `mean_scores` mean leaves out (none: an empty list);
+    `label` starts each sentence (e.g. "restored: ")."""
+    notes = []
+    for k in keys:
+        inf, miss = means.get(f"{k}_infinite", 0), means.get(f"{k}_missing", 0)
+        if not inf and not miss:
+            continue
+        parts = []
+        if inf:
+            parts.append(f"{inf} infinite" + (" (output identical to the ground truth)"
+                                              if k == "psnr" else ""))
+        if miss:
+            parts.append(f"{miss} missing or NaN")
+        name = k.upper() if k in ("psnr", "ssim") else k
+        notes.append(f"{label}{name} mean over {means['count'] - inf - miss} of "
+                     f"{means['count']} images; {' and '.join(parts)} left out.")
+    return notes

@@ -199,6 +199,17 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
     return summary
 
 
+def _mean_notes(summary: dict) -> list[str]:
+    """`protocols.mean_notes` of every mean in the summary (which rows each leaves out)."""
+    means = [(k, summary[k], ("psnr", "ssim", "abs_rel", "delta1")) for k in
+             ("restored", "identity", "restored_saturated", "identity_saturated",
+              "restored_non_saturated", "identity_non_saturated") if k in summary]
+    if "adaptive" in summary:
+        means.append(("all sub-decoders", summary["adaptive"]["full_depth"], ("psnr", "ssim")))
+    return [n for label, m, keys in means
+            for n in protocols.mean_notes(m, keys, label.replace("_", " ") + ": ")]
+
+
 def summary_markdown(summary: dict) -> str:
     """The summary as a markdown table (`reports.summary_table`) with its notes."""
     col = f"{summary['dataset']} ({summary['split']})"
@@ -216,6 +227,7 @@ def summary_markdown(summary: dict) -> str:
         notes.append(f"ECC alignment failed on {summary['ecc_failures']} restored and "
                      f"{summary['identity_ecc_failures']} blurry images; those were scored "
                      "without alignment (per_image.csv: ecc_ok).")
+    notes += _mean_notes(summary)
     if "abs_rel" in summary["restored"]:
         notes.append(f"depth (disparity aligned by scale and shift): AbsRel "
                      f"{summary['restored']['abs_rel']:.4f}, delta1 "
@@ -285,7 +297,8 @@ def run_evaluation(config: Any, workdir: str,
         pending[key].append((i, item))
         if len(pending[key]) == batch_size:
             rows += _process(pending.pop(key), *args)
-            log(f"eval: {len(rows)}/{n} images, mean PSNR {np.mean([r['psnr'] for r in rows]):.3f}")
+            mean = protocols.mean_scores(rows, ("psnr",)).get("psnr", float("nan"))
+            log(f"eval: {len(rows)}/{n} images, mean finite PSNR {mean:.3f}")
     for key in list(pending):
         rows += _process(pending.pop(key), *args)
     rows.sort(key=lambda r: r["index"])

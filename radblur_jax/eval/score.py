@@ -108,14 +108,16 @@ def summarize(rows: list[dict], protocol: str, ssim_mode: str, label: str) -> st
     from radblur_jax.eval import protocols, reports
 
     columns = ["all"]
-    cells = [reports.psnr_ssim_cell(protocols.mean_scores(rows, ("psnr", "ssim")))]
+    means = [("", protocols.mean_scores(rows, ("psnr", "ssim")))]
     if rows and "saturated" in rows[0]:
         for name, flag in (("saturated", True), ("non-saturated", False)):
             columns.append(name)
-            cells.append(reports.psnr_ssim_cell(protocols.mean_scores(
+            means.append((name + ": ", protocols.mean_scores(
                 [r for r in rows if r["saturated"] == flag], ("psnr", "ssim"))))
+    cells = [reports.psnr_ssim_cell(m) for _, m in means]
     notes = [f"{len(rows)} images; protocol {protocol}; PSNR on 8-bit levels; SSIM: "
              f"{protocols.ssim_label(protocol, ssim_mode)}."]
+    notes += [n for label, m in means for n in protocols.mean_notes(m, label=label)]
     failures = sum(not r.get("ecc_ok", True) for r in rows)
     if failures:
         notes.append(f"ECC alignment failed on {failures} images (scored unaligned; "
