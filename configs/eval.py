@@ -29,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Dataset spec as radblur_jax.data.sources.make_source takes it; empty root of the
     # synthetic set = the built-in set (generated on first use).
     c.data = ml_collections.ConfigDict(dict(name="synthetic", root="", split="test"))
-    c.protocol = "gopro"           # gopro (also HIDE, REDS, synthetic) | realblur | rsblur
+    # "" = the dataset's own: realblur_j/realblur_r -> realblur, rsblur -> rsblur, others gopro.
+    # gopro | realblur | rsblur; one that contradicts a benchmark's own is an error.
+    c.protocol = ""
     c.ssim_mode = "3d"             # gopro protocol: "3d" (papers' tables) | "per_channel"
     c.tile = 0                     # sliding-window side in px; 0 = whole image
     c.overlap = 32                 # px shared by neighbouring windows

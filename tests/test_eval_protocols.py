@@ -37,3 +37,25 @@ def test_summary_table_says_what_each_mean_is_over():
     assert ("restored: PSNR mean over 1 of 2 images; 1 infinite (output identical to the "
             "ground truth) left out.") in table
     assert "identity:" not in table
+
+
+@pytest.mark.parametrize("dataset,want", [
+    ("gopro", "gopro"), ("hide", "gopro"), ("reds", "gopro"), ("realblur_j", "realblur"),
+    ("realblur_r", "realblur"), ("rsblur", "rsblur"), ("synthetic", "gopro"),
+    ("paired_folder", "gopro"), (None, "gopro")])
+def test_protocol_follows_the_dataset(dataset, want):
+    assert protocols.protocol_for(dataset) == want
+    assert protocols.protocol_for(dataset, want) == want
+
+
+def test_protocol_contradicting_a_benchmark_is_an_error():
+    with pytest.raises(ValueError, match="protocol 'gopro' contradicts dataset 'realblur_j'.*"
+                                         "'realblur'"):
+        protocols.protocol_for("realblur_j", "gopro")
+    with pytest.raises(ValueError, match="contradicts dataset 'gopro'"):
+        protocols.protocol_for("gopro", "rsblur")
+    with pytest.raises(ValueError, match="unknown protocol 'kitti'"):
+        protocols.protocol_for("gopro", "kitti")
+    # Sets without a published protocol take any.
+    assert protocols.protocol_for("paired_folder", "realblur") == "realblur"
+    assert protocols.protocol_for("synthetic", "rsblur") == "rsblur"

@@ -40,9 +40,9 @@ def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
     fakes.make_rsblur(str(tmp_path / "data"))
     cfg = eval_config.get_config("tiny")
     cfg.data = {"name": "rsblur", "root": str(tmp_path / "data" / "RSBlur"), "split": "test"}
-    cfg.protocol = "rsblur"
-    cfg.batch_size = 2
+    cfg.batch_size = 2  # protocol left at its default: the dataset's own
     summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=lambda m: None)
+    assert summary["protocol"] == "rsblur"
     out = tmp_path / "w" / "eval" / "rsblur_test"
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
@@ -58,6 +58,25 @@ def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
     assert "official RSBlur script" in table
     restored = cv2.imread(str(out / "restored" / (os.path.splitext(rows[0]["name"])[0] + ".png")))
     assert restored.shape == (fakes.H, fakes.W, 3)
+
+
+def test_realblur_set_is_aligned_by_default_and_a_contradicting_protocol_refused(
+        tmp_path, monkeypatch):
+    from absl import app
+    _stand_in(monkeypatch)
+    fakes.make_realblur(str(tmp_path / "rb"))
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "realblur_j", "root": str(tmp_path / "rb"), "split": "test"}
+    cfg.save_images = cfg.grids = False
+    logs = []
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=logs.append)
+    assert summary["protocol"] == "realblur" and "ecc_failures" in summary
+    assert "protocol realblur" in logs[0]
+    cfg.protocol = "gopro"
+    with pytest.raises(app.UsageError, match="protocol 'gopro' contradicts dataset "
+                                             "'realblur_j'") as e:
+        runner.evaluate(cfg, str(tmp_path / "w2"))
+    assert e.value.exitcode == 2 and not (tmp_path / "w2").exists()
 
 
 def test_gopro_run_per_channel_and_no_images_saved(tmp_path, monkeypatch):

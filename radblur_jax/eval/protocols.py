@@ -8,6 +8,8 @@ rounded to uint8 levels first (`metrics.quantize_uint8`, `metrics.uint_levels`: 
 - "rsblur": as realblur, but the aligned prediction and ground truth are clipped to [0, 1]
   before PSNR/SSIM (the official evaluate_RSBlur.py order); reports add saturated /
   non-saturated means.
+
+`protocol_for(dataset, protocol)` ties each benchmark to its protocol (`DATASET_PROTOCOLS`).
 """
 from __future__ import annotations
 
@@ -22,12 +24,38 @@ from radblur_jax.eval import align, metrics
 PROTOCOLS = ("gopro", "realblur", "rsblur")
 SSIM_MODES = ("3d", "per_channel")
 
+# The benchmarks whose published numbers use one protocol. Other datasets (the built-in
+# synthetic set, paired_folder) default to "gopro" and take any protocol.
+DATASET_PROTOCOLS = {"gopro": "gopro", "hide": "gopro", "reds": "gopro",
+                     "realblur_j": "realblur", "realblur_r": "realblur", "rsblur": "rsblur"}
+
 
 def check_protocol(protocol: str, ssim_mode: str = "3d") -> None:
+    """Raises ValueError for an unknown protocol or SSIM mode."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     if ssim_mode not in SSIM_MODES:
         raise ValueError(f"unknown ssim_mode {ssim_mode!r}; expected one of {SSIM_MODES}")
+
+
+def protocol_for(dataset: str | None, protocol: str = "") -> str:
+    """The protocol to score `dataset` with: `protocol` when given, else the dataset's own
+    (`DATASET_PROTOCOLS`; "gopro" for datasets without one).
+
+    Raises ValueError for an unknown protocol, or for one that contradicts a benchmark's own:
+    such numbers cannot be compared with the benchmark's published tables, and a run scored
+    so by a stray flag is easy to miss among others (docs/evaluation.md).
+    """
+    own = DATASET_PROTOCOLS.get(dataset or "")
+    if not protocol:
+        return own or "gopro"
+    check_protocol(protocol)
+    if own is not None and protocol != own:
+        raise ValueError(
+            f"protocol {protocol!r} contradicts dataset {dataset!r}, whose published numbers "
+            f"use protocol {own!r}; leave protocol empty (the dataset's own), or score these "
+            "images as a paired_folder dataset or with radblur_jax.eval.score")
+    return protocol
 
 
 @functools.partial(jax.jit, static_argnames=("ssim_mode",))

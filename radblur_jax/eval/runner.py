@@ -10,6 +10,9 @@ configs/eval.py). Writes under `config.output_dir` (default `WORKDIR/eval/<datas
                                      `adaptive`, also every sub-decoder's row and the time saved
     restored/<name>.png              8-bit restored images (the files that were scored)
     comparison_{best,median,worst}.png   blurry | restored | sharp | depth, with zoomed crops
+
+The protocol is the dataset's own unless `config.protocol` names one (`protocols.protocol_for`:
+a protocol that contradicts a benchmark's own is a config error).
 """
 from __future__ import annotations
 
@@ -156,9 +159,9 @@ def _grids(rows: list[dict], source: Any, restorer: Restorer, batch_size: int,
     return written
 
 
-def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict,
+def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict, protocol: str,
              seconds: float) -> dict:
-    protocol, ssim_mode = config.protocol, config.ssim_mode
+    ssim_mode = config.ssim_mode
     keys = ("psnr", "ssim", "abs_rel", "delta1")
     ident = [{"psnr": r["identity_psnr"], "ssim": r["identity_ssim"]} for r in rows]
     summary = {
@@ -259,7 +262,8 @@ def run_evaluation(config: Any, workdir: str,
     """Evaluates and writes the reports; returns the summary dict (also in summary.json)."""
 
     try:
-        protocols.check_protocol(config.protocol, config.ssim_mode)
+        protocol = protocols.protocol_for(config.data.get("name"), config.protocol)
+        protocols.check_protocol(protocol, config.ssim_mode)
         options = inference_options(config)
         spec = resolve_spec(config.data)
         source = make_source(spec)
@@ -284,11 +288,11 @@ def run_evaluation(config: Any, workdir: str,
     os.makedirs(out_dir, exist_ok=True)
     saturated = _saturated_names(spec)
     n = len(source) if not config.max_images else min(len(source), config.max_images)
-    log(f"eval: {loaded.description} on {label} ({n} images), protocol {config.protocol}, "
+    log(f"eval: {loaded.description} on {label} ({n} images), protocol {protocol}, "
         f"-> {out_dir}")
     rows: list[dict] = []
     pending: dict[tuple, list] = defaultdict(list)
-    args = (restorer, batch_size, config.protocol, config.ssim_mode, out_dir,
+    args = (restorer, batch_size, protocol, config.ssim_mode, out_dir,
             config.save_images, saturated, full_depth, (set(), set()))
     t0 = time.perf_counter()
     for i in range(n):
@@ -309,7 +313,7 @@ def run_evaluation(config: Any, workdir: str,
                                               "full_ssim") if rows and k in rows[0]]
     timing = ["seconds"] + (["full_seconds"] if rows and "full_seconds" in rows[0] else [])
     reports.write_rows(out_dir, "per_image", rows, fields + timing)
-    summary = _summary(rows, config, loaded, spec, seconds)
+    summary = _summary(rows, config, loaded, spec, protocol, seconds)
     if config.grids and rows:
         summary["grids"] = _grids(rows, source, restorer, batch_size, out_dir)
     reports.write_json(os.path.join(out_dir, "summary.json"), summary)
