@@ -62,7 +62,7 @@ def verify(output: str, source: str) -> str:
         fmt = json.load(f)["format"]
     enc = config["encoder"]
     want, _, _ = keymaps.convert_state_dict(fmt, loaded.state_dict, num_heads=enc["num_heads"],
-                                            taps=tuple(enc["taps"]))
+                                            taps=tuple(enc["taps"]), depth=enc["depth"])
     same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), params, want)
     bad = [jax.tree_util.keystr(k) for k, ok in jax.tree_util.tree_flatten_with_path(same)[0]
            if not ok]
@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     warning = det.assumption_warning()
     if warning:
         print(warning, file=sys.stderr)
+    if det.taps_source == "guessed":
+        print(f"WARNING: {det.taps_summary()}", file=sys.stderr)
     print(f"detected: {det.summary()}")
     enc = det.encoder_cfg
     print(f"encoder:  embed_dim={enc.embed_dim} depth={enc.depth} heads={enc.num_heads} "
-          f"ffn={enc.ffn} pos_grid={enc.pos_grid} taps={tuple(enc.taps)}")
+          f"ffn={enc.ffn} pos_grid={enc.pos_grid} {det.taps_summary()}")
     if det.dpt_cfg is not None:
         print(f"dpt:      features={det.dpt_cfg.features} "
               f"out_channels={tuple(det.dpt_cfg.out_channels)} {det.head_summary()}")

@@ -231,13 +231,16 @@ def load_pretrained(path: str | os.PathLike, *, check_shapes: bool = True
 
 
 def hf_hints(hf_config: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
-    """Facts a transformers `config.json` states that the weights cannot: heads, taps, head type."""
+    """Facts a transformers `config.json` states that the weights cannot: heads, depth, taps,
+    head type."""
     if not hf_config:
         return {}
     backbone = hf_config.get("backbone_config") or hf_config
     hints: dict[str, Any] = {}
     if backbone.get("num_attention_heads"):
         hints["num_heads"] = int(backbone["num_attention_heads"])
+    if backbone.get("num_hidden_layers"):
+        hints["depth"] = int(backbone["num_hidden_layers"])
     if fmt == "depth_anything_hf":
         if len(backbone.get("out_indices") or ()) == 4:
             hints["taps"] = tuple(int(i) - 1 for i in backbone["out_indices"])
@@ -282,7 +285,8 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
     hints = hf_hints(loaded.hf_config, fmt)
     try:
         params, encoder_cfg, dpt_cfg = keymaps.convert_state_dict(
-            fmt, loaded.state_dict, num_heads=hints.get("num_heads"), taps=hints.get("taps"))
+            fmt, loaded.state_dict, num_heads=hints.get("num_heads"), taps=hints.get("taps"),
+            depth=hints.get("depth"))
     except keymaps.ConversionError as e:
         raise CheckpointError(f"{source}: cannot convert: {e}") from None
     if dpt_cfg is None and head is not None:
@@ -302,7 +306,9 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
         head_source = "filename"
         if named_max_depth is not None:
             dpt_cfg.max_depth = named_max_depth
-    detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source)
+    taps_source = ("config.json" if "taps" in hints else "table"
+                   if keymaps.preset_for(encoder_cfg.embed_dim, encoder_cfg.depth) else "guessed")
+    detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source, taps_source)
     n_params = count_params(params)
     n_arrays = len(jax.tree.leaves(params))
     ignored = sorted(k for k in keymaps.to_original_keys(fmt, loaded.state_dict)
@@ -313,7 +319,7 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
         "pos_embed_mode": detection.pos_embed_mode, "num_params": n_params,
         "head": None if dpt_cfg is None else dpt_cfg.head,
         "max_depth": None if dpt_cfg is None or dpt_cfg.head != "metric" else dpt_cfg.max_depth,
-        "head_source": detection.head_source,
+        "head_source": detection.head_source, "taps_source": detection.taps_source,
         "num_source_keys": len(loaded.state_dict), "num_param_arrays": n_arrays,
         "ignored_source_keys": ignored,
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

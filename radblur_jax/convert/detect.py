@@ -86,6 +86,18 @@ class Detection:
     # How the head type was decided: "detected" (transformers config.json), "given" (--head),
     # "filename" (an official Depth Anything V2 file name) or "assumed"; None without a DPT.
     head_source: str | None = None
+    # Where the taps came from: "config.json" (transformers out_indices), "table" (a preset
+    # width and depth of radblur_jax/models/configs.py) or "guessed" (neither).
+    taps_source: str = "table"
+
+    def taps_summary(self) -> str:
+        """`taps=(...)`, and for guessed taps what they are and why they are a guess."""
+        taps = f"taps={tuple(self.encoder_cfg.taps)}"
+        if self.taps_source != "guessed":
+            return taps
+        return (f"{taps} GUESSED (no preset in radblur_jax/models/configs.py has width "
+                f"{self.encoder_cfg.embed_dim} and depth {self.encoder_cfg.depth}; these are "
+                "the table's taps for that depth, else the last block of each quarter)")
 
     def summary(self) -> str:
         regs = f"{self.num_registers} registers" if self.num_registers else "no registers"
@@ -187,11 +199,12 @@ def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
     return "size" if fmt.endswith("_hf") else "offset"
 
 
-def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None,
-             head_source: str = "assumed") -> Detection:
+def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None, head_source: str = "assumed",
+             taps_source: str = "table") -> Detection:
     """Summarise an inferred configuration for printing and `conversion.json`."""
     regs = int(encoder_cfg.get("num_registers", 0) or 0)
     mode = encoder_cfg.get("pos_embed_mode") or default_pos_embed_mode(fmt, regs)
     return Detection(format=fmt, model_kind=MODEL_KIND[fmt], size=size_name(encoder_cfg),
                      num_registers=regs, pos_embed_mode=mode, encoder_cfg=encoder_cfg,
-                     dpt_cfg=dpt_cfg, head_source=None if dpt_cfg is None else head_source)
+                     dpt_cfg=dpt_cfg, head_source=None if dpt_cfg is None else head_source,
+                     taps_source=taps_source)

@@ -174,8 +174,48 @@ def default_taps(depth: int) -> tuple[int, ...]:
     return configs.taps_for_depth(depth)
 
 
+def preset_for(embed_dim: int, depth: int | None = None) -> configs.Size | None:
+    """The size-table row (radblur_jax/models/configs.py) with this ViT width (and depth, when
+    given), else None."""
+    for row in configs.PRESETS.values():
+        if row.embed_dim == embed_dim and depth in (None, row.depth):
+            return row
+    return None
+
+
+def _block_depth(fmt: str, blocks: set[int], dim: int, stated: int | None) -> int:
+    """The ViT's number of blocks. The highest block index present is not enough: a file that
+    lost its last blocks would convert into a shallower model with other taps. So the depth is
+    `stated` (a transformers config.json's num_hidden_layers), else the size table's for a
+    known width, and every block below it must be there; only an unknown width without a
+    stated depth falls back to the highest index + 1."""
+    pre = _vit_prefix(fmt)
+    row = preset_for(dim)
+    if stated is not None:
+        want, why = int(stated), f"its config.json says num_hidden_layers={stated}"
+    elif row is not None:
+        want, why = row.depth, (f"a ViT of width {dim} has {row.depth} blocks ({row.dinov2} in "
+                                "radblur_jax/models/configs.py)")
+    else:
+        return max(blocks) + 1
+
+    def name(i: int) -> str:
+        hf = ("backbone." if fmt.startswith("depth_anything") else "") + f"encoder.layer.{i}.*"
+        return f"{pre}blocks.{i}.*" + (f" ({hf})" if fmt.endswith("_hf") else "")
+
+    has = f"the checkpoint has {len(blocks)} blocks, highest index {max(blocks)}, but {why}"
+    missing = [i for i in range(want) if i not in blocks]
+    if missing:
+        raise ConversionError(f"missing keys: {name(missing[0])}: {has}: a truncated or "
+                              "partial checkpoint?")
+    extra = sorted(i for i in blocks if i >= want)
+    if extra:
+        raise ConversionError(f"unexpected keys: {name(extra[0])}: {has}")
+    return want
+
+
 def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: int | None,
-                         taps) -> tuple:
+                         taps, depth: int | None) -> tuple:
     pre = _vit_prefix(fmt)
     _require(sd, [pre + "cls_token", pre + "pos_embed", pre + "patch_embed.proj.weight"])
     dim = int(sd[pre + "cls_token"].shape[-1])
@@ -188,7 +228,7 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
               if m}
     if not blocks:
         raise ConversionError(f"missing keys: no {pre}blocks.N.* found")
-    depth = max(blocks) + 1
+    depth = _block_depth(fmt, blocks, dim, depth)
     regs = int(sd[pre + "register_tokens"].shape[1]) if pre + "register_tokens" in sd else 0
     swiglu = pre + "blocks.0.mlp.w12.weight" in sd
     if swiglu:
@@ -201,7 +241,15 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
     enc.embed_dim, enc.depth, enc.patch_size = dim, depth, patch
     enc.num_heads = int(num_heads or configs.heads_for_width(dim))
     enc.mlp_ratio, enc.ffn = float(ratio), "swiglu" if swiglu else "mlp"
-    enc.taps = tuple(taps) if taps is not None else default_taps(depth)
+    if taps is not None:
+        enc.taps = tuple(taps)
+    else:
+        if depth < 4:  # the guess below would give negative block indices
+            raise ConversionError(f"cannot guess 4 tap blocks for a ViT of {depth} blocks")
+        enc.taps = default_taps(depth)
+        if preset_for(dim, depth) is None:
+            log.warning("no preset ViT has width %d and depth %d: taps %s GUESSED", dim, depth,
+                        enc.taps)
     if not fmt.startswith("depth_anything"):
         return enc, None
     head = ["depth_head.scratch.layer1_rn.weight"] + [
@@ -214,17 +262,22 @@ def _infer_from_original(fmt: str, sd: Mapping[str, np.ndarray], *, num_heads: i
 
 
 def infer_config(fmt: str, state_dict: Mapping[str, np.ndarray], *, num_heads: int | None = None,
-                 taps=None) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict | None]:
+                 taps=None, depth: int | None = None
+                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict | None]:
     """(encoder_cfg, dpt_cfg or None) from key names and shapes.
 
     Heads are not stored: the `configs` table's count for its widths, else head_dim 64, unless
-    `num_heads` is given. Taps default to Depth Anything V2's blocks
-    (`default_taps`). `pos_embed_mode`: `detect.default_pos_embed_mode` (original non-reg
+    `num_heads` is given. The number of blocks is `depth` when given (a transformers
+    config.json's), else the table's for a known width, and every block below it must be
+    present (a ConversionError names the first missing `blocks.N`); only an unknown width
+    without `depth` takes the highest block index + 1. Taps default to Depth Anything V2's
+    blocks (`default_taps`): the table's for a preset (width, depth), else a guess (logged;
+    `preset_for` tells which). `pos_embed_mode`: `detect.default_pos_embed_mode` (original non-reg
     "offset", any reg model "antialias", HF non-reg "size"). The DPT
     head type is not stored: `dpt.head` is "relative"; set "metric"/`max_depth` yourself.
     """
     return _infer_from_original(fmt, to_original_keys(fmt, state_dict), num_heads=num_heads,
-                                taps=taps)
+                                taps=taps, depth=depth)
 
 
 # ------------------------------------------------------------------ key map + validation
@@ -312,19 +365,21 @@ def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
 
 
 def check_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
-                     num_heads: int | None = None, taps=None) -> tuple:
+                     num_heads: int | None = None, taps=None, depth: int | None = None
+                     ) -> tuple:
     """Validates keys and shapes without converting; returns `(encoder_cfg, dpt_cfg)`.
 
     Only `np.shape` of each value is read for the original formats (cheap for any size).
     """
     sd = to_original_keys(fmt, state_dict)
-    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps)
+    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps, depth=depth)
     _check(fmt, sd, enc, dpt)
     return enc, dpt
 
 
 def convert_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
-                       num_heads: int | None = None, taps=None) -> tuple:
+                       num_heads: int | None = None, taps=None, depth: int | None = None
+                       ) -> tuple:
     """Maps a flat `{torch key: array}` of format `fmt` to `(params, encoder_cfg, dpt_cfg)`.
 
     `params` is a nested dict of float32 numpy arrays covering every parameter of the Flax
@@ -333,7 +388,7 @@ def convert_state_dict(fmt: str, state_dict: Mapping[str, np.ndarray], *,
     (before any array is copied). Keyword arguments as in `infer_config`.
     """
     sd = to_original_keys(fmt, state_dict)
-    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps)
+    enc, dpt = _infer_from_original(fmt, sd, num_heads=num_heads, taps=taps, depth=depth)
     nested: dict = {}
     for key, (path, perm) in _check(fmt, sd, enc, dpt).items():
         arr = np.asarray(sd[key], dtype=np.float32)
