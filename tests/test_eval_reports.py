@@ -35,9 +35,24 @@ def _stand_in(monkeypatch):
     monkeypatch.setattr(runner, "load_model", lambda config, workdir: loaded)
 
 
+def _rsblur(root: str, non_saturation: bool = True) -> str:
+    """The fake RSBlur set (its saturation list: the first test pair) and, with
+    `non_saturation`, the official non-saturation list of the other test pairs."""
+    fakes.make_rsblur(root)
+    lists = os.path.join(root, "datalist", "RSBlur")
+    if non_saturation:
+        with open(os.path.join(lists, "RSBlur_real_test.txt")) as f:
+            test = f.readlines()
+        with open(os.path.join(lists, "RSBlur_real_test_saturation.txt")) as f:
+            sat = f.readlines()
+        with open(os.path.join(lists, "RSBlur_real_test_non_saturation.txt"), "w") as f:
+            f.writelines(ln for ln in test if ln not in sat)
+    return lists
+
+
 def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
     _stand_in(monkeypatch)
-    fakes.make_rsblur(str(tmp_path / "data"))
+    _rsblur(str(tmp_path / "data"))
     cfg = eval_config.get_config("tiny")
     cfg.data = {"name": "rsblur", "root": str(tmp_path / "data" / "RSBlur"), "split": "test"}
     cfg.batch_size = 2  # protocol left at its default: the dataset's own
@@ -56,8 +71,47 @@ def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
     table = (out / "summary.md").read_text()
     assert "| method | rsblur (test) | saturated | non-saturated |" in table
     assert "official RSBlur script" in table
+    assert summary["saturation_split"] == "official lists"
+    assert summary["saturation_unlisted"] == 0 and "neither" not in table
     restored = cv2.imread(str(out / "restored" / (os.path.splitext(rows[0]["name"])[0] + ".png")))
     assert restored.shape == (fakes.H, fakes.W, 3)
+
+
+def test_rsblur_without_lists_or_with_unlisted_images_says_so(tmp_path, monkeypatch):
+    _stand_in(monkeypatch)
+    lists = _rsblur(str(tmp_path / "data"), non_saturation=False)
+    cfg = eval_config.get_config("tiny")
+    cfg.data = {"name": "rsblur", "root": str(tmp_path / "data" / "RSBlur"), "split": "test"}
+    cfg.save_images = cfg.grids = False
+    logs = []
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=logs.append)
+    assert "RSBlur saturation lists not found or unreadable" in summary["saturation_split"]
+    assert "RSBlur_real_test_non_saturation.txt" in summary["saturation_split"]
+    assert any("saturation lists not found or unreadable" in m for m in logs)
+    assert "restored_saturated" not in summary
+    table = (tmp_path / "w" / "eval" / "rsblur_test" / "summary.md").read_text()
+    assert "saturated / non-saturated: RSBlur saturation lists not found" in table
+    # Both lists present, but the second test image in neither: warned, counted, left out of
+    # both sub-means (the official script raises here).
+    with open(os.path.join(lists, "RSBlur_real_train.txt")) as f:
+        other = f.readline()  # a pair that is not a test image
+    with open(os.path.join(lists, "RSBlur_real_test_non_saturation.txt"), "w") as f:
+        f.write(other)
+    logs.clear()
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=logs.append)
+    assert summary["saturation_split"] == "official lists"
+    assert summary["saturation_unlisted"] == 1
+    assert summary["restored_saturated"]["count"] == 1
+    assert summary["restored_non_saturated"] == {"count": 0}
+    warning = [m for m in logs if "WARNING" in m]
+    assert len(warning) == 1 and "1 of 2 images are in neither" in warning[0]
+    assert summary["saturation_unlisted_examples"][0] in warning[0]
+    with open(tmp_path / "w" / "eval" / "rsblur_test" / "per_image.csv") as f:
+        assert [r["saturated"] for r in csv.DictReader(f)] == ["True", ""]
+    # Another split: no lists to look for, and the summary says why.
+    cfg.data = {**cfg.data, "split": "val"}
+    summary = runner.run_evaluation(cfg, str(tmp_path / "w"), log=lambda m: None)
+    assert "cover the test split only" in summary["saturation_split"]
 
 
 def test_realblur_set_is_aligned_by_default_and_a_contradicting_protocol_refused(

@@ -7,7 +7,9 @@ configs/eval.py). Writes under `config.output_dir` (default `WORKDIR/eval/<datas
                                      PSNR/SSIM, depth AbsRel/delta1 where the set has depth
     summary.json, summary.md         means: a markdown table, one row per method, one
                                      `PSNR / SSIM` column per set (the papers' layout); with
-                                     `adaptive`, also every sub-decoder's row and the time saved
+                                     `adaptive`, also every sub-decoder's row and the time saved;
+                                     on rsblur, saturated / non-saturated columns from the
+                                     official lists, or `saturation_split` saying why not
     restored/<name>.png              8-bit restored images (the files that were scored)
     comparison_{best,median,worst}.png   blurry | restored | sharp | depth, with zoomed crops
 
@@ -62,15 +64,55 @@ def _depth_scores(disparity: jax.Array, depth: jax.Array) -> dict:
     return depth_metrics(disparity, depth, depth > 0)
 
 
-def _saturated_names(spec: dict) -> set[str] | None:
-    """RSBlur: names in the official saturation test list (None when not available)."""
-    if spec.get("name") != "rsblur" or spec.get("subset", "all") != "all":
-        return None
-    try:
-        sat = make_source({**spec, "subset": "saturation"})
-    except (DataError, ValueError):
-        return None
-    return {r.name for r in sat.records}
+@dataclasses.dataclass(frozen=True)
+class SaturationSplit:
+    """RSBlur's official split of its test images: `saturated` and `non_saturated` names (both
+    None when there is no split), and `note`, why not (empty when there is one)."""
+    saturated: frozenset[str] | None = None
+    non_saturated: frozenset[str] | None = None
+    note: str = ""
+
+    def flag(self, name: str) -> bool | None:
+        """True / False by the official lists (checked in the official script's order), None
+        for a name in neither."""
+        if self.saturated is None:
+            return None
+        if name in self.non_saturated:
+            return False
+        return True if name in self.saturated else None
+
+
+def saturation_split(spec: dict) -> SaturationSplit:
+    """The official `RSBlur_<variant>_test_{saturation,non_saturation}.txt` lists of an rsblur
+    test split, found where the dataset's own lists are; otherwise a note saying why not."""
+    if spec.get("name") != "rsblur":
+        return SaturationSplit()
+    subset, split = spec.get("subset", "all"), spec.get("split", "train")
+    if subset != "all":
+        return SaturationSplit(note=f"subset {subset}: the run is one side of the saturation "
+                                    "split already")
+    if split != "test":
+        return SaturationSplit(note=f"the official saturation lists cover the test split only "
+                                    f"(this is {split}); no saturated / non-saturated means")
+    names = []
+    for part in ("saturation", "non_saturation"):
+        try:
+            names.append(frozenset(r.name for r in make_source({**spec, "subset": part}).records))
+        except (DataError, ValueError) as e:
+            return SaturationSplit(note=f"RSBlur saturation lists not found or unreadable "
+                                        f"({e}); no saturated / non-saturated means")
+    return SaturationSplit(*names)
+
+
+def _warn_unlisted(names: list[str], saturation: SaturationSplit,
+                   log: Callable[[str], None]) -> list[str]:
+    """Logs a warning naming the images in neither official list; returns them."""
+    unlisted = [n for n in names if saturation.flag(n) is None]
+    if unlisted:
+        log(f"eval: WARNING: {len(unlisted)} of {len(names)} images are in neither RSBlur "
+            f"saturation list (e.g. {', '.join(unlisted[:3])}); they count in the 'all' mean "
+            "only, not in the saturated or non-saturated one (the official script stops here)")
+    return unlisted
 
 
 def _restored_path(out_dir: str, name: str) -> str:
@@ -90,7 +132,7 @@ def _timed(restorer: Restorer, x: np.ndarray, warm: set | None):
 
 def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
              protocol: str, ssim_mode: str, out_dir: str, save_images: bool,
-             saturated: set[str] | None, full_depth: Restorer | None = None,
+             saturation: SaturationSplit, full_depth: Restorer | None = None,
              warm: tuple[set, set] | None = None) -> list[dict]:
     """Restores and scores one same-size batch; returns its rows. With `full_depth` (adaptive
     mode: the same model with every sub-decoder), each row also has `full_psnr`, `full_ssim`,
@@ -134,8 +176,8 @@ def _process(batch: list[tuple[int, dict]], restorer: Restorer, batch_size: int,
         if depth is not None:
             row["abs_rel"] = float(depth["abs_rel"][j])
             row["delta1"] = float(depth["delta1"][j])
-        if saturated is not None:
-            row["saturated"] = item["name"] in saturated
+        if saturation.saturated is not None:
+            row["saturated"] = saturation.flag(item["name"])
         if save_images:
             save_png(_restored_path(out_dir, item["name"]), reports.to_uint(restored[j]))
         rows.append(row)
@@ -160,7 +202,7 @@ def _grids(rows: list[dict], source: Any, restorer: Restorer, batch_size: int,
 
 
 def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict, protocol: str,
-             seconds: float) -> dict:
+             saturation: SaturationSplit, seconds: float) -> dict:
     ssim_mode = config.ssim_mode
     keys = ("psnr", "ssim", "abs_rel", "delta1")
     ident = [{"psnr": r["identity_psnr"], "ssim": r["identity_ssim"]} for r in rows]
@@ -192,6 +234,12 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict, pro
     if rows and "ecc_ok" in rows[0]:
         summary["ecc_failures"] = sum(not r["ecc_ok"] for r in rows)
         summary["identity_ecc_failures"] = sum(not r["identity_ecc_ok"] for r in rows)
+    if spec.get("name") == "rsblur":
+        summary["saturation_split"] = saturation.note or "official lists"
+        if saturation.saturated is not None:
+            unlisted = [r["name"] for r in rows if r.get("saturated") is None]
+            summary["saturation_unlisted"] = len(unlisted)
+            summary["saturation_unlisted_examples"] = unlisted[:10]
     if rows and "saturated" in rows[0]:
         for label, flag in (("saturated", True), ("non_saturated", False)):
             sub = [r for r in rows if r["saturated"] == flag]
@@ -231,6 +279,12 @@ def summary_markdown(summary: dict) -> str:
                      f"{summary['identity_ecc_failures']} blurry images; those were scored "
                      "without alignment (per_image.csv: ecc_ok).")
     notes += _mean_notes(summary)
+    if summary.get("saturation_split", "official lists") != "official lists":
+        notes.append(f"saturated / non-saturated: {summary['saturation_split']}.")
+    if summary.get("saturation_unlisted"):
+        notes.append(f"{summary['saturation_unlisted']} images are in neither official "
+                     "saturation list: in the first column's mean only (per_image.csv: saturated "
+                     "empty).")
     if "abs_rel" in summary["restored"]:
         notes.append(f"depth (disparity aligned by scale and shift): AbsRel "
                      f"{summary['restored']['abs_rel']:.4f}, delta1 "
@@ -286,14 +340,18 @@ def run_evaluation(config: Any, workdir: str,
     label = f"{spec.get('name')}_{spec.get('split', 'default')}"
     out_dir = config.output_dir or os.path.join(workdir, "eval", label)
     os.makedirs(out_dir, exist_ok=True)
-    saturated = _saturated_names(spec)
     n = len(source) if not config.max_images else min(len(source), config.max_images)
     log(f"eval: {loaded.description} on {label} ({n} images), protocol {protocol}, "
         f"-> {out_dir}")
+    saturation = saturation_split(spec)
+    if saturation.note:
+        log(f"eval: {saturation.note}")
+    elif saturation.saturated is not None and hasattr(source, "records"):
+        _warn_unlisted([source.records[i].name for i in range(n)], saturation, log)
     rows: list[dict] = []
     pending: dict[tuple, list] = defaultdict(list)
     args = (restorer, batch_size, protocol, config.ssim_mode, out_dir,
-            config.save_images, saturated, full_depth, (set(), set()))
+            config.save_images, saturation, full_depth, (set(), set()))
     t0 = time.perf_counter()
     for i in range(n):
         item = source[i]
@@ -313,7 +371,7 @@ def run_evaluation(config: Any, workdir: str,
                                               "full_ssim") if rows and k in rows[0]]
     timing = ["seconds"] + (["full_seconds"] if rows and "full_seconds" in rows[0] else [])
     reports.write_rows(out_dir, "per_image", rows, fields + timing)
-    summary = _summary(rows, config, loaded, spec, protocol, seconds)
+    summary = _summary(rows, config, loaded, spec, protocol, saturation, seconds)
     if config.grids and rows:
         summary["grids"] = _grids(rows, source, restorer, batch_size, out_dir)
     reports.write_json(os.path.join(out_dir, "summary.json"), summary)
