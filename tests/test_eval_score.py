@@ -107,3 +107,17 @@ def test_identical_outputs_are_counted_not_dropped(dirs, capsys):
     assert f"{np.mean([r['psnr'] for r in rows[1:]]):.2f} / " in out
     assert ("PSNR mean over 2 of 3 images; 1 infinite (output identical to the ground truth) "
             "left out.") in out
+
+
+def test_saturated_list_matching_nothing_is_an_error(dirs, tmp_path, capsys):
+    """A list whose names match no image would make every image 'non-saturated'."""
+    pred, gt = dirs
+    sat = tmp_path / "sat.txt"
+    sat.write_text("RSBlur/0001/000022/gt/gt_sharp.png RSBlur/0001/000022/real_blur/x.png\n")
+    out_csv = tmp_path / "r.csv"
+    assert score.main(["--pred", str(pred), "--gt", str(gt), "--protocol", "rsblur",
+                       "--saturated", str(sat), "--csv", str(out_csv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--saturated: none of the 3 images matches" in err[0]
+    assert "RSBlur/0001/000022/gt/gt_sharp" in err[0] and "e.g. a" in err[0]
+    assert not out_csv.exists()

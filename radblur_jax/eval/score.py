@@ -6,7 +6,8 @@
 Files are matched by their path relative to `--pred` / `--gt` without the extension (folders
 are searched recursively), so `a/001.png` scores against `a/001.jpg` too. Every file must have a
 counterpart of the same size (else an error names them, exit 2). Prints the mean table and
-writes a per-image CSV (`--csv`, default `<pred>_scores_<protocol>.csv`).
+writes a per-image CSV (`--csv`, default `<pred>_scores_<protocol>.csv`). A `--saturated` list
+that matches none of the images is an error (exit 2), not an all-non-saturated table.
 """
 from __future__ import annotations
 
@@ -84,12 +85,22 @@ def _is_saturated(key: str, names: set[str]) -> bool:
 
 def score_dirs(pred_dir: str, gt_dir: str, protocol: str, *, ssim_mode: str = "3d",
                saturated: set[str] | None = None) -> list[dict]:
-    """One row per matched file: `name`, `psnr`, `ssim` (+ `ecc_ok`, `saturated`)."""
+    """One row per matched file: `name`, `psnr`, `ssim` (+ `ecc_ok`, `saturated`).
+
+    With `saturated`, raises ScoreError before scoring when no image matches a listed name.
+    """
     from radblur_jax.data.image_io import DataError, read_image
     from radblur_jax.eval import protocols
 
+    pairs = match_pairs(pred_dir, gt_dir)
+    if saturated is not None and not any(_is_saturated(k, saturated) for k, _, _ in pairs):
+        # Every image would count as non-saturated: almost surely names that do not match.
+        raise ScoreError(
+            f"--saturated: none of the {len(pairs)} images matches a name in the list "
+            f"({len(saturated)} names, e.g. {', '.join(sorted(saturated)[:2]) or 'none'}); "
+            f"images are named by their path under --gt without extension, e.g. {pairs[0][0]}")
     rows = []
-    for key, p, g in match_pairs(pred_dir, gt_dir):
+    for key, p, g in pairs:
         try:
             pred = read_image(p, allow_gray=True, drop_alpha=True)
             gt = read_image(g, allow_gray=True, drop_alpha=True)
