@@ -1,5 +1,5 @@
 """What the converter refuses or flags instead of converting silently into another model:
-checkpoints that lost blocks, guessed taps."""
+checkpoints that lost blocks, guessed taps, a transformers head's output scale."""
 from __future__ import annotations
 
 import json
@@ -7,14 +7,18 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 import safetensors.torch as st
 import torch
+from conftest import rel_err, to_nchw
 
-from radblur_jax.convert import CheckpointError, convert_checkpoint, keymaps
+from radblur_jax.convert import CheckpointError, convert_checkpoint, keymaps, load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
+TOL = 1e-5
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
@@ -96,3 +100,94 @@ def test_taps_source_recorded(da_state, tmp_path):
     info = json.loads((tmp_path / "out" / "conversion.json").read_text())
     assert info["taps_source"] == "table"
 
+
+
+# ------------------------------------------------------------------ transformers head
+
+
+def _images(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(1, h, w, 3)).astype(np.float32)
+
+
+def _hf_depth_anything(tmp_path, **head_kw):
+    """A tiny random transformers Depth Anything saved as a model directory."""
+    from torch_reference import randomize_
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                            image_size=70, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 32, 64, 64],
+                              fusion_hidden_size=16, reassemble_hidden_size=64, **head_kw)
+    model = randomize_(DepthAnythingForDepthEstimation(cfg), seed=8).eval()
+    model.save_pretrained(tmp_path / "hf")
+    return model, tmp_path / "hf"
+
+
+def _edit_config(path, **fields):
+    cfg = json.loads((path / "config.json").read_text())
+    for key, value in fields.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _parity(model, out) -> float:
+    module, params, _ = load_pretrained(out)
+    x = _images(70, 84, seed=9)
+    with torch.no_grad():
+        want = model(pixel_values=to_nchw(x)).predicted_depth
+    assert float(want.abs().max()) > 0
+    return rel_err(jax.jit(module.apply)({"params": params}, x).disparity, want)
+
+
+def test_relative_head_max_depth_is_carried(tmp_path):
+    """transformers multiplies a RELATIVE head's output by max_depth too; the factor is folded
+    into the last convolution (relu is positively homogeneous), so the outputs agree."""
+    model, src = _hf_depth_anything(tmp_path, depth_estimation_type="relative", max_depth=5)
+    out = tmp_path / "out"
+    proc = run_tool("--input", src, "--output", out, "--verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "head=relative, detected from the transformers config.json; output x5" in proc.stdout
+    assert "verified: " in proc.stdout
+    info = json.loads((out / "conversion.json").read_text())
+    assert (info["head"], info["relative_output_scale"]) == ("relative", 5.0)
+    assert _parity(model, out) <= TOL
+
+
+def test_metric_transformers_dir(tmp_path):
+    model, src = _hf_depth_anything(tmp_path, depth_estimation_type="metric", max_depth=20)
+    result = convert_checkpoint(src, tmp_path / "out")
+    assert result.detection.head_summary() == \
+        "head=metric (max_depth=20 m), detected from the transformers config.json"
+    info = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert (info["head"], info["max_depth"], info["relative_output_scale"]) == \
+        ("metric", 20.0, 1.0)
+    assert _parity(model, tmp_path / "out") <= TOL
+
+
+@pytest.mark.parametrize("kind,value", [("relative", 0), ("relative", -2), ("relative", "far"),
+                                        ("metric", "far")])
+def test_head_scale_not_positive_is_refused(tmp_path, kind, value):
+    _, src = _hf_depth_anything(tmp_path, depth_estimation_type=kind)
+    _edit_config(src, max_depth=value)
+    out = tmp_path / "out"
+    one_line_error(run_tool("--input", src, "--output", out), src / "config.json",
+                   f"max_depth={value!r}", *(["no output scale"] if kind == "relative" else []))
+    assert not out.exists()
+
+
+def test_missing_depth_estimation_type_is_transformers_default(tmp_path):
+    """No depth_estimation_type: transformers builds a relative head, so no ASSUMED warning."""
+    model, src = _hf_depth_anything(tmp_path)
+    _edit_config(src, depth_estimation_type=None, max_depth=None)
+    out = tmp_path / "out"
+    proc = run_tool("--input", src, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and "ASSUMED" not in proc.stdout, proc.stderr
+    assert "head=relative, transformers' default: its config.json has no " \
+        "depth_estimation_type" in proc.stdout, proc.stdout
+    info = json.loads((out / "conversion.json").read_text())
+    assert (info["head"], info["head_source"], info["relative_output_scale"]) == \
+        ("relative", "hf_default", 1.0)
+    assert _parity(model, out) <= TOL

@@ -55,14 +55,18 @@ def verify(output: str, source: str) -> str:
     import numpy as np
 
     from radblur_jax.convert import keymaps, load_checkpoint, load_pretrained
+    from radblur_jax.convert.checkpoint import scale_relative_output
 
     module, params, config = load_pretrained(output)
     loaded = load_checkpoint(source)
     with open(os.path.join(output, "conversion.json")) as f:
-        fmt = json.load(f)["format"]
+        info = json.load(f)
     enc = config["encoder"]
-    want, _, _ = keymaps.convert_state_dict(fmt, loaded.state_dict, num_heads=enc["num_heads"],
-                                            taps=tuple(enc["taps"]), depth=enc["depth"])
+    want, _, _ = keymaps.convert_state_dict(info["format"], loaded.state_dict,
+                                            num_heads=enc["num_heads"], taps=tuple(enc["taps"]),
+                                            depth=enc["depth"])
+    if info.get("relative_output_scale", 1.0) != 1.0:
+        want = scale_relative_output(want, info["relative_output_scale"])
     same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), params, want)
     bad = [jax.tree_util.keystr(k) for k, ok in jax.tree_util.tree_flatten_with_path(same)[0]
            if not ok]

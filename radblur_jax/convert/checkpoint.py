@@ -244,12 +244,47 @@ def hf_hints(hf_config: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
     if fmt == "depth_anything_hf":
         if len(backbone.get("out_indices") or ()) == 4:
             hints["taps"] = tuple(int(i) - 1 for i in backbone["out_indices"])
-        if hf_config.get("depth_estimation_type") == "metric":
-            hints["head"] = "metric"
-            hints["max_depth"] = float(hf_config.get("max_depth") or 1.0)
-        elif hf_config.get("depth_estimation_type") == "relative":
-            hints["head"] = "relative"
+        # transformers' DepthAnythingConfig defaults: depth_estimation_type "relative",
+        # max_depth 1. Its head multiplies by max_depth for BOTH types: sigmoid * max_depth
+        # (metric), relu * max_depth (relative). `_hf_max_depth` checks the value.
+        kind = hf_config.get("depth_estimation_type")
+        hints["head"] = "relative" if kind is None else kind
+        hints["head_stated"] = kind is not None
+        hints["max_depth"] = hf_config.get("max_depth")
     return hints
+
+
+def scale_relative_output(params: Any, scale: float) -> Any:
+    """`params` of a relative Depth Anything with its output multiplied by `scale` > 0.
+
+    transformers' relative head ends in `relu(conv3(x)) * max_depth`; ours has no output scale,
+    but relu is positively homogeneous, `relu(z) * s == relu(s * z)` for s > 0, so the scale
+    folds exactly into the last convolution's kernel and bias (`output_conv2_2`)."""
+    scratch = dict(params["depth_head"]["scratch"])
+    scratch["output_conv2_2"] = {k: np.asarray(v, np.float32) * np.float32(scale)
+                                 for k, v in scratch["output_conv2_2"].items()}
+    return {**params, "depth_head": {**params["depth_head"], "scratch": scratch}}
+
+
+def _hf_max_depth(source: str, hints: dict[str, Any]) -> float:
+    """The factor a transformers Depth Anything head multiplies its output by: config.json's
+    `max_depth`, 1 when absent or null (transformers 4 reads null as its default, 1). A value
+    that is not a number > 0 is refused (transformers 4 reads 0 as 1, 5 as 0)."""
+    value = hints.get("max_depth")
+    if value is None:
+        return 1.0
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (scale > 0 and np.isfinite(scale)):
+        why = ("the metric head's sigmoid is scaled by it" if hints["head"] == "metric" else
+               "transformers multiplies the relative output by it, and a factor that is not > 0 "
+               "cannot be carried (the relative head here has no output scale)")
+        raise CheckpointError(f"{source}/config.json: max_depth={value!r} with "
+                              f"depth_estimation_type {hints['head']}: expected a number > 0; "
+                              f"{why}")
+    return scale
 
 
 def _check_head(head: str | None, max_depth: float | None) -> None:
@@ -262,16 +297,49 @@ def _check_head(head: str | None, max_depth: float | None) -> None:
         raise CheckpointError("max_depth applies only to head 'metric'")
 
 
+def _decide_head(source: str, dpt_cfg: Any, hints: dict[str, Any], head: str | None,
+                 max_depth: float | None) -> tuple[str, float]:
+    """Sets `dpt_cfg.head`/`max_depth`; returns (head_source, relative output scale)."""
+    if head is not None:
+        dpt_cfg.head, head_source = head, "given"
+        if head == "metric":
+            dpt_cfg.max_depth = float(max_depth)
+    elif "head" in hints:
+        if hints["head"] not in DPT_HEADS:
+            raise CheckpointError(f"{source}/config.json: depth_estimation_type "
+                                  f"{hints['head']!r}: expected one of {', '.join(DPT_HEADS)}")
+        dpt_cfg.head = hints["head"]
+        head_source = "detected" if hints["head_stated"] else "hf_default"
+        if hints["head"] == "metric":
+            dpt_cfg.max_depth = _hf_max_depth(source, hints)
+    elif detect.head_from_name(source):
+        dpt_cfg.head, named_max_depth = detect.head_from_name(source)
+        head_source = "filename"
+        if named_max_depth is not None:
+            dpt_cfg.max_depth = named_max_depth
+    else:
+        head_source = "assumed"
+    # A transformers relative head's max_depth scales its output too: carried into the weights.
+    scale = 1.0
+    if dpt_cfg.head == "relative" and hints.get("head") == "relative":
+        scale = _hf_max_depth(source, hints)
+    return head_source, scale
+
+
 def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
                        format: str = "auto", overwrite: bool = False, head: str | None = None,
                        max_depth: float | None = None) -> ConversionResult:
     """Read a PyTorch checkpoint, detect its format and size, convert and write it to `output`.
 
     The depth head type (relative disparity or metric depth) is not in the weights: it comes
-    from `head`/`max_depth` when given, else from a transformers `config.json`, else from an
+    from `head`/`max_depth` when given, else from a transformers `config.json`
+    (`depth_estimation_type`, "relative" when absent as in transformers), else from an
     official Depth Anything V2 file name (`depth_anything_v2_metric_hypersim_vits.pth`: metric,
     20 m; `..._vkitti_...`: 80 m; `depth_anything_v2_vits.pth`: relative), else it is assumed
-    relative (`detection.head_source` says which; `detection.assumption_warning()`).
+    relative (`detection.head_source` says which; `detection.assumption_warning()`). A
+    transformers relative model's `max_depth` multiplies its output; a factor other than 1 is
+    folded into the last convolution (`scale_relative_output`, recorded in conversion.json as
+    `relative_output_scale`). Official Depth Anything V1 file names are refused.
     """
     from radblur_jax.convert import keymaps
 
@@ -292,23 +360,14 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
     if dpt_cfg is None and head is not None:
         raise CheckpointError(f"{source}: a {fmt} encoder has no depth head; --head applies to "
                               "Depth Anything checkpoints only")
-    head_source = "assumed"
-    if head is not None:
-        dpt_cfg.head, head_source = head, "given"
-        if head == "metric":
-            dpt_cfg.max_depth = float(max_depth)
-    elif dpt_cfg is not None and "head" in hints:
-        dpt_cfg.head, head_source = hints["head"], "detected"
-        if hints["head"] == "metric":
-            dpt_cfg.max_depth = hints["max_depth"]
-    elif dpt_cfg is not None and detect.head_from_name(source):
-        dpt_cfg.head, named_max_depth = detect.head_from_name(source)
-        head_source = "filename"
-        if named_max_depth is not None:
-            dpt_cfg.max_depth = named_max_depth
+    head_source, scale = None, 1.0
+    if dpt_cfg is not None:
+        head_source, scale = _decide_head(source, dpt_cfg, hints, head, max_depth)
+        if scale != 1.0:
+            params = scale_relative_output(params, scale)
     taps_source = ("config.json" if "taps" in hints else "table"
                    if keymaps.preset_for(encoder_cfg.embed_dim, encoder_cfg.depth) else "guessed")
-    detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source, taps_source)
+    detection = detect.describe(fmt, encoder_cfg, dpt_cfg, head_source, taps_source, scale)
     n_params = count_params(params)
     n_arrays = len(jax.tree.leaves(params))
     ignored = sorted(k for k in keymaps.to_original_keys(fmt, loaded.state_dict)
@@ -319,7 +378,8 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
         "pos_embed_mode": detection.pos_embed_mode, "num_params": n_params,
         "head": None if dpt_cfg is None else dpt_cfg.head,
         "max_depth": None if dpt_cfg is None or dpt_cfg.head != "metric" else dpt_cfg.max_depth,
-        "head_source": detection.head_source, "taps_source": detection.taps_source,
+        "head_source": detection.head_source, "relative_output_scale": scale,
+        "taps_source": detection.taps_source,
         "num_source_keys": len(loaded.state_dict), "num_param_arrays": n_arrays,
         "ignored_source_keys": ignored,
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -83,12 +83,16 @@ class Detection:
     pos_embed_mode: str
     encoder_cfg: Any
     dpt_cfg: Any | None
-    # How the head type was decided: "detected" (transformers config.json), "given" (--head),
-    # "filename" (an official Depth Anything V2 file name) or "assumed"; None without a DPT.
+    # How the head type was decided: "detected" (transformers config.json), "hf_default" (a
+    # transformers config.json without depth_estimation_type: transformers' default, relative),
+    # "given" (--head), "filename" (an official Depth Anything V2 file name) or "assumed"; None
+    # without a DPT.
     head_source: str | None = None
     # Where the taps came from: "config.json" (transformers out_indices), "table" (a preset
     # width and depth of radblur_jax/models/configs.py) or "guessed" (neither).
     taps_source: str = "table"
+    # A transformers relative head's max_depth, folded into the last convolution (1: none).
+    output_scale: float = 1.0
 
     def taps_summary(self) -> str:
         """`taps=(...)`, and for guessed taps what they are and why they are a guess."""
@@ -111,11 +115,15 @@ class Detection:
         head = self.dpt_cfg.head + (f" (max_depth={self.dpt_cfg.max_depth:g} m)"
                                     if self.dpt_cfg.head == "metric" else "")
         why = {"detected": "detected from the transformers config.json",
+               "hf_default": "transformers' default: its config.json has no "
+                             "depth_estimation_type",
                "given": "given by --head",
                "filename": "from the official Depth Anything V2 file name",
                "assumed": "ASSUMED: the weights do not say; for a metric Depth Anything V2 "
                           "model pass --head metric --max-depth M"}[self.head_source]
-        return f"head={head}, {why}"
+        scale = (f"; output x{self.output_scale:g} (config.json max_depth, as transformers' "
+                 "relative head), folded into the last conv" if self.output_scale != 1.0 else "")
+        return f"head={head}, {why}{scale}"
 
     def assumption_warning(self) -> str | None:
         """A warning block for stderr when the head type was assumed, else None."""
@@ -200,11 +208,11 @@ def default_pos_embed_mode(fmt: str, num_registers: int) -> str:
 
 
 def describe(fmt: str, encoder_cfg: Any, dpt_cfg: Any | None, head_source: str = "assumed",
-             taps_source: str = "table") -> Detection:
+             taps_source: str = "table", output_scale: float = 1.0) -> Detection:
     """Summarise an inferred configuration for printing and `conversion.json`."""
     regs = int(encoder_cfg.get("num_registers", 0) or 0)
     mode = encoder_cfg.get("pos_embed_mode") or default_pos_embed_mode(fmt, regs)
     return Detection(format=fmt, model_kind=MODEL_KIND[fmt], size=size_name(encoder_cfg),
                      num_registers=regs, pos_embed_mode=mode, encoder_cfg=encoder_cfg,
                      dpt_cfg=dpt_cfg, head_source=None if dpt_cfg is None else head_source,
-                     taps_source=taps_source)
+                     taps_source=taps_source, output_scale=output_scale)
