@@ -215,3 +215,26 @@ def test_adaptive_windows_pick_their_own_steps():
     assert fixed.steps.tolist() == [[1] * 6]  # fixed depth: every window ran all (here 1)
     with pytest.raises(ValueError, match="num_active"):
         inf.InferenceOptions(adaptive=True, num_active=2)
+
+
+def test_window_mode_depth_is_registered_with_vit_input_resize():
+    """With vit_input="resize" the encoder's disparity covers the whole padded image at the
+    ViT's size. Window mode's depth pass (here at full size: sqrt(40 * 200) < tile) must map
+    it as the model's forward does, giving the full-image disparity, not a misregistered crop."""
+    from radblur_jax.eval.loading import sampled_params
+    from radblur_jax.models.configs import radblur_config
+    from radblur_jax.models.radblur import build_radblur
+
+    cfg = radblur_config("tiny")
+    cfg.vit_input = "resize"
+    model = build_radblur(cfg)
+    params = sampled_params(model, 0)
+    yy, xx = np.mgrid[0:40, 0:200]
+    x = np.stack([0.5 + 0.4 * np.sin(xx / (7.0 + 3 * c) + yy / 5.0) for c in range(3)], -1)
+    x = jnp.asarray(x[None], jnp.float32)
+    full = jax.jit(lambda p, v: model.apply({"params": p}, v, num_active=1).disparity)(params, x)
+    opts = inf.InferenceOptions(tile=100, overlap=8, tile_batch=4, num_active=1)
+    tiled = jax.jit(inf.restore_fn(model, opts))(params, x)[1]
+    assert tiled.shape == full.shape == (1, 40, 200)
+    assert float(jnp.std(full)) > 1e-3  # a map with structure to misregister
+    assert rel_err(tiled, full) < 1e-4

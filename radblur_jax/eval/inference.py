@@ -8,7 +8,9 @@ Sliding windows: windows of `tile` px (clipped to the image) start every `tile -
 the last one flush with the border; each output pixel is the weighted mean of the windows that
 cover it, with weights ramping linearly over `overlap` px from each window edge. Disparity is
 relative (its scale differs per window), so in window mode it is predicted once on the whole
-image resized to about `tile * tile` pixels and resized back.
+image resized to about `tile * tile` pixels, mapped onto that image as the model's own forward
+pass maps it (with `vit_input="resize"`: resized to the padded image, then cropped), and
+resized back.
 
 Adaptive exit (`adaptive=True`): every image, or every window in window mode, runs only the
 sub-decoders its own exit logits ask for (`RADBlur.adaptive`); windows are blended exactly as
@@ -27,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from radblur_jax.models.backends import Backend, inference_backend
+from radblur_jax.models.layers import bilinear_resize
 
 RestoreFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -116,7 +119,14 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions(), *,
         scale = min(1.0, options.tile / float(np.sqrt(h * w)))
         size = (max(14, int(round(h * scale))), max(14, int(round(w * scale))))
         small = jax.image.resize(x, (b, *size, 3), "linear", antialias=True)
-        disp = model.apply({"params": params}, small, method="encode")[1].disparity
+        padded, depth_out, _ = model.apply({"params": params}, small, method="encode")
+        disp = depth_out.disparity
+        if getattr(getattr(model, "cfg", None), "vit_input", "pad") == "resize":
+            # The path of RADBlur._decoder_inputs: with vit_input "resize" the encoder's map
+            # covers the whole stem-padded image at the ViT's size, so it is resized to the
+            # padded shape before the crop (in "pad" mode it is pixel-aligned already).
+            disp = bilinear_resize(disp[..., None], padded.shape[1:3],
+                                   align_corners=False)[..., 0]
         disp = disp[:, :size[0], :size[1]]
         return jax.image.resize(disp, (b, h, w), "linear")
 
