@@ -375,15 +375,41 @@ def test_head_flag_errors(da_pth, tmp_path):
                          (("--max-depth", "20"), "--max-depth"),
                          (("--head", "metric", "--max-depth", "-1"), "--max-depth")):
         proc = run_tool("--input", da_pth, "--output", out, *args)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        _assert_one_line_error(proc, da_pth, needle)  # names the file, as every error does
         assert not out.exists()
+    with pytest.raises(CheckpointError, match=r"\.pth: head 'metric' needs max_depth"):
+        convert_checkpoint(da_pth, out, head="metric")
     from torch_reference import TorchDinoViT
     vit = tmp_path / "vit.pth"
     torch.save(TorchDinoViT().state_dict(), vit)
     _assert_one_line_error(run_tool("--input", vit, "--output", out, "--head", "relative"),
                            vit, "--head")
     assert not out.exists()
+
+
+def test_verify_failure_is_a_one_line_error_exit_2(da_pth, tmp_path, monkeypatch, capsys):
+    """A --verify mismatch exits 2 like every other failure, one line naming the output."""
+    import importlib.util
+
+    import radblur_jax.convert as convert
+    spec = importlib.util.spec_from_file_location("convert_weights_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    real = convert.load_pretrained
+
+    def tampered(path):
+        module, params, config = real(path)
+        params = jax.tree.map(lambda a: a, params)
+        params["pretrained"]["norm"]["bias"] = params["pretrained"]["norm"]["bias"] + 1.0
+        return module, params, config
+
+    monkeypatch.setattr(convert, "load_pretrained", tampered)
+    out = tmp_path / "out"
+    argv = ["--input", str(da_pth), "--output", str(out), "--head", "relative", "--verify"]
+    assert tool.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: reloaded parameters differ"), err
+    assert "['pretrained']['norm']['bias']" in err[0] and "left for inspection" in err[0]
 
 
 def test_convert_is_reachable_from_the_package_lazily():

@@ -71,22 +71,28 @@ def verify(output: str, source: str) -> str:
     bad = [jax.tree_util.keystr(k) for k, ok in jax.tree_util.tree_flatten_with_path(same)[0]
            if not ok]
     if bad:
-        raise CheckpointError(f"{output}: reloaded parameters differ from the source: {bad[:6]}")
+        raise CheckpointError(f"{output}: reloaded parameters differ from the source: {bad[:6]} "
+                              "(the written directory is left for inspection)")
     side = 2 * enc["patch_size"]
     x = np.random.default_rng(0).normal(size=(1, side, side, 3)).astype(np.float32)
     out = jax.jit(module.apply)({"params": params}, x)
     if not all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(out)):
-        raise CheckpointError(f"{output}: forward pass on a {side}x{side} input is not finite")
+        raise CheckpointError(f"{output}: forward pass on a {side}x{side} input is not finite "
+                              "(the written directory is left for inspection)")
     return f"verified: {len(jax.tree.leaves(params))} arrays equal the source, forward finite"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Every failure is one line `error: <file>: ...` on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    problem = None
     if args.head == "metric" and (args.max_depth is None or not args.max_depth > 0):
-        parser.error("--head metric needs --max-depth M (metres, > 0)")
+        problem = "--head metric needs --max-depth M (metres, > 0)"
     if args.max_depth is not None and args.head != "metric":
-        parser.error("--max-depth applies only with --head metric")
+        problem = "--max-depth applies only with --head metric"
+    if problem:
+        print(f"error: {args.input}: {problem}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         result = convert_checkpoint(args.input, args.output, format=args.format,
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(verify(result.output, args.input))
         except CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2
     return 0
 
 

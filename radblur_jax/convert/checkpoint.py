@@ -287,14 +287,14 @@ def _hf_max_depth(source: str, hints: dict[str, Any]) -> float:
     return scale
 
 
-def _check_head(head: str | None, max_depth: float | None) -> None:
+def _check_head(source: str, head: str | None, max_depth: float | None) -> None:
     if head is not None and head not in DPT_HEADS:
-        raise CheckpointError(f"head {head!r}: expected one of {', '.join(DPT_HEADS)}")
+        raise CheckpointError(f"{source}: head {head!r}: expected one of {', '.join(DPT_HEADS)}")
     if head == "metric" and (max_depth is None or not max_depth > 0):
-        raise CheckpointError("head 'metric' needs max_depth > 0 (metres; Depth Anything V2 "
-                              "metric models use 20 indoors, 80 outdoors)")
+        raise CheckpointError(f"{source}: head 'metric' needs max_depth > 0 (metres; Depth "
+                              "Anything V2 metric models use 20 indoors, 80 outdoors)")
     if head != "metric" and max_depth is not None:
-        raise CheckpointError("max_depth applies only to head 'metric'")
+        raise CheckpointError(f"{source}: max_depth applies only to head 'metric'")
 
 
 def _decide_head(source: str, dpt_cfg: Any, hints: dict[str, Any], head: str | None,
@@ -345,7 +345,7 @@ def convert_checkpoint(input: str | os.PathLike, output: str | os.PathLike, *,
 
     source = os.fspath(input)
     output = os.path.abspath(os.fspath(output))
-    _check_head(head, max_depth)
+    _check_head(source, head, max_depth)
     _check_destination(output, overwrite)
     detect.refuse_v1_name(source)
     loaded = load_checkpoint(source)
