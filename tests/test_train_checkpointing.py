@@ -167,3 +167,19 @@ def test_resume_with_another_optimizer_layout_names_the_field(tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"optimizer\.layout: was 'per_leaf', now 'flat'"):
         train_and_evaluate(config("flat"), workdir)
     assert read_config(workdir).optimizer.layout == "per_leaf"
+
+
+def test_structure_changes_name_a_teacher_or_an_exit_phase_added(tmp_path):
+    """A distillation weight adds the frozen teacher to the state and exit-head steps the exit
+    head's Adam state: switching either on or off is a structure change; their sizes are not."""
+    from train_helpers import load_config
+
+    def config(distill: float, exit_steps: int):
+        c = load_config("deblur.py", f"tiny,exit_steps={exit_steps}")
+        c.loss.distill_weight = distill
+        return c
+
+    checkpointing.save_config(str(tmp_path), config(0.0, 50))
+    assert checkpointing.structure_changes(str(tmp_path), config(0.0, 20)) == []
+    assert checkpointing.structure_changes(str(tmp_path), config(0.1, 0)) == [
+        "loss.distill_weight > 0: was False, now True", "exit.steps > 0: was True, now False"]

@@ -56,14 +56,19 @@ def save_config(workdir: str, config: ml_collections.ConfigDict,
 
 
 # Config fields that decide the train state's tree structure: a checkpoint restores only onto a
-# state built with the same values.
-STATE_STRUCTURE_FIELDS = ("optimizer.layout", "optimizer.freeze", "optimizer.accumulate_steps")
+# state built with the same values. For the last two only whether they are positive matters:
+# a distillation weight adds the frozen teacher, exit-head steps the exit head's Adam state.
+STATE_STRUCTURE_FIELDS = ("optimizer.layout", "optimizer.freeze", "optimizer.accumulate_steps",
+                          "loss.distill_weight > 0", "exit.steps > 0")
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    dotted, positive = dotted.removesuffix(" > 0"), dotted.endswith(" > 0")
     node = config
     for key in dotted.split("."):
         node = node.get(key) if node is not None else None
+    if positive:
+        return node is not None and node > 0
     return list(node) if isinstance(node, (list, tuple)) else node
 
 
