@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # of its extra FLOPs (docs/benchmarks.md, train_step.py --remat).
     c.model.decoder.stem_remat = recipe.stem_remat
     # The main phase leaves the exit head alone; it is trained afterwards in its own phase.
-    c.optimizer.freeze = ["^exit_head/"]
+    c.optimizer.freeze = ("^exit_head/",)
     c.loss = ml_collections.ConfigDict(dict(
         pixel="l1",            # "l1" | "psnr"
         fft_weight=0.01,

@@ -36,13 +36,15 @@ RECIPES = {
     # anything that carries over to the full-size validation images.
     "tiny": DepthRecipe(batch_size=4, crop_size=112, num_steps=300, lr=1e-3, warmup_steps=30,
                         eval_every=100, grad_weight=0.0, **_TINY),
-    "s": DepthRecipe(batch_size=16, crop_size=266, num_steps=50_000, lr=5e-6, warmup_steps=1000,
+    # s..g: 252 px crops (18 x 18 patches) fit the built-in set's 256 px images and NYU's 480
+    # rows; Depth Anything V2 itself trains at 518 (`input.crop_size=518` on larger images).
+    "s": DepthRecipe(batch_size=16, crop_size=252, num_steps=50_000, lr=5e-6, warmup_steps=1000,
                      eval_every=5000),
-    "b": DepthRecipe(batch_size=16, crop_size=266, num_steps=50_000, lr=5e-6, warmup_steps=1000,
+    "b": DepthRecipe(batch_size=16, crop_size=252, num_steps=50_000, lr=5e-6, warmup_steps=1000,
                      eval_every=5000, remat=True),
-    "l": DepthRecipe(batch_size=32, crop_size=518, num_steps=80_000, lr=5e-6, warmup_steps=1000,
+    "l": DepthRecipe(batch_size=32, crop_size=252, num_steps=80_000, lr=5e-6, warmup_steps=1000,
                      eval_every=5000, fsdp=8, remat=True),
-    "g": DepthRecipe(batch_size=64, crop_size=518, num_steps=80_000, lr=5e-6, warmup_steps=1000,
+    "g": DepthRecipe(batch_size=64, crop_size=252, num_steps=80_000, lr=5e-6, warmup_steps=1000,
                      eval_every=5000, fsdp=16, remat=True),
 }
 

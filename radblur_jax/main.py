@@ -81,19 +81,48 @@ def _evaluate(config, workdir: str) -> None:
 
 
 def _check_training(config) -> None:
-    """The training config and its data sets, checked before anything is written."""
+    """The training config, its data sets and its mesh, checked before anything is written."""
     from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source, resolve_spec
+    from radblur_jax.train import sharding
     from radblur_jax.train.config_base import check_config
+    from radblur_jax.train.input import local_batch_size
+    from radblur_jax.train.tasks import TASKS
     try:
         check_config(config)
     except (ValueError, KeyError, TypeError) as e:
         fail(f"--{e}" if str(e).startswith("config.") else f"--config: {e}")
+    fields = TASKS[config.stage].fields
     for key in ("data", "eval_data"):
         try:
-            make_source(resolve_spec(config[key]))
+            source = make_source(resolve_spec(config[key]))
+            example = source[0] if len(source) else None
         except (ValueError, KeyError, TypeError, DataError, FileNotFoundError) as e:
             fail(f"--config.{key}: {e}")
+        if example is None:
+            fail(f"--config.{key}: {config[key].name} at {config[key].root or '(built-in)'} "
+                 f"has no examples")
+        missing = [f for f in fields if f not in example]
+        if missing:
+            fail(f"--config.{key}.name={config[key].name}: its examples have "
+                 f"{sorted(example)}; stage {config.stage!r} trains on {list(fields)}")
+        if key == "data":
+            _check_crop(config, example[fields[0]].shape)
+    import jax
+    try:
+        mesh = sharding.make_mesh(config.mesh)
+        sharding.check_batch(config.train.batch_size, mesh, config.mesh.batch_axes)
+        local_batch_size(config.train.batch_size, jax.process_count())
+    except ValueError as e:
+        fail(f"--{e}")
+
+
+def _check_crop(config, shape: tuple[int, ...]) -> None:
+    """The training crop fits the first training image (the pipeline checks every image)."""
+    crop, (h, w) = int(config.input.crop_size), shape[:2]
+    if crop > min(h, w):
+        fail(f"--config.input.crop_size={crop}: larger than the training images ({h}x{w} "
+             f"for the first of {config.data.name}); give a crop that fits")
 
 
 def _train(config, workdir: str) -> None:

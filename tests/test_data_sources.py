@@ -132,3 +132,15 @@ def test_make_source_every_name(tmp_path):
     assert set(roots) | set(DEPTH_NAMES) == set(NAMES)
     with pytest.raises(ValueError, match="unknown dataset"):
         make_source({"name": "gopr0", "root": "x"})
+
+
+def test_spec_options_reach_the_dataset_only_when_set(tmp_path):
+    """A config's dataset spec declares every option (`dataset_spec`): unset ones leave the
+    dataset's defaults, a set one reaches it, and one the dataset does not take is named."""
+    from radblur_jax.data.sources import dataset_spec
+    F.make_rsblur(str(tmp_path))
+    spec = dataset_spec("rsblur", root=str(tmp_path / "RSBlur"), split="test")
+    assert len(make_source(spec)) == 2
+    assert len(make_source({**spec, "subset": "saturation"})) == 1
+    with pytest.raises(ValueError, match="'rsblur' takes no option 'jpeg'"):
+        make_source({**spec, "jpeg": True})

@@ -11,10 +11,12 @@ from train_helpers import CONFIGS, load_config
 REPO = os.path.dirname(CONFIGS)
 
 
-def _main(workdir, *args):
+def _main(workdir, *args, devices: int = 1):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.run([sys.executable, "-m", "radblur_jax.main", "--workdir", str(workdir),
                            *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+                          env=env)
 
 
 def _one_line_exit_2(p) -> str:
@@ -37,10 +39,30 @@ def _one_line_exit_2(p) -> str:
      "/nonexistent/x"),
     (["--config", "configs/deblur.py:tiny", "--config.init.checkpoint=/no/such/dir"],
      "--config.init.checkpoint=/no/such/dir"),
+    (["--config", "configs/deblur.py:tiny", "--config.optimizer.schedule=linear"],
+     "optimizer.schedule='linear'"),
+    (["--config", "configs/deblur.py:tiny", "--config.optimizer.accumulate_steps=0"],
+     "--config.optimizer.accumulate_steps=0"),
+    (["--config", "configs/deblur.py:tiny", "--config.mesh.data=3"], "config.mesh"),
+    (["--config", "configs/deblur.py:tiny", "--config.input.crop_size=300"],
+     "--config.input.crop_size=300"),
+    (["--config", "configs/depth_pretrain.py:tiny", "--config.input.crop_size=120"],
+     "--config.input.crop_size=120"),
+    (["--config", "configs/depth_pretrain.py:tiny", "--config.data.name=synthetic"],
+     "--config.data.name=synthetic"),
+    (["--config", "configs/deblur.py:tiny", "--config.eval_data.jpeg=True"],
+     "'synthetic' takes no option 'jpeg'"),
 ])
 def test_bad_config_is_one_line_exit_2(args, needle, tmp_path):
     line = _one_line_exit_2(_main(tmp_path / "w", *args))
     assert needle in line and "Traceback" not in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_batch_that_does_not_split_over_the_devices(tmp_path):
+    line = _one_line_exit_2(_main(tmp_path / "w", "--config", "configs/deblur.py:tiny",
+                                  "--config.train.batch_size=5", devices=2))
+    assert "--config.train.batch_size=5" in line and "2 devices" in line
     assert os.listdir(tmp_path) == []
 
 

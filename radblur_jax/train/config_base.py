@@ -13,9 +13,10 @@ Contract (tests and scripts rely on these names):
                               recipe's dtype and remat): what runs, override any field
                               (`--config.model.decoder.fft=False`); `model.name` = the preset
   seed
-  data, eval_data             dataset specs as `radblur_jax.data.sources.make_source` takes them;
-                              `root=""` with name synthetic / synthetic_depth = the built-in set
-                              (generated on first use)
+  data, eval_data             dataset specs as `radblur_jax.data.sources.make_source` takes them
+                              (`dataset_spec`: name, root, split and every dataset option, e.g.
+                              `--config.data.skip_bad=True`); `root=""` with name synthetic /
+                              synthetic_depth = the built-in set (generated on first use)
   input                       crop_size, worker_count, read_threads (training pipeline)
   train                       num_steps, batch_size (global), log_every, checkpoint_every,
                               eval_every, ema_decay, split_step ("auto" | "on" | "off": the
@@ -39,7 +40,8 @@ from typing import Any
 
 import ml_collections
 
-from radblur_jax.models.configs import radblur_config, validate_config
+from radblur_jax.data.sources import dataset_spec
+from radblur_jax.models.configs import check_choice, radblur_config, validate_config
 from radblur_jax.train.optimizer import default_optimizer_config
 
 DEFAULT_PRESET = "tiny"
@@ -126,8 +128,8 @@ def training_config(stage: str, preset: str, recipe: Recipe, *, dataset: str
     c.model = _model_config(preset, recipe)
     c.seed = 0
 
-    c.data = ml_collections.ConfigDict(dict(name=dataset, root="", split="train"))
-    c.eval_data = ml_collections.ConfigDict(dict(name=dataset, root="", split="test"))
+    c.data = ml_collections.ConfigDict(dataset_spec(dataset, split="train"))
+    c.eval_data = ml_collections.ConfigDict(dataset_spec(dataset, split="test"))
     c.input = ml_collections.ConfigDict(dict(crop_size=recipe.crop_size, worker_count=0,
                                              read_threads=2))
 
@@ -182,6 +184,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if "name" not in config[key]:
             raise ValueError(f"config.{key}: a dataset spec needs `name`")
     split_step.use_split_step(config.train.split_step)  # ValueError for a bad choice
+    _check_optimizer(config.optimizer)
     validate_config(config.model)
     init = config.init
     if init.checkpoint and init.pretrained:
@@ -191,6 +194,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if path and not os.path.isdir(os.path.expanduser(path)):
             raise ValueError(f"config.init.{key}={path}: no such directory")
     TASKS[config.stage].check_config(config)
+
+
+def _check_optimizer(oc: ml_collections.ConfigDict) -> None:
+    """The optimiser's choices and counts (`optimizer.make_optimizer` reads them later)."""
+    from radblur_jax.train.optimizer import LAYOUT_CHOICES, SCHEDULES
+    check_choice("optimizer.schedule", oc.schedule, SCHEDULES)
+    check_choice("optimizer.layout", oc.layout, LAYOUT_CHOICES)
+    if not isinstance(oc.accumulate_steps, int) or oc.accumulate_steps < 1:
+        raise ValueError(f"config.optimizer.accumulate_steps={oc.accumulate_steps!r}: expected "
+                         f"a positive integer")
+    if not isinstance(oc.warmup_steps, int) or oc.warmup_steps < 0:
+        raise ValueError(f"config.optimizer.warmup_steps={oc.warmup_steps!r}: expected an "
+                         f"integer >= 0")
+    if isinstance(oc.freeze, str):
+        raise ValueError(f"config.optimizer.freeze={oc.freeze!r}: expected a tuple of regexes")
 
 
 def fit_warmup(config: ml_collections.ConfigDict) -> str | None:

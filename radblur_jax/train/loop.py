@@ -108,10 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     task = make_task(config)
     # ---- mesh and shardings
     mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(tc.batch_size, mesh, config.mesh.batch_axes)
     batch_devices = int(np.prod([mesh.shape[a] for a in config.mesh.batch_axes]))
-    if tc.batch_size % batch_devices:
-        raise ValueError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
-                         f"{batch_devices} devices of mesh axes {tuple(config.mesh.batch_axes)}")
     rng = jax.random.key(int(config.seed))
     abstract_params = jax.eval_shape(task.init_params, rng)
     optimizers = task.make_optimizers(abstract_params)

@@ -65,13 +65,16 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
         # the ViT-L's first blocks ~0.08x (0.9**24) and ViT-S's ~0.28x, the last block 0.9x.
         # Set 1.0 when the encoder starts from random weights.
         layer_decay=0.9,
-        freeze=[],  # regexes over '/'-joined param paths, e.g. ["^depth/"].
+        # Regexes over '/'-joined param paths, e.g. ("^depth/",); a tuple, so the command line
+        # can set it (--config.optimizer.freeze='("^depth/",)').
+        freeze=(),
         accumulate_steps=1,  # optax.MultiSteps over this many micro-batches; 1 = off.
         layout="flat",  # "flat" | "per_leaf": the moments' layout (module docstring).
     ))
 
 
 LAYOUT_CHOICES = ("flat", "per_leaf")
+SCHEDULES = ("cosine", "constant")
 
 
 def path_str(path: tuple) -> str:

@@ -39,6 +39,14 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict,
     return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
+def check_batch(batch_size: int, mesh: Mesh, batch_axes: Sequence[str]) -> None:
+    """ValueError unless the global batch splits evenly over the mesh's batch axes."""
+    devices = int(np.prod([mesh.shape[a] for a in batch_axes]))
+    if batch_size % devices:
+        raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the "
+                         f"{devices} devices of mesh axes {tuple(batch_axes)}")
+
+
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> PartitionSpec:
     """Shards the largest axis divisible by `fsdp` (ties: the last), if the leaf is large."""
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:

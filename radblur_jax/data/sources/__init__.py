@@ -3,9 +3,12 @@ fills in the built-in synthetic set's root.
 
 config fields (dict or ConfigDict): `name`, `root` (or `data_dir` for TFDS), `split`, plus the
 dataset function's keyword arguments (e.g. `blur_dir`, `jpeg`, `variant`, `subset`,
-`with_mask`, `list_file`, `skip_bad`). `format="tfds"` reads the project's TFDS builds
-(`gopro`, `synthetic`) from `data_dir`. `raw=True` keeps integer images until after cropping
-(faster training; the pipeline converts to float32).
+`with_mask`, `list_file`, `skip_bad`). `dataset_spec` declares every option with its "unset"
+value (`SPEC_OPTIONS`), as the configs hold them so the command line can set any; options at
+that value are not passed on, and one the dataset does not take is an error naming it.
+`format="tfds"` reads the project's TFDS builds (`gopro`, `synthetic`) from `data_dir`.
+`raw=True` keeps integer images until after cropping (faster training; the pipeline converts
+to float32).
 
 Modules: `paired` (file records, listing helpers, `PairedSource`), `deblur` (one function per
 deblurring layout), `depth` (RGB-D folders; the synthetic set as RGB-D), `tfds` (TFDS ArrayRecord
@@ -14,6 +17,7 @@ builds, NYU Depth v2).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +48,40 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 
 _TFDS_NAMES = {"gopro": "radblur_gopro", "synthetic": "radblur_synthetic"}
 
+# The functions whose keyword-only arguments are each dataset's options.
+_OPTIONS_OF: dict[str, Callable[..., Any]] = {
+    **{name: _BUILDERS[name] for name in ("gopro", "hide", "reds", "rsblur", "synthetic")},
+    "realblur_j": deblur.realblur, "realblur_r": deblur.realblur,
+    "paired_folder": deblur.paired_folder, "synthetic_depth": depth.SyntheticDepthSource,
+    "depth_folder": depth.DepthFolderSource, "nyu_depth_v2": tfds.nyu_depth_v2,
+}
+
+# Every option a dataset spec may carry besides name, root and split, at the value that leaves
+# the dataset's own default in place.
+SPEC_OPTIONS: dict[str, Any] = dict(
+    format="files", raw=False, skip_bad=False, blur_dir="", jpeg=False, variant="", subset="",
+    with_mask=False, list_dir="", list_file="", input_dir="", target_dir="", image_dir="",
+    depth_dir="")
+
+
+def dataset_spec(name: str, root: str = "", split: str = "train") -> dict[str, Any]:
+    """A dataset spec with every option of `SPEC_OPTIONS` declared at its unset value."""
+    return dict(name=name, root=root, split=split, **SPEC_OPTIONS)
+
+
+def _set_options(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` without the options left at their unset value; ValueError naming an option that
+    `name` does not take."""
+    cfg = {k: v for k, v in cfg.items() if k not in SPEC_OPTIONS or v != SPEC_OPTIONS[k]}
+    params = inspect.signature(_OPTIONS_OF[name]).parameters.values()
+    takes = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    takes |= {"root", "data_dir", "split", "format", "raw"}
+    extra = sorted(set(cfg) - takes)
+    if extra:
+        raise ValueError(f"dataset {name!r} takes no option {extra[0]!r}; its options: "
+                         f"{', '.join(sorted(takes - {'root', 'data_dir', 'split'}))}")
+    return cfg
+
 
 def resolve_spec(spec: Mapping[str, Any] | Any) -> dict[str, Any]:
     """The dataset spec (dict or ConfigDict) as a dict; an empty `root` of a synthetic set (not
@@ -62,6 +100,7 @@ def make_source(config: Mapping[str, Any] | Any) -> Any:
     name = cfg.pop("name")
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+    cfg = _set_options(name, cfg)
     split = cfg.pop("split", _DEFAULT_SPLIT.get(name, "train"))
     fmt = cfg.pop("format", "files")
     raw = cfg.pop("raw", False)

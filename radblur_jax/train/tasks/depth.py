@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from radblur_jax.models.configs import PATCH_SIZE
 from radblur_jax.models.depth_anything import build_depth_anything
 from radblur_jax.train import steps
 from radblur_jax.train.pretrained import splice_depth_params
@@ -26,6 +27,10 @@ class DepthTask(Task):
 
     @staticmethod
     def check_config(config: ml_collections.ConfigDict) -> None:
+        crop = config.input.crop_size
+        if not isinstance(crop, int) or crop < PATCH_SIZE or crop % PATCH_SIZE:
+            raise ValueError(f"config.input.crop_size={crop!r}: stage A crops are a positive "
+                             f"multiple of the ViT patch ({PATCH_SIZE})")
         weight = config.loss.grad_weight
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"config.loss.grad_weight={weight!r}: expected a number >= 0")
