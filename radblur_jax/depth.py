@@ -1,12 +1,15 @@
-"""Relative depth (disparity) for a photo or a folder of photos with a Depth Anything V2 model.
+"""Depth maps for a photo or a folder of photos with a Depth Anything V2 model.
 
     python -m radblur_jax.depth --checkpoint DIR --input PATH_OR_DIR --output OUT_DIR
     python -m radblur_jax.depth --random-init tiny --input PATH --output OUT_DIR   # smoke test
 
-Writes per image `<stem>.npy` (float32 `(H, W)` relative disparity, larger = nearer) and
-`<stem>.png` (OpenCV's inferno colour map, per image min-max). `--size 518` preprocesses as Depth
-Anything V2 does and resizes the prediction back (bilinear, align_corners); `--size native` runs at
-the image's own size, whose sides must be multiples of the model's patch size (14).
+Writes per image `<stem>.npy`, float32 `(H, W)`: what the checkpoint's head predicts, relative
+disparity (larger = nearer, arbitrary scale and shift) for a relative model, depth in metres
+(`[0, max_depth]`, larger = farther) for a metric one (`dpt.head` in its config.json); and
+`<stem>.png` (OpenCV's inferno colour map of those values, per image min-max). `--size 518`
+preprocesses as Depth Anything V2 does and resizes the prediction back (bilinear, align_corners);
+`--size native` runs at the image's own size, whose sides must be multiples of the model's patch
+size (14).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from radblur_jax.preprocess import ImageError
 SIZE_CHOICES = tuple(dict.fromkeys(radblur_names() + dinov2_names()))
 
 def colormap_lut() -> np.ndarray:
-    """`(256, 3)` uint8 RGB inferno lookup table (OpenCV's), dark (far) to bright (near)."""
+    """`(256, 3)` uint8 RGB inferno lookup table (OpenCV's), dark (low) to bright (high): near is
+    bright for disparity, far is bright for metric depth."""
     ramp = np.arange(256, dtype=np.uint8)[:, None]
     return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)[:, 0, ::-1])
 
@@ -52,7 +56,8 @@ def input_images(path: str) -> list[str]:
 
 
 def save_outputs(out_dir: str, stem: str, disparity: np.ndarray) -> tuple[str, str]:
-    """Write `<stem>.npy` (float32) and `<stem>.png` (colour map) atomically."""
+    """Write `<stem>.npy` (float32) and `<stem>.png` (colour map) atomically. `disparity` is the
+    model's output: disparity (relative head) or depth in metres (metric head)."""
     from PIL import Image
 
     npy, png = os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + ".png")
@@ -95,7 +100,8 @@ def random_depth_model(preset: str, seed: int = 0) -> tuple[Any, Any]:
 
 
 def make_predictor(module: Any, params: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """`f(x (B, H, W, 3) normalised) -> (B, H, W) float32 disparity`, jitted (once per shape)."""
+    """`f(x (B, H, W, 3) normalised) -> (B, H, W) float32` disparity (relative head) or depth
+    in metres (metric head), jitted (once per shape)."""
     @jax.jit
     def forward(p, x):
         return module.apply({"params": p}, x, return_features=False).disparity
@@ -126,7 +132,8 @@ def check_output_dir(out_dir: str) -> None:
 def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str], out_dir: str,
               *, size: str = "518", batch: int = 1, patch_size: int = PATCH_SIZE,
               log: Callable[[str], None] = print) -> list[str]:
-    """Predict and save disparity for each image path; returns the written `.npy` paths.
+    """Predict and save the depth map (disparity, or metres for a metric model) of each image
+    path; returns the written `.npy` paths.
 
     `size`: "native" or a positive multiple of `patch_size` (as a string or int).
     """
@@ -167,7 +174,7 @@ def run_depth(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[str]
                 npy, png = save_outputs(out_dir, os.path.splitext(os.path.basename(path))[0], d)
                 written.append(npy)
                 log(f"{path}: {h}x{w} -> net {shape[0]}x{shape[1]}, "
-                    f"disparity [{d.min():.4g}, {d.max():.4g}] -> {npy}, {png} "
+                    f"disparity or metric depth [{d.min():.4g}, {d.max():.4g}] -> {npy}, {png} "
                     f"({dt:.2f} s batch)")
     return written
 
@@ -190,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     suffixes = ", ".join(s.lstrip(".") for s in preprocess.IMAGE_SUFFIXES)
     p = OneLineParser(
         prog="python -m radblur_jax.depth",
-        description="Relative depth (disparity) maps with a converted Depth Anything V2 model.")
+        description="Depth maps with a converted Depth Anything V2 model: relative disparity "
+                    "(larger = nearer) for a relative checkpoint, depth in metres (larger = "
+                    "farther) for a metric one.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="converted checkpoint directory "
                      "(made by tools/convert_weights.py from a Depth Anything V2 checkpoint)")
@@ -200,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image or a directory of images "
                    f"({suffixes}; case-insensitive)")
     p.add_argument("--output", required=True,
-                   help="directory for <stem>.npy (disparity) and <stem>.png (colour map); "
-                        "created if missing")
+                   help="directory for <stem>.npy (disparity, or metres for a metric model) "
+                        "and <stem>.png (colour map); created if missing")
     p.add_argument("--size", default="518", type=_size_arg,
                    help=f"'518' (default; any positive multiple of the patch size, {PATCH_SIZE}): "
                         "Depth Anything V2 resize of the short side; 'native': the image's own "

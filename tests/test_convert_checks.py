@@ -241,3 +241,13 @@ def test_verify_failure_is_a_one_line_error_exit_2(da_pth, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {out}: reloaded parameters differ"), err
     assert "['pretrained']['norm']['bias']" in err[0] and "left for inspection" in err[0]
+
+
+def test_depth_cli_text_names_both_heads():
+    """The depth CLI writes what the converted head predicts: disparity (relative) or metres
+    (metric); its help and docstring say both, not "disparity" alone."""
+    from radblur_jax import depth
+    parser = depth.build_parser()
+    for text in (depth.__doc__, parser.description):
+        assert "larger = nearer" in text and "metres" in text and "larger = farther" in text
+    assert "metres for a metric model" in " ".join(parser.format_help().split())
