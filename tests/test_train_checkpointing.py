@@ -183,3 +183,26 @@ def test_structure_changes_name_a_teacher_or_an_exit_phase_added(tmp_path):
     assert checkpointing.structure_changes(str(tmp_path), config(0.0, 20)) == []
     assert checkpointing.structure_changes(str(tmp_path), config(0.1, 0)) == [
         "loss.distill_weight > 0: was False, now True", "exit.steps > 0: was True, now False"]
+
+
+def test_a_fresh_start_drops_metrics_of_a_run_killed_before_its_first_checkpoint(
+        tmp_path, monkeypatch):
+    from train_helpers import load_config
+
+    from radblur_jax.train.loop import train_and_evaluate
+    from radblur_jax.train.tasks.base import Task
+
+    def counting_step(self, optimizers, *, split, shardings=None):  # as in the test above
+        return jax.jit(lambda state, batch: (state.replace(step=state.step + 1),
+                                             {"loss": jnp.zeros(())}), donate_argnums=0)
+    monkeypatch.setattr(Task, "train_step", counting_step)
+    c = load_config("deblur.py", "tiny,num_steps=2,eval_every=0,checkpoint_every=2,"
+                                 "exit_steps=0,crop_size=32,log_every=1")
+    c.train.batch_size = 2
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    killed = [{"step": s, "loss": 9.0} for s in (1, 2, 3)]  # no checkpoint was written
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in killed))
+    train_and_evaluate(c, str(workdir))
+    records = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == 0.0 for r in records)

@@ -143,10 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     checkpointing.save_config(workdir, config)
     if restored is not None:
         state, start = restored
-        log.truncate_after(start)
         reporting.log_line(f"resumed from {workdir}/checkpoints/{start}")
     else:
         state, start = _init_state(config, task, optimizers, state_sh, rng), 0
+    # Records past the start were written by a run that died after its last checkpoint (or
+    # before its first): the steps are run again.
+    log.truncate_after(start)
     # ---- steps: the main phase, then the task's extra phases
     main = task.train_step(optimizers, split=split_step.use_split_step(tc.split_step),
                            shardings=shardings)
