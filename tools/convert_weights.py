@@ -7,8 +7,9 @@
     python tools/convert_weights.py --input my_metric.pth --output ckpt/m \
         --head metric --max-depth 80     # a renamed file: say what it is
 
-Inputs: .pth/.pt/.bin (torch.load weights_only), .safetensors, or a transformers model directory.
-See docs/conversion.md.
+Inputs: .pth/.pt/.bin (torch.load weights_only), .safetensors, or a transformers model directory
+(Depth Anything V1 files are refused). Every failure is one line `error: ...` naming the file,
+exit status 2. See docs/conversion.md.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Depth Anything head type, which original .pth files do not record: "
                         "'relative' (disparity) or 'metric' (depth in metres, needs --max-depth; "
                         "DA V2 metric models: 20 indoor, 80 outdoor). Default: from a "
-                        "transformers config.json or an official file name "
+                        "transformers config.json (relative when it has no "
+                        "depth_estimation_type, as in transformers) or an official file name "
                         "(depth_anything_v2_metric_{hypersim,vkitti}_vit*.pth: metric, 20 / 80), "
                         "else relative with a warning")
     p.add_argument("--max-depth", type=float, metavar="M",

@@ -7,7 +7,9 @@ Formats (the names `keymaps.convert_state_dict` takes):
   - "depth_anything":    original Depth Anything V2 (`pretrained.*` + `depth_head.*`),
   - "depth_anything_hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`,
                          `head.*`).
-Sizes (vits/vitb/...) come from `keymaps.infer_config`.
+Sizes (vits/vitb/...) come from `keymaps.infer_config`. Head type and Depth Anything version are
+not in the keys: `head_from_name` reads the official V2 file names, `refuse_v1_name` refuses the
+V1 ones (same keys as V2, other taps).
 """
 from __future__ import annotations
 
