@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from skimage import data
 
 from radblur_jax import deblur
+from radblur_jax.eval import photos
 
 H, W = 24, 40
 
@@ -95,7 +96,7 @@ def test_orientation_matches_pil(orientation):
     buf = io.BytesIO()
     pil.save(buf, format="PNG", exif=exif.tobytes())
     want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
-    np.testing.assert_array_equal(deblur.apply_orientation(img, orientation), want)
+    np.testing.assert_array_equal(photos.apply_orientation(img, orientation), want)
 
 
 def _one_error_line(capsys, *needles) -> str:
