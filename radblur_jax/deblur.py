@@ -6,12 +6,14 @@
     python -m radblur_jax.deblur --random-init tiny --input photos/ --output out/  # smoke test
 
 Writes `<output>/<stem>.png` per input at the input's own size, bit depth (8 or 16) and mode
-(grayscale stays grayscale, an alpha channel is carried over unchanged); EXIF orientation is
-applied, so outputs are upright. `--depth` adds `<stem>_depth.png` (colour map) and
+(grey, grey+alpha, RGB or RGBA: grey stays grey, an alpha channel is carried over unchanged);
+the EXIF orientation is applied exactly once for every format, so outputs are upright (reading
+and writing photos: eval/photos.py). `--depth` adds `<stem>_depth.png` (colour map) and
 `<stem>_depth.npy` (float32 relative disparity, larger = nearer). Images of one size are
 batched and compiled once. `--adaptive` runs per image (per window with `--tile`) only the
-sub-decoders the exit head asks for. A file that cannot be read is named on stderr and
-skipped; the exit status is then 1. Inputs are never overwritten.
+sub-decoders the exit head asks for. A file that cannot be read (corrupt, float or signed
+pixels, more than `photos.MAX_PIXELS` pixels, ...) is named on stderr and skipped, the others
+are still restored; the exit status is then 1. Inputs are never overwritten.
 """
 from __future__ import annotations
 
@@ -27,7 +29,15 @@ import numpy as np
 from radblur_jax.cli_args import OneLineParser, output_dir_problem
 from radblur_jax.data import image_io
 from radblur_jax.data.image_io import IMAGE_EXTS, DataError, list_images, save_png
-from radblur_jax.eval.photos import Photo, PhotoError, encode_photo, read_checked, upright_size
+from radblur_jax.eval.photos import (
+    MAX_PIXELS,
+    Photo,
+    PhotoError,
+    encode_photo,
+    read_checked,
+    upright_size,
+    write_photo,
+)
 
 
 def list_inputs(path: str) -> list[str]:
@@ -89,7 +99,7 @@ def restore_photos(restorer: Callable[[np.ndarray], Sequence[np.ndarray]],
 
 def write_restored(out_path: str, result: Restored, depth: bool = False) -> None:
     """Writes `out_path` (PNG) and with `depth` `<stem>_depth.png` and `<stem>_depth.npy`."""
-    save_png(out_path, result.image)
+    write_photo(out_path, result.image)
     if depth:
         stem = os.path.splitext(out_path)[0]
         save_png(stem + "_depth.png", image_io.colorize_disparity(result.disparity))
@@ -165,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Deblur photos with a trained RADBlur.")
     add_model_arguments(p)
     p.add_argument("--input", required=True, help="an image or a directory of images "
-                   f"({', '.join(IMAGE_EXTS)})")
+                   f"({', '.join(IMAGE_EXTS)}; up to {MAX_PIXELS / 1e6:.0f} MP each, larger "
+                   "ones are skipped)")
     p.add_argument("--output", required=True, help="directory for <stem>.png (never an input)")
     p.add_argument("--tile", type=int, default=0, help="sliding windows of this many px for "
                    "images too large for memory (0 = whole image)")
