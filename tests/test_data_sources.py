@@ -144,3 +144,22 @@ def test_spec_options_reach_the_dataset_only_when_set(tmp_path):
     assert len(make_source({**spec, "subset": "saturation"})) == 1
     with pytest.raises(ValueError, match="'rsblur' takes no option 'jpeg'"):
         make_source({**spec, "jpeg": True})
+
+
+def test_two_files_with_one_stem_are_named(tmp_path):
+    """Pairing by file stem never guesses between `x.png` and `x.jpg` (or `d.npy`, `d.png`)."""
+    root = F.make_gopro(str(tmp_path / "g"), flat=True)
+    target = os.path.join(root, "train", "target")
+    first = sorted(os.listdir(target))[0]
+    stem = os.path.splitext(first)[0]
+    cv2.imwrite(os.path.join(target, stem + ".jpg"), cv2.imread(os.path.join(target, first)))
+    with pytest.raises(DataError, match=f"two files named '{stem}'"):
+        make_source({"name": "paired_folder", "root": os.path.join(root, "train")})
+    droot = tmp_path / "d"
+    (droot / "image").mkdir(parents=True)
+    (droot / "depth").mkdir()
+    cv2.imwrite(str(droot / "image" / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    np.save(droot / "depth" / "a.npy", np.ones((4, 4), np.float32))
+    cv2.imwrite(str(droot / "depth" / "a.png"), np.ones((4, 4), np.uint16))
+    with pytest.raises(DataError, match="two files named 'a'"):
+        make_source({"name": "depth_folder", "root": str(droot)})

@@ -16,7 +16,7 @@ import numpy as np
 from radblur_jax.data import image_io
 from radblur_jax.data.image_io import DataError
 from radblur_jax.data.sources import deblur
-from radblur_jax.data.sources.paired import images_by_stem
+from radblur_jax.data.sources.paired import by_stem, images_by_stem
 
 
 def depth_fields(depth: np.ndarray, scale: float) -> dict[str, np.ndarray]:
@@ -44,8 +44,8 @@ class DepthFolderSource:
         ddir = os.path.join(root, depth_dir)
         if not os.path.isdir(ddir):
             raise DataError(f"{ddir}: directory not found")
-        depths = {os.path.splitext(f)[0]: os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
-                  if f.lower().endswith(image_io.DEPTH_EXTS)}
+        depths = by_stem([os.path.join(ddir, f) for f in sorted(os.listdir(ddir))
+                          if f.lower().endswith(image_io.DEPTH_EXTS)])
         self.items: list[tuple[str, str, str]] = []
         self.num_bad = 0
         for stem in sorted(set(images) | set(depths)):

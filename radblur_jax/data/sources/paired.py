@@ -33,11 +33,25 @@ def _report(msg: str, skip_bad: bool, bad: list[str]) -> None:
     bad.append(msg)
 
 
+def by_stem(paths: list[str]) -> dict[str, str]:
+    """Maps file stem -> path. Two files with one stem (`x.png`, `x.jpg`) are a DataError
+    naming both: matching by stem would have to guess which one is meant."""
+    out: dict[str, str] = {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in out:
+            raise DataError(f"{out[stem]} and {path}: two files named {stem!r}; files are "
+                            f"matched by stem, keep one")
+        out[stem] = path
+    return out
+
+
 def images_by_stem(folder: str) -> dict[str, str]:
-    """Maps file stem -> path for the images directly inside `folder` (`image_io.list_images`)."""
+    """Maps file stem -> path for the images directly inside `folder` (`image_io.list_images`;
+    `by_stem`)."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: directory not found")
-    return {os.path.splitext(os.path.basename(p))[0]: p for p in image_io.list_images(folder)}
+    return by_stem(image_io.list_images(folder))
 
 
 def match_folders(blur_dir: str, sharp_dir: str, prefix: str, bad: list[str], *,
