@@ -70,7 +70,7 @@ class PairedAugment(grain.transforms.RandomMap):
             ch, cw = self.crop_size
             if h < ch or w < cw:
                 raise DataError(f"{element.get('name', '?')}: image {h}x{w} smaller than crop "
-                                   f"{ch}x{cw}")
+                                f"{ch}x{cw} (config input.crop_size)")
             y = int(rng.integers(0, h - ch + 1))
             x = int(rng.integers(0, w - cw + 1))
             views = {k: v[y:y + ch, x:x + cw] for k, v in views.items()}
