@@ -352,3 +352,18 @@ def test_params_round_trip_through_json():
     assert restored == params
     with pytest.raises(ValueError):
         SyntheticParams(depth_range=(5.0, 1.0))
+
+
+def test_a_set_published_meanwhile_is_kept_not_swapped(tmp_path):
+    """Processes regenerating a stale default set at once: the last to finish finds the very
+    set it rendered already in place (another process may be reading it) and keeps it."""
+    kw = dict(num_train=1, num_test=1, params=SyntheticParams(height=32, width=32),
+              frames_per_scene=2)
+    writer.write_dataset(tmp_path / "a", seed=3, **kw)
+    marker = tmp_path / "a" / "in_use"
+    marker.write_text("opened by another process")
+    writer.write_dataset(tmp_path / "a", seed=3, overwrite=True, **kw)
+    assert marker.exists()  # the same folder, not a fresh copy moved into its place
+    writer.write_dataset(tmp_path / "a", seed=4, overwrite=True, **kw)
+    assert not marker.exists()  # another set: replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -195,7 +195,12 @@ def write_dataset(root: str | os.PathLike, num_train: int, num_test: int,
             total = sum(write_pair(tmp, split, i, seed, params, frames_per_scene)
                         for split, i in jobs)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _publish(tmp, root, overwrite)
+        if overwrite and read_manifest(root) == manifest:
+            # Another process (one per host in a multi-process run) published this very set
+            # meanwhile, and may be reading it: keep it rather than swap in an identical copy.
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _publish(tmp, root, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
