@@ -70,7 +70,7 @@ def test_rsblur_run_with_saturated_split(tmp_path, monkeypatch):
     assert summary["restored_non_saturated"]["psnr"] == pytest.approx(float(rows[1]["psnr"]))
     table = (out / "summary.md").read_text()
     assert "| method | rsblur (test) | saturated | non-saturated |" in table
-    assert "official RSBlur script" in table
+    assert "official RSBlur script" in table and "aligned pair clipped to [0, 1]" in table
     assert summary["saturation_split"] == "official lists"
     assert summary["saturation_unlisted"] == 0 and "neither" not in table
     restored = cv2.imread(str(out / "restored" / (os.path.splitext(rows[0]["name"])[0] + ".png")))

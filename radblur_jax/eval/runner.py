@@ -210,8 +210,9 @@ def _summary(rows: list[dict], config: Any, loaded: LoadedModel, spec: dict, pro
         "model": loaded.description, "dataset": spec.get("name"), "split": spec.get("split"),
         "root": spec.get("root"), "protocol": protocol,
         "ssim": protocols.ssim_label(protocol, ssim_mode),
-        "psnr": "RGB PSNR on outputs clipped and rounded to 8 bits" + (
-            "" if protocol == "gopro" else ", masked after ECC alignment"),
+        "psnr": "RGB PSNR on outputs clipped and rounded to 8 bits" + {
+            "gopro": "", "realblur": ", masked after ECC alignment",
+            "rsblur": ", masked after ECC alignment, aligned pair clipped to [0, 1]"}[protocol],
         "tile": config.tile, "overlap": config.overlap,
         "self_ensemble": config.self_ensemble,
         "restored": protocols.mean_scores(rows, keys),
