@@ -44,11 +44,13 @@ class PageResult:
 
 
 def preview(image: np.ndarray) -> np.ndarray:
-    """An image as `deblur.encode_photo` writes it (uint8/uint16; gray, RGB or RGBA) -> `(H, W,
-    3)` uint8 RGB for the screen (alpha dropped, 16 bits rounded to 8)."""
+    """An image as `deblur.encode_photo` writes it (uint8/uint16; gray, gray+alpha, RGB or
+    RGBA) -> `(H, W, 3)` uint8 RGB for the screen (alpha dropped, 16 bits rounded to 8)."""
     x = np.asarray(image)
     if x.dtype == np.uint16:
         x = np.round(x.astype(np.float64) / 257.0).astype(np.uint8)
+    if x.ndim == 3 and x.shape[2] == 2:  # gray + alpha
+        x = x[:, :, 0]
     if x.ndim == 2:
         x = np.repeat(x[:, :, None], 3, axis=2)
     return np.ascontiguousarray(x[:, :, :3])

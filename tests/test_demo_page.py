@@ -132,6 +132,8 @@ def test_preview_modes():
     assert preview(rgba16).shape == (2, 3, 3) and preview(rgba16).dtype == np.uint8
     assert (preview(rgba16) == 255).all()
     assert preview(np.zeros((2, 3), np.uint8)).shape == (2, 3, 3)
+    gray_alpha = np.stack([np.full((2, 3), 7, np.uint8), np.full((2, 3), 255, np.uint8)], -1)
+    assert preview(gray_alpha).shape == (2, 3, 3) and (preview(gray_alpha) == 7).all()
 
 
 def test_only_the_last_downloads_stay_on_disk(tmp_path):
