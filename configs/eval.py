@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from radblur_jax.data.sources import dataset_spec
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Eval config; `arg` = model preset (default tiny)."""
@@ -26,9 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.random_init = False          # smoke runs only: random weights for `model`
     c.seed = 0
     c.compute_dtype = ""           # "" = as saved with the checkpoint; float32 | bfloat16 | float16
-    # Dataset spec as radblur_jax.data.sources.make_source takes it; empty root of the
-    # synthetic set = the built-in set (generated on first use).
-    c.data = ml_collections.ConfigDict(dict(name="synthetic", root="", split="test"))
+    # Dataset spec as radblur_jax.data.sources.make_source takes it, every dataset option
+    # declared (--config.data.subset=saturation); empty root of the synthetic set = the
+    # built-in set (generated on first use).
+    c.data = ml_collections.ConfigDict(dataset_spec("synthetic", split="test"))
     # "" = the dataset's own: realblur_j/realblur_r -> realblur, rsblur -> rsblur, others gopro.
     # gopro | realblur | rsblur; one that contradicts a benchmark's own is an error.
     c.protocol = ""
