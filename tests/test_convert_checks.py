@@ -4,36 +4,15 @@ V1 files; and the tool's exit status."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
-import numpy as np
 import pytest
 import safetensors.torch as st
 import torch
 from conftest import rel_err, to_nchw
+from convert_helpers import TOL, TOOL, images, one_line_error, run_tool
 
 from radblur_jax.convert import CheckpointError, convert_checkpoint, keymaps, load_pretrained
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
-TOL = 1e-5
-
-
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles) -> str:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +92,6 @@ def test_taps_source_recorded(da_state, tmp_path):
 # ------------------------------------------------------------------ transformers head
 
 
-def _images(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(1, h, w, 3)).astype(np.float32)
-
 
 def _hf_depth_anything(tmp_path, **head_kw):
     """A tiny random transformers Depth Anything saved as a model directory."""
@@ -142,7 +118,7 @@ def _edit_config(path, **fields):
 
 def _parity(model, out) -> float:
     module, params, _ = load_pretrained(out)
-    x = _images(70, 84, seed=9)
+    x = images(70, 84, seed=9)
     with torch.no_grad():
         want = model(pixel_values=to_nchw(x)).predicted_depth
     assert float(want.abs().max()) > 0

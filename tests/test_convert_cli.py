@@ -12,11 +12,11 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 import safetensors.torch as st
 import torch
 from conftest import rel_err, to_nchw
+from convert_helpers import ROOT, TOL, images, one_line_error, run_tool
 
 from radblur_jax.convert import (
     CheckpointError,
@@ -24,19 +24,6 @@ from radblur_jax.convert import (
     load_pretrained,
     read_converted_config,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
-TOL = 1e-5
-
-
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-
-
-def _images(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(1, h, w, 3)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +63,7 @@ def test_cli_depth_anything_pth_parity(torch_da, da_converted):
     assert config["model"] == "depth_anything" and type(module).__name__ == "DepthAnything"
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
     for h, w in ((70, 70), (98, 84)):  # stored grid, then offset-0.1 interpolation
-        x = _images(h, w)
+        x = images(h, w)
         got = jax.jit(module.apply)({"params": params}, x).disparity
         with torch.no_grad():
             want = torch_da(to_nchw(x))[0]
@@ -95,7 +82,7 @@ def test_dinov2_registers_safetensors_parity(tmp_path):
     module, params, config = load_pretrained(tmp_path / "out")
     assert config["model"] == "dinov2" and config["dpt"] is None
     for h, w in ((70, 70), (56, 84)):
-        x = _images(h, w, seed=3)
+        x = images(h, w, seed=3)
         got = jax.jit(module.apply)({"params": params}, x).last_hidden
         with torch.no_grad():
             want = model.get_intermediate_layers(to_nchw(x), (3,))[1]
@@ -121,7 +108,7 @@ def test_hf_dinov2_dir_parity(tmp_path, layout):
     assert result.detection.format == "dinov2_hf"
     assert result.detection.encoder_cfg.num_heads == 2  # from config.json, not the width
     module, params, _ = load_pretrained(tmp_path / "out")
-    x = _images(70, 70, seed=5)
+    x = images(70, 70, seed=5)
     with torch.no_grad():
         want = model(pixel_values=to_nchw(x)).last_hidden_state
     assert rel_err(jax.jit(module.apply)({"params": params}, x).last_hidden, want) <= TOL
@@ -143,7 +130,7 @@ def test_hf_depth_anything_dir_parity(tmp_path):
         "custom(D=64, depth=5, heads=2")
     assert tuple(enc.taps) == (1, 2, 3, 4) and enc.num_heads == 2
     module, params, _ = load_pretrained(tmp_path / "out")
-    x = _images(70, 70, seed=7)
+    x = images(70, 70, seed=7)
     with torch.no_grad():
         want = model(pixel_values=to_nchw(x)).predicted_depth
     assert rel_err(jax.jit(module.apply)({"params": params}, x).disparity, want) <= TOL
@@ -152,20 +139,13 @@ def test_hf_depth_anything_dir_parity(tmp_path):
 # ------------------------------------------------------------------ bad inputs
 
 
-def _assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert str(needle) in lines[-1], (needle, lines[-1])
-
 
 def test_cli_truncated_file(da_pth, tmp_path):
     bad = tmp_path / "truncated.pth"
     data = da_pth.read_bytes()
     bad.write_bytes(data[: len(data) // 3])
     out = tmp_path / "out"
-    _assert_one_line_error(run_tool("--input", bad, "--output", out), bad, "truncated")
+    one_line_error(run_tool("--input", bad, "--output", out), bad, "truncated")
     assert not out.exists()
 
 
@@ -177,7 +157,7 @@ def test_other_network_and_unknown_format(tmp_path):
     src = tmp_path / "resnet50.pth"
     torch.save(resnet, src)
     out = tmp_path / "out"
-    _assert_one_line_error(run_tool("--input", src, "--output", out), src, "bn1.running_mean",
+    one_line_error(run_tool("--input", src, "--output", out), src, "bn1.running_mean",
                            "fc.weight")
     assert not out.exists()
     src2 = tmp_path / "mystery.safetensors"
@@ -243,7 +223,7 @@ def test_output_under_a_file_fails_before_converting(da_pth, tmp_path, monkeypat
     afile.write_text("")
     for out in (afile / "out", afile / "a" / "out"):
         proc = run_tool("--input", da_pth, "--output", out)
-        _assert_one_line_error(proc, out, afile)
+        one_line_error(proc, out, afile)
         assert "Traceback" not in proc.stderr and "converted" not in proc.stdout
 
     def no_read(*a, **k):
@@ -294,7 +274,7 @@ def test_metric_head_flag_converts_a_metric_pth(tmp_path):
     assert (info["head"], info["max_depth"], info["head_source"]) == ("metric", 20.0, "given")
     module, params, config = load_pretrained(out)
     assert (config["dpt"]["head"], config["dpt"]["max_depth"]) == ("metric", 20.0)
-    x = _images(70, 84, seed=3)
+    x = images(70, 84, seed=3)
     got = jax.jit(module.apply)({"params": params}, x).disparity
     with torch.no_grad():
         want = torch_metric(to_nchw(x))
@@ -329,7 +309,7 @@ def test_metric_head_from_official_file_name(tmp_path, dataset, max_depth):
         ("metric", max_depth, "filename")
     module, params, config = load_pretrained(out)
     assert (config["dpt"]["head"], config["dpt"]["max_depth"]) == ("metric", max_depth)
-    x = _images(70, 84, seed=3)
+    x = images(70, 84, seed=3)
     with torch.no_grad():
         want = torch_metric(to_nchw(x))
     assert rel_err(jax.jit(module.apply)({"params": params}, x).disparity, want) <= TOL
@@ -361,14 +341,14 @@ def test_head_flag_errors(da_pth, tmp_path):
                          (("--max-depth", "20"), "--max-depth"),
                          (("--head", "metric", "--max-depth", "-1"), "--max-depth")):
         proc = run_tool("--input", da_pth, "--output", out, *args)
-        _assert_one_line_error(proc, da_pth, needle)  # names the file, as every error does
+        one_line_error(proc, da_pth, needle)  # names the file, as every error does
         assert not out.exists()
     with pytest.raises(CheckpointError, match=r"\.pth: head 'metric' needs max_depth"):
         convert_checkpoint(da_pth, out, head="metric")
     from torch_reference import TorchDinoViT
     vit = tmp_path / "vit.pth"
     torch.save(TorchDinoViT().state_dict(), vit)
-    _assert_one_line_error(run_tool("--input", vit, "--output", out, "--head", "relative"),
+    one_line_error(run_tool("--input", vit, "--output", out, "--head", "relative"),
                            vit, "--head")
     assert not out.exists()
 
