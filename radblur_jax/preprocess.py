@@ -27,14 +27,11 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """`(H, W, 3)` uint8 RGB of a user photo, decoded as Depth Anything V2's `run.py` reads one
     (`cv2.imread`): EXIF orientation applied, grayscale repeated, alpha dropped, 16-bit
     reduced to its high byte. Raises ImageError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: file not found")
-    buf = np.fromfile(path, dtype=np.uint8)
-    # imdecode with IMREAD_COLOR is imread's decode: the same pixels, orientation included.
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise ImageError(f"{path}: cannot decode (corrupt or not an image, {buf.size} bytes)")
+    try:
+        # IMREAD_COLOR is imread's decode: the same pixels, orientation included.
+        img = image_io.decode(os.fspath(path), cv2.IMREAD_COLOR)
+    except image_io.DataError as e:
+        raise ImageError(str(e)) from None
     return np.ascontiguousarray(img[:, :, ::-1])
 
 

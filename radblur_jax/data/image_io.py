@@ -55,11 +55,13 @@ def list_images(path: str | os.PathLike) -> list[str]:
     return [path]
 
 
-def _decode(path: str) -> np.ndarray:
+def decode(path: str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The image file at `path` decoded by OpenCV with `flags` (as stored: BGR[A], its bit
+    depth); DataError naming the file when it is missing or cannot be decoded."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     buf = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    img = cv2.imdecode(buf, flags) if buf.size else None
     if img is None:
         raise DataError(f"{path}: cannot decode (corrupt or not an image, {buf.size} bytes)")
     return img
@@ -85,7 +87,7 @@ def read_image(path: str, *, allow_gray: bool = False, drop_alpha: bool = False,
     grayscale (unless `allow_gray`) or non-opaque RGBA (unless `drop_alpha`) file.
     """
     path = os.fspath(path)
-    img = _decode(path)
+    img = decode(path)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
@@ -111,7 +113,7 @@ def read_image(path: str, *, allow_gray: bool = False, drop_alpha: bool = False,
 
 def read_mask(path: str) -> np.ndarray:
     """Reads a mask image as `(H, W) float32 in [0, 1]` (first channel of a colour mask)."""
-    img = _decode(path)
+    img = decode(path)
     if img.ndim == 3:
         img = img[:, :, 0]
     return to_unit(img, path)
@@ -132,11 +134,11 @@ def read_depth(path: str) -> np.ndarray:
         except (ValueError, OSError) as e:
             raise DataError(f"{path}: cannot load depth .npy ({e})") from e
     elif ext == ".pfm":
-        d = _decode(path)
+        d = decode(path)
         if d.ndim != 2:
             raise DataError(f"{path}: colour PFM, expected a grayscale (Pf) depth map")
     elif ext == ".png":
-        d = _decode(path)
+        d = decode(path)
         if d.dtype != np.uint16:
             raise DataError(f"{path}: depth PNG must be 16-bit, got {d.dtype}")
     else:
