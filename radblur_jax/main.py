@@ -80,6 +80,10 @@ def _evaluate(config, workdir: str) -> None:
     evaluate(config, workdir)
 
 
+# Folder layouts without train/test splits: one root is one set of images.
+UNSPLIT_DATASETS = ("paired_folder", "depth_folder")
+
+
 def _check_training(config) -> None:
     """The training config, its data sets and its mesh, checked before anything is written."""
     from radblur_jax.data.image_io import DataError
@@ -108,6 +112,11 @@ def _check_training(config) -> None:
                  f"{sorted(example)}; stage {config.stage!r} trains on {list(fields)}")
         if key == "data":
             _check_crop(config, example[fields[0]].shape)
+    data, val = config.data, config.eval_data
+    if (data.name in UNSPLIT_DATASETS and (val.name, val.root) == (data.name, data.root)):
+        logging.warning("config.data and config.eval_data read the same %s folder %s (a layout "
+                        "without splits: `split` is not used): validation scores training "
+                        "images", data.name, data.root)
     import jax
     try:
         mesh = sharding.make_mesh(config.mesh)

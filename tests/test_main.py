@@ -88,3 +88,20 @@ def test_config_contract(filename, arg):
     assert "name" in c.data and "name" in c.eval_data
     if c.stage == "depth":
         assert c.input.crop_size % 14 == 0
+
+
+def test_validation_on_the_training_folder_is_warned(tmp_path):
+    """paired_folder has no splits: the same root for data and eval_data is said, not silent.
+    (The run stops at the mesh check that follows, before anything is written.)"""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path / "pairs"
+    for sub in ("input", "target"):
+        (root / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / sub / "a.png")
+    p = _main(tmp_path / "w", "--config", "configs/deblur.py:tiny",
+              "--config.data.name=paired_folder", f"--config.data.root={root}",
+              "--config.eval_data.name=paired_folder", f"--config.eval_data.root={root}",
+              "--config.mesh.data=3")
+    assert p.returncode == 2 and "validation scores training images" in p.stderr, p.stderr
+    assert not (tmp_path / "w").exists()
