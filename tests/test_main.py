@@ -52,6 +52,8 @@ def _one_line_exit_2(p) -> str:
      "--config.data.name=synthetic"),
     (["--config", "configs/deblur.py:tiny", "--config.eval_data.jpeg=True"],
      "'synthetic' takes no option 'jpeg'"),
+    (["--config", "configs/deblur.py:tiny", "--config.optimizer.freeze=('blocks_([',)"],
+     "optimizer.freeze: 'blocks_([' is not a regex"),
 ])
 def test_bad_config_is_one_line_exit_2(args, needle, tmp_path):
     line = _one_line_exit_2(_main(tmp_path / "w", *args))

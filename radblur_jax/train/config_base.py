@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -209,6 +210,12 @@ def _check_optimizer(oc: ml_collections.ConfigDict) -> None:
                          f"integer >= 0")
     if isinstance(oc.freeze, str):
         raise ValueError(f"config.optimizer.freeze={oc.freeze!r}: expected a tuple of regexes")
+    for pattern in oc.freeze:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"config.optimizer.freeze: {pattern!r} is not a regex ({e})"
+                             ) from None
 
 
 def fit_warmup(config: ml_collections.ConfigDict) -> str | None:
