@@ -86,6 +86,8 @@ UNSPLIT_DATASETS = ("paired_folder", "depth_folder")
 
 def _check_training(config) -> None:
     """The training config, its data sets and its mesh, checked before anything is written."""
+    import jax
+
     from radblur_jax.data.image_io import DataError
     from radblur_jax.data.sources import make_source, resolve_spec
     from radblur_jax.train import sharding
@@ -113,11 +115,10 @@ def _check_training(config) -> None:
         if key == "data":
             _check_crop(config, example[fields[0]].shape)
     data, val = config.data, config.eval_data
-    if (data.name in UNSPLIT_DATASETS and (val.name, val.root) == (data.name, data.root)):
+    if data.name in UNSPLIT_DATASETS and (val.name, val.root) == (data.name, data.root):
         logging.warning("config.data and config.eval_data read the same %s folder %s (a layout "
                         "without splits: `split` is not used): validation scores training "
                         "images", data.name, data.root)
-    import jax
     try:
         mesh = sharding.make_mesh(config.mesh)
         sharding.check_batch(config.train.batch_size, mesh, config.mesh.batch_axes)
