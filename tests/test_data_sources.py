@@ -144,6 +144,8 @@ def test_spec_options_reach_the_dataset_only_when_set(tmp_path):
     assert len(make_source({**spec, "subset": "saturation"})) == 1
     with pytest.raises(ValueError, match="'rsblur' takes no option 'jpeg'"):
         make_source({**spec, "jpeg": True})
+    with pytest.raises(ValueError, match="'rsblur' takes no option 'depth_scale'"):
+        make_source({**spec, "depth_scale": 1e-3})  # depth_folder's: 16-bit PNG depth in mm
 
 
 def test_two_files_with_one_stem_are_named(tmp_path):

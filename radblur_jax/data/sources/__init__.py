@@ -61,7 +61,7 @@ _OPTIONS_OF: dict[str, Callable[..., Any]] = {
 SPEC_OPTIONS: dict[str, Any] = dict(
     format="files", raw=False, skip_bad=False, blur_dir="", jpeg=False, variant="", subset="",
     with_mask=False, list_dir="", list_file="", input_dir="", target_dir="", image_dir="",
-    depth_dir="")
+    depth_dir="", sharp_first=True, allow_gray=False, depth_scale=1.0)
 
 
 def dataset_spec(name: str, root: str = "", split: str = "train") -> dict[str, Any]:
