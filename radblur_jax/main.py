@@ -137,8 +137,12 @@ def _check_crop(config, shape: tuple[int, ...]) -> None:
 
 def _train(config, workdir: str) -> None:
     from radblur_jax.train import loop
+    from radblur_jax.train.optimizer import FreezePatternError
     logging.info("stage %s, model %s, workdir %s", config.stage, config.model.name, workdir)
-    loop.train_and_evaluate(config, workdir)
+    try:
+        loop.train_and_evaluate(config, workdir)
+    except FreezePatternError as e:  # raised building the optimiser, before the loop writes
+        fail(f"--config.{e}")
 
 
 # config.stage -> (check before anything is written, run)

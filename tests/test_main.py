@@ -54,6 +54,8 @@ def _one_line_exit_2(p) -> str:
      "'synthetic' takes no option 'jpeg'"),
     (["--config", "configs/deblur.py:tiny", "--config.optimizer.freeze=('blocks_([',)"],
      "optimizer.freeze: 'blocks_([' is not a regex"),
+    (["--config", "configs/deblur.py:tiny", "--config.optimizer.freeze=('^nothing/',)"],
+     "--config.optimizer.freeze: '^nothing/' matches no parameter path"),
 ])
 def test_bad_config_is_one_line_exit_2(args, needle, tmp_path):
     line = _one_line_exit_2(_main(tmp_path / "w", *args))

@@ -122,21 +122,27 @@ def layer_lr_scale(path: str, num_blocks: int, layer_decay: float) -> float:
     return float(layer_decay) ** (num_blocks + 1 - layer)
 
 
+class FreezePatternError(ValueError):
+    """An `optimizer.freeze` pattern that is not a regex or matches no parameter path."""
+
+
 def frozen_mask(params: Any, patterns: list[str] | tuple[str, ...]) -> Any:
     """Bool tree like `params`: True where a `patterns` regex matches the leaf's path.
 
-    Raises ValueError naming `optimizer.freeze` for a bad regex or one that matches nothing.
+    Raises FreezePatternError naming `optimizer.freeze` for a bad regex or one that matches
+    nothing.
     """
     compiled = []
     for pat in patterns:
         try:
             compiled.append(re.compile(pat))
         except re.error as e:
-            raise ValueError(f"optimizer.freeze: {pat!r} is not a valid regex ({e})") from None
+            raise FreezePatternError(f"optimizer.freeze: {pat!r} is not a valid regex ({e})"
+                                     ) from None
     paths = _paths(params)
     for pat, rx in zip(patterns, compiled):
         if not any(rx.search(p) for p in paths):
-            raise ValueError(f"optimizer.freeze: {pat!r} matches no parameter path "
+            raise FreezePatternError(f"optimizer.freeze: {pat!r} matches no parameter path "
                              f"(paths look like {paths[0]!r})")
     return _map_paths(lambda path, _: any(rx.search(path) for rx in compiled), params)
 
