@@ -36,14 +36,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import re
 from typing import Any
 
 import ml_collections
 
 from radblur_jax.data.sources import dataset_spec
 from radblur_jax.models.configs import check_choice, radblur_config, validate_config
-from radblur_jax.train.optimizer import default_optimizer_config
+from radblur_jax.train.optimizer import (
+    LAYOUT_CHOICES,
+    SCHEDULES,
+    FreezePatternError,
+    default_optimizer_config,
+    freeze_regexes,
+)
 
 DEFAULT_PRESET = "tiny"
 _INT_FIELDS = ("num_steps", "batch_size", "log_every", "checkpoint_every", "eval_every")
@@ -199,7 +204,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _check_optimizer(oc: ml_collections.ConfigDict) -> None:
     """The optimiser's choices and counts (`optimizer.make_optimizer` reads them later)."""
-    from radblur_jax.train.optimizer import LAYOUT_CHOICES, SCHEDULES
     check_choice("optimizer.schedule", oc.schedule, SCHEDULES)
     check_choice("optimizer.layout", oc.layout, LAYOUT_CHOICES)
     if not isinstance(oc.accumulate_steps, int) or oc.accumulate_steps < 1:
@@ -210,12 +214,10 @@ def _check_optimizer(oc: ml_collections.ConfigDict) -> None:
                          f"integer >= 0")
     if isinstance(oc.freeze, str):
         raise ValueError(f"config.optimizer.freeze={oc.freeze!r}: expected a tuple of regexes")
-    for pattern in oc.freeze:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise ValueError(f"config.optimizer.freeze: {pattern!r} is not a regex ({e})"
-                             ) from None
+    try:
+        freeze_regexes(oc.freeze)
+    except FreezePatternError as e:
+        raise ValueError(f"config.{e}") from None
 
 
 def fit_warmup(config: ml_collections.ConfigDict) -> str | None:

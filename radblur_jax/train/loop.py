@@ -112,6 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     batch_devices = int(np.prod([mesh.shape[a] for a in config.mesh.batch_axes]))
     rng = jax.random.key(int(config.seed))
     abstract_params = jax.eval_shape(task.init_params, rng)
+    # Before the workdir is made: main reports a bad optimizer.freeze as a config error.
     optimizers = task.make_optimizers(abstract_params)
     abstract_state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r),
                                     abstract_params, rng)

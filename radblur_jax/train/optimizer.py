@@ -126,24 +126,30 @@ class FreezePatternError(ValueError):
     """An `optimizer.freeze` pattern that is not a regex or matches no parameter path."""
 
 
+def freeze_regexes(patterns: list[str] | tuple[str, ...]) -> list[re.Pattern]:
+    """The `optimizer.freeze` patterns compiled; FreezePatternError names one that is not a
+    regex (or not a string)."""
+    compiled = []
+    for pat in patterns:
+        try:
+            compiled.append(re.compile(pat))
+        except (re.error, TypeError) as e:
+            raise FreezePatternError(f"optimizer.freeze: {pat!r} is not a regex ({e})") from None
+    return compiled
+
+
 def frozen_mask(params: Any, patterns: list[str] | tuple[str, ...]) -> Any:
     """Bool tree like `params`: True where a `patterns` regex matches the leaf's path.
 
     Raises FreezePatternError naming `optimizer.freeze` for a bad regex or one that matches
     nothing.
     """
-    compiled = []
-    for pat in patterns:
-        try:
-            compiled.append(re.compile(pat))
-        except re.error as e:
-            raise FreezePatternError(f"optimizer.freeze: {pat!r} is not a valid regex ({e})"
-                                     ) from None
+    compiled = freeze_regexes(patterns)
     paths = _paths(params)
     for pat, rx in zip(patterns, compiled):
         if not any(rx.search(p) for p in paths):
             raise FreezePatternError(f"optimizer.freeze: {pat!r} matches no parameter path "
-                             f"(paths look like {paths[0]!r})")
+                                     f"(paths look like {paths[0]!r})")
     return _map_paths(lambda path, _: any(rx.search(path) for rx in compiled), params)
 
 
