@@ -6,14 +6,15 @@
     python -m radblur_jax.deblur --random-init tiny --input photos/ --output out/  # smoke test
 
 Writes `<output>/<stem>.png` per input at the input's own size, bit depth (8 or 16) and mode
-(grey, grey+alpha, RGB or RGBA: grey stays grey, an alpha channel is carried over unchanged);
-the EXIF orientation is applied exactly once for every format, so outputs are upright (reading
-and writing photos: eval/photos.py). `--depth` adds `<stem>_depth.png` (colour map) and
-`<stem>_depth.npy` (float32 relative disparity, larger = nearer). Images of one size are
-batched and compiled once. `--adaptive` runs per image (per window with `--tile`) only the
-sub-decoders the exit head asks for. A file that cannot be read (corrupt, float or signed
-pixels, more than `photos.MAX_PIXELS` pixels, ...) is named on stderr and skipped, the others
-are still restored; the exit status is then 1. Inputs are never overwritten.
+(grey, grey+alpha, RGB or RGBA: grey stays grey, an alpha channel is carried over unchanged)
+and with the input's ICC colour profile; the EXIF orientation is applied exactly once for
+every format, so outputs are upright (reading and writing photos: eval/photos.py). `--depth`
+adds `<stem>_depth.png` (colour map) and `<stem>_depth.npy` (float32 relative disparity,
+larger = nearer). Images of one size are batched and compiled once. `--adaptive` runs per
+image (per window with `--tile`) only the sub-decoders the exit head asks for. A file that
+cannot be read (corrupt, float or signed pixels, more than `photos.MAX_PIXELS` pixels, ...) is
+named on stderr and skipped, the others are still restored; the exit status is then 1. Inputs
+are never overwritten.
 """
 from __future__ import annotations
 
@@ -76,10 +77,11 @@ def output_paths(inputs: Sequence[str], out_dir: str) -> dict[str, str]:
 class Restored:
     """One restored photo: image (the array to save: input's mode and bit depth, see
     `encode_photo`), disparity `(H, W)` float32, steps: sub-decoders run per window `(N,)` (None
-    when the restorer does not say)."""
+    when the restorer does not say), icc_profile: the input's, written with the image."""
     image: np.ndarray
     disparity: np.ndarray
     steps: np.ndarray | None
+    icc_profile: bytes | None = None
 
 
 def restore_photos(restorer: Callable[[np.ndarray], Sequence[np.ndarray]],
@@ -93,13 +95,13 @@ def restore_photos(restorer: Callable[[np.ndarray], Sequence[np.ndarray]],
     out = restorer(x)
     steps = out[2] if len(out) > 2 else None
     return [Restored(encode_photo(out[0][j], ph), np.asarray(out[1][j], np.float32),
-                     None if steps is None else np.asarray(steps[j]))
+                     None if steps is None else np.asarray(steps[j]), ph.icc_profile)
             for j, ph in enumerate(photos)]
 
 
 def write_restored(out_path: str, result: Restored, depth: bool = False) -> None:
     """Writes `out_path` (PNG) and with `depth` `<stem>_depth.png` and `<stem>_depth.npy`."""
-    write_photo(out_path, result.image)
+    write_photo(out_path, result.image, result.icc_profile)
     if depth:
         stem = os.path.splitext(out_path)[0]
         save_png(stem + "_depth.png", image_io.colorize_disparity(result.disparity))

@@ -198,3 +198,48 @@ def test_gray_alpha_png_round_trips_every_filter_row():
                             cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(back[..., [0, 3]], img)
         np.testing.assert_array_equal(back[..., 1], img[..., 0])
+
+
+def test_colour_profile_goes_into_the_output(tmp_path):
+    """An embedded ICC profile (JPEG, PNG, WebP, TIFF) reaches the output PNG unchanged when it
+    is of the output's colour space: RGB for colour, grey for grey (an RGB profile on a grey
+    image is dropped); the PNG with the profile decodes to the same pixels."""
+    from PIL import ImageCms
+
+    rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray_profile = rgb_profile[:16] + b"GRAY" + rgb_profile[20:]  # header: a grey profile
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
+    gray = rng.integers(0, 256, (H, W)).astype(np.uint8)
+
+    def encoded(arr, fmt, profile):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt, icc_profile=profile)
+        return buf.getvalue()
+
+    files = {f"rgb_{fmt.lower()}.{ext}": encoded(rgb, fmt, rgb_profile)
+             for fmt, ext in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"))}
+    files.update({"gray_own.png": encoded(gray, "PNG", gray_profile),
+                  "gray_rgb_profile.png": encoded(gray, "PNG", rgb_profile),
+                  "plain.png": encoded(rgb, "PNG", None)})
+    out, failed, errors = _run(tmp_path, files)
+    assert failed == [] and errors == []
+    want = {name: rgb_profile for name in files if name.startswith("rgb_")}
+    want.update({"gray_own.png": gray_profile, "gray_rgb_profile.png": None, "plain.png": None})
+    for name, profile in want.items():
+        path = out / (name.rsplit(".", 1)[0] + ".png")
+        with Image.open(path) as im:
+            assert im.info.get("icc_profile") == profile, name
+        if name in ("rgb_png.png", "gray_own.png"):
+            np.testing.assert_array_equal(_read(path), rgb if name.startswith("rgb") else gray)
+
+
+def test_png_with_icc_profile_round_trips():
+    png = cv2.imencode(".png", np.arange(60, dtype=np.uint8).reshape(6, 10))[1].tobytes()
+    profile = bytes(range(256)) * 3
+    with_profile = photos.png_with_icc_profile(png, profile)
+    with Image.open(io.BytesIO(with_profile)) as im:
+        assert im.info["icc_profile"] == profile
+        np.testing.assert_array_equal(np.asarray(im), np.arange(60).reshape(6, 10))
+    with pytest.raises(ValueError, match="not a PNG"):
+        photos.png_with_icc_profile(b"GIF89a" + png[6:], profile)

@@ -167,9 +167,8 @@ def colorize_disparity(disparity: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
 
 
-def save_png(path: str, img: np.ndarray) -> None:
-    """Writes `(H, W)` gray, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16 as PNG, atomically
-    (temporary name, then rename); creates the parent directory."""
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of `(H, W)` gray, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16."""
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -177,6 +176,16 @@ def save_png(path: str, img: np.ndarray) -> None:
         img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
-        raise OSError(f"{path}: PNG encoding failed for an array of shape {img.shape}")
+        raise OSError(f"PNG encoding failed for an array of shape {img.shape}")
+    return buf.tobytes()
+
+
+def save_png(path: str, img: np.ndarray) -> None:
+    """Writes `(H, W)` gray, `(H, W, 3)` RGB or `(H, W, 4)` RGBA uint8/uint16 as PNG, atomically
+    (temporary name, then rename); creates the parent directory."""
+    try:
+        data = encode_png(img)
+    except OSError as e:
+        raise OSError(f"{path}: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, data)

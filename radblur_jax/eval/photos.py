@@ -20,6 +20,11 @@ grey+alpha, TIFF sample layout), then the pixels, turned upright exactly once:
 - Size: images above `MAX_PIXELS` are refused from the header, before anything is decoded.
 
 Modes kept (`encode_photo`, `write_photo`): grey, grey+alpha, RGB and RGBA, 8 or 16 bits, as PNG.
+Colour profile: an embedded ICC profile (JPEG, PNG, WebP, TIFF) goes into the output PNG (an
+iCCP chunk) when it describes the output's colour space (RGB; grey for a grey output): the
+model changes the pixel values, not the space they are in, so a Display P3 or Adobe RGB photo
+must not turn into sRGB on the way out. A profile of another space (a CMYK TIFF's, once its
+pixels are converted to RGB) is dropped.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import cv2
 import numpy as np
 
 from radblur_jax.atomic_io import write_bytes_atomic
-from radblur_jax.data.image_io import save_png
+from radblur_jax.data.image_io import encode_png
 
 # Pillow refuses headers above 2 x Image.MAX_IMAGE_PIXELS (a decompression-bomb guard); the
 # same number here makes the limit one for every format. PNG and TIFF sizes are checked from
@@ -42,6 +47,8 @@ from radblur_jax.data.image_io import save_png
 MAX_PIXELS = 178_956_970  # ~179 MP, e.g. 16000 x 11000
 
 _ORIENTATION_TAG = 0x0112
+_ICC_PROFILE_TAG = 34675  # TIFF InterColorProfile
+_ICC_HEADER_BYTES = 128
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GRAY_ALPHA = 4  # IHDR colour type
 
@@ -53,18 +60,21 @@ class PhotoError(ValueError):
 @dataclasses.dataclass
 class Photo:
     """rgb `(H, W, 3)` float32 in [0, 1] (upright); bits 8 or 16; gray: the input had one
-    colour channel; alpha `(H, W)` uint8/uint16 or None (with gray: a grey+alpha input)."""
+    colour channel; alpha `(H, W)` uint8/uint16 or None (with gray: a grey+alpha input);
+    icc_profile: the file's embedded ICC profile or None."""
     rgb: np.ndarray
     bits: int
     gray: bool
     alpha: np.ndarray | None
+    icc_profile: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Header:
     """What a file's header says: `size` (H, W) as stored, `orientation` (EXIF 1..8), `tiff`,
-    `gray_alpha` (one grey channel + alpha), and for TIFF `bits` and `sample_format` (1 unsigned,
-    2 signed, 3 float) per sample and `samples` per pixel."""
+    `gray_alpha` (one grey channel + alpha), `icc_profile` (the embedded ICC profile or None),
+    and for TIFF `bits` and `sample_format` (1 unsigned, 2 signed, 3 float) per sample and
+    `samples` per pixel."""
     size: tuple[int, int]
     orientation: int = 1
     tiff: bool = False
@@ -72,6 +82,7 @@ class Header:
     bits: int = 8
     sample_format: int = 1
     samples: int = 3
+    icc_profile: bytes | None = None
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -103,6 +114,13 @@ def _valid_orientation(value) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+def _icc_profile(value) -> bytes | None:
+    """An embedded profile as bytes; None when absent or shorter than an ICC header."""
+    if not isinstance(value, (bytes, bytearray)) or len(value) < _ICC_HEADER_BYTES:
+        return None
+    return bytes(value)
+
+
 def _check_size(path: str, h: int, w: int) -> None:
     if h * w > MAX_PIXELS:
         raise PhotoError(f"{path}: {w} x {h} px = {h * w / 1e6:.0f} MP, more than the "
@@ -122,13 +140,14 @@ def _tiff_header(path: str, head: bytes) -> Header:
         bits = ifd.get(258, (1,))
         fmt = ifd.get(339, (1,))
         samples = int(ifd.get(277, 1))
+        icc = _icc_profile(ifd.get(_ICC_PROFILE_TAG))
     except Exception as e:  # a malformed IFD raises anything from KeyError to struct.error
         raise PhotoError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from None
     _check_size(path, h, w)
     bits, fmt = (v if isinstance(v, tuple) else (v,) for v in (bits, fmt))
     return Header((h, w), _valid_orientation(ifd.get(274, 1)), tiff=True,
                   gray_alpha=samples == 2, bits=int(max(bits)), sample_format=int(fmt[0]),
-                  samples=samples)
+                  samples=samples, icc_profile=icc)
 
 
 def read_header(path: str) -> Header:
@@ -154,6 +173,7 @@ def read_header(path: str) -> Header:
         try:
             with Image.open(path) as im:
                 w, h = im.size
+                icc = _icc_profile(im.info.get("icc_profile"))
                 try:
                     orientation = _valid_orientation(im.getexif().get(_ORIENTATION_TAG, 1))
                 except Exception:  # a broken EXIF block: the pixels may still be fine
@@ -164,7 +184,7 @@ def read_header(path: str) -> Header:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise PhotoError(f"{path}: cannot read image header ({e})") from None
     _check_size(path, h, w)
-    return Header((h, w), orientation, gray_alpha=gray_alpha)
+    return Header((h, w), orientation, gray_alpha=gray_alpha, icc_profile=icc)
 
 
 def upright_size(path: str) -> tuple[int, int]:
@@ -252,7 +272,7 @@ def read_photo(path: str, header: Header | None = None) -> Photo:
         raise PhotoError(f"{path}: {img.shape[2]} channels; expected 1, 2, 3 or 4")
     scale = 255.0 if bits == 8 else 65535.0
     return Photo(np.ascontiguousarray(rgb).astype(np.float32) / scale, bits, gray,
-                 None if alpha is None else np.ascontiguousarray(alpha))
+                 None if alpha is None else np.ascontiguousarray(alpha), header.icc_profile)
 
 
 def read_checked(path: str, size: tuple[int, int] | None = None) -> Photo:
@@ -295,21 +315,39 @@ def gray_alpha_png(img: np.ndarray) -> bytes:
     up = raw.copy()
     up[1:] = raw[1:] - raw[:-1]  # uint8 arithmetic wraps modulo 256, as the filter needs
     rows = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
     ihdr = struct.pack(">IIBBBBB", w, h, depth, _PNG_GRAY_ALPHA, 0, 0, 0)
-    return (_PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
 
 
-def write_photo(path: str, img: np.ndarray) -> None:
-    """Writes an `encode_photo` array as PNG, atomically (temporary name, then rename)."""
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + tag + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+
+def png_with_icc_profile(png: bytes, profile: bytes) -> bytes:
+    """`png` with an iCCP chunk holding `profile`, right after its IHDR (where the PNG
+    specification wants it: before any image data)."""
+    if png[:8] != _PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError("png_with_icc_profile: not a PNG starting with IHDR")
+    end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    iccp = _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(profile, 9))
+    return png[:end] + iccp + png[end:]
+
+
+def profile_fits(profile: bytes, img: np.ndarray) -> bool:
+    """Whether an ICC profile's colour space (header bytes 16-20) is that of an `encode_photo`
+    array: RGB for 3 or 4 channels, grey for 1 or 2."""
+    gray = img.ndim == 2 or img.shape[2] == 2
+    return profile[16:20] == (b"GRAY" if gray else b"RGB ")
+
+
+def write_photo(path: str, img: np.ndarray, icc_profile: bytes | None = None) -> None:
+    """Writes an `encode_photo` array as PNG, atomically (temporary name, then rename), with
+    `icc_profile` embedded when it fits the image's colour space (`profile_fits`)."""
     img = np.asarray(img)
-    if img.ndim == 3 and img.shape[2] == 2:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_bytes_atomic(path, gray_alpha_png(img))
-    else:
-        save_png(path, img)
+    png = gray_alpha_png(img) if img.ndim == 3 and img.shape[2] == 2 else encode_png(img)
+    if icc_profile is not None and profile_fits(icc_profile, img):
+        png = png_with_icc_profile(png, icc_profile)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomic(path, png)
