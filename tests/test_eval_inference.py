@@ -6,6 +6,7 @@ give the same result with or without windows); one slow test runs RADBlur-tiny.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,56 @@ def test_windows_equal_full_image_for_a_pointwise_model(images):
     d_full = jax.jit(inf.restore_fn(model))(PARAMS, smooth)[1]
     d_tiled = jax.jit(inf.restore_fn(model, opts))(PARAMS, smooth)[1]
     assert rel_err(d_tiled, d_full) < 0.02
+
+
+def _blend_reference(restore, x: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+    """Window-mode output by its definition: each pixel the ramp-weighted mean of the windows'
+    outputs (`restore` applied to each window) that cover it."""
+    b, h, w, _ = x.shape
+    ys, xs = inf.window_starts(h, tile, overlap), inf.window_starts(w, tile, overlap)
+    th, tw = min(h, tile), min(w, tile)
+    weight = np.outer(inf.blend_ramp(th, overlap if len(ys) > 1 else 0),
+                      inf.blend_ramp(tw, overlap if len(xs) > 1 else 0))[None, :, :, None]
+    acc, norm = np.zeros(x.shape), np.zeros(x.shape)
+    for y in ys:
+        for x0 in xs:
+            out = np.asarray(restore(jnp.asarray(x[:, y:y + th, x0:x0 + tw])))
+            acc[:, y:y + th, x0:x0 + tw] += out * weight
+            norm[:, y:y + th, x0:x0 + tw] += weight
+    return acc / norm
+
+
+def test_windows_blend_as_defined_for_a_position_dependent_model(images):
+    """RampModel's output depends on where a pixel sits in its window, so each window's
+    contribution and weight shows; 4 x 5 windows in passes of 3 (the last pass is filled up
+    with a repeated window that must not count twice)."""
+    ramp = RampModel()
+    x = np.asarray(images)
+    for tile, overlap, tile_batch in ((16, 6, 3), (16, 0, 4), (40, 8, 2)):
+        opts = inf.InferenceOptions(tile=tile, overlap=overlap, tile_batch=tile_batch)
+        got = jax.jit(inf.restore_fn(ramp, opts))(PARAMS, images)[0]
+        want = _blend_reference(ramp.restore, x, tile, overlap)
+        assert rel_err(got, want) < 1e-6, (tile, overlap, tile_batch)
+    assert rel_err(want, np.asarray(ramp.restore(images))) > 1e-3  # windows changed it
+
+
+def test_window_program_does_not_grow_with_the_image():
+    """The windows run in one loop: the same program for 6 windows or 150, and temporaries
+    that grow with the image, not with the windows times their size."""
+    fn = jax.jit(inf.restore_fn(PointwiseModel(), inf.InferenceOptions(tile=16, overlap=8)))
+
+    def program(h, w):
+        lowered = fn.lower(PARAMS, jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+        ops = re.findall(r"\b(?:stablehlo|func|call)\.?[a-z_]*", lowered.as_text())
+        return ops, lowered.compile().memory_analysis().temp_size_in_bytes
+
+    small_ops, _ = program(24, 40)
+    large_ops, large_temp = program(88, 120)
+    assert len(inf.window_starts(24, 16, 8)) * len(inf.window_starts(40, 16, 8)) == 2 * 4
+    assert len(inf.window_starts(88, 16, 8)) * len(inf.window_starts(120, 16, 8)) == 10 * 14
+    assert len(small_ops) > 20 and large_ops == small_ops
+    windows_bytes = 10 * 14 * 16 * 16 * 3 * 4
+    assert large_temp < windows_bytes / 2, large_temp
 
 
 def test_self_ensemble(images):

@@ -6,7 +6,9 @@ back). `Restorer` jits it once per input shape and shards the batch over the dev
 
 Sliding windows: windows of `tile` px (clipped to the image) start every `tile - overlap` px,
 the last one flush with the border; each output pixel is the weighted mean of the windows that
-cover it, with weights ramping linearly over `overlap` px from each window edge. Disparity is
+cover it, with weights ramping linearly over `overlap` px from each window edge. The windows
+run `tile_batch` at a time in one loop that slices them out of the image and adds them into
+the output, so the program and its memory do not grow with their number. Disparity is
 relative (its scale differs per window), so in window mode it is predicted once on the whole
 image resized to about `tile * tile` pixels, mapped onto that image as the model's own forward
 pass maps it (with `vit_input="resize"`: resized to the padded image, then cropped), and
@@ -135,31 +137,40 @@ def restore_fn(model: Any, options: InferenceOptions = InferenceOptions(), *,
         ys = window_starts(h, options.tile, options.overlap)
         xs = window_starts(w, options.tile, options.overlap)
         th, tw = min(h, options.tile), min(w, options.tile)
-        boxes = [(y, x0) for y in ys for x0 in xs]
-        windows = jnp.stack([x[:, y:y + th, x0:x0 + tw] for y, x0 in boxes])  # (N, B, th, tw, 3)
-        n, k = len(boxes), options.tile_batch
-        pad = (-n) % k
-        if pad:
-            windows = jnp.concatenate([windows, jnp.repeat(windows[-1:], pad, axis=0)])
-        chunks = windows.reshape((n + pad) // k, k * b, th, tw, 3)
+        n, k = len(ys) * len(xs), options.tile_batch
+        # Windows in row-major order, `k` per pass; the last pass is filled up with copies of
+        # the last window, which run but are not added.
+        boxes = np.array([(y, x0) for y in ys for x0 in xs], np.int32)
+        boxes = np.concatenate([boxes, np.repeat(boxes[-1:], (-n) % k, axis=0)])
+        valid = np.arange(len(boxes)) < n
+        ramp_y = blend_ramp(th, options.overlap if len(ys) > 1 else 0)
+        ramp_x = blend_ramp(tw, options.overlap if len(xs) > 1 else 0)
+        weight = jnp.asarray(np.outer(ramp_y, ramp_x))[None, :, :, None]
+        # The windows form a grid, so the summed weights are an outer product of two vectors
+        # (no (H, W) constant in the program).
+        norm_y, norm_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
+        for y in ys:
+            norm_y[y:y + th] += ramp_y
+        for x0 in xs:
+            norm_x[x0:x0 + tw] += ramp_x
 
-        def run(chunk):
-            restored, _, steps = forward(params, chunk)
-            return restored, steps
+        def one_pass(acc, chunk):
+            chunk_boxes, chunk_valid = chunk
+            windows = [jax.lax.dynamic_slice(x, (0, y, x0, 0), (b, th, tw, 3))
+                       for y, x0 in chunk_boxes]
+            restored, _, steps = forward(params, jnp.concatenate(windows))
+            for i, (y, x0) in enumerate(chunk_boxes):
+                region = jax.lax.dynamic_slice(acc, (0, y, x0, 0), (b, th, tw, 3))
+                added = region + restored[i * b:(i + 1) * b] * weight
+                acc = jax.lax.dynamic_update_slice(
+                    acc, jnp.where(chunk_valid[i], added, region), (0, y, x0, 0))
+            return acc, steps
 
-        restored, steps = jax.lax.map(run, chunks)
-        restored = restored.reshape(n + pad, b, th, tw, 3)[:n]
-        steps = steps.reshape(n + pad, b)[:n].T
-        weight = np.outer(blend_ramp(th, options.overlap if len(ys) > 1 else 0),
-                          blend_ramp(tw, options.overlap if len(xs) > 1 else 0))
-        norm = np.zeros((h, w), np.float32)  # static: built on the host, not constant-folded
-        for y, x0 in boxes:
-            norm[y:y + th, x0:x0 + tw] += weight
-        acc = jnp.zeros((b, h, w, 3), jnp.float32)
-        w_dev = jnp.asarray(weight)[None, :, :, None]
-        for i, (y, x0) in enumerate(boxes):
-            acc = acc.at[:, y:y + th, x0:x0 + tw].add(restored[i] * w_dev)
-        return acc / jnp.asarray(norm)[None, :, :, None], depth_resized(params, x), steps
+        acc, steps = jax.lax.scan(one_pass, jnp.zeros((b, h, w, 3), jnp.float32),
+                                  (boxes.reshape(-1, k, 2), valid.reshape(-1, k)))
+        steps = steps.reshape(-1, b)[:n].T
+        norm = jnp.asarray(norm_y)[:, None] * jnp.asarray(norm_x)[None, :]
+        return acc / norm[None, :, :, None], depth_resized(params, x), steps
 
     def single(params, x):
         h, w = x.shape[1:3]
