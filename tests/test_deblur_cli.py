@@ -125,6 +125,14 @@ def test_bad_arguments(tmp_path, capsys):
                      "--tile", "32", "--overlap", "32"])
     assert e.value.code == 2
     _one_error_line(capsys, "--overlap")
+    for bad, needle in ((["--tile", "big"], "expected auto or a number of px"),
+                        (["--tile", "0", "--max-memory", "4"], "--max-memory"),
+                        (["--max-memory", "0"], "--max-memory")):
+        with pytest.raises(SystemExit) as e:
+            deblur.main(["--random-init", "tiny", "--input", str(tmp_path), "--output",
+                         str(out), *bad])
+        assert e.value.code == 2
+        _one_error_line(capsys, needle)
     assert deblur.main(["--random-init", "tiny", "--input", str(tmp_path / "missing.png"),
                         "--output", str(out)]) == 2
     _one_error_line(capsys, "missing.png: no such file")
@@ -168,8 +176,8 @@ def test_adaptive_flag_reaches_the_restorer(photo_dir, tmp_path, monkeypatch, ca
     seen = []
 
     class FakeRestorer:
-        def __init__(self, model, params, options):
-            seen.append(options)
+        def __init__(self, model, params, options, **kwargs):
+            seen.append((options, kwargs))
 
         def restore(self, x):
             return x, x.mean(-1), np.full((x.shape[0], 1), 3, np.int32)
@@ -180,11 +188,20 @@ def test_adaptive_flag_reaches_the_restorer(photo_dir, tmp_path, monkeypatch, ca
     code = deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
                         str(tmp_path / "out"), "--adaptive", "--tile", "16", "--overlap", "4"])
     assert code == 0 and "1 of 1 images restored" in capsys.readouterr().err
-    assert seen == [inference.InferenceOptions(tile=16, overlap=4, adaptive=True)]
+    options, kwargs = seen[-1]
+    assert options == inference.InferenceOptions(tile=16, overlap=4, adaptive=True)
+    assert kwargs["memory_limit"] is None  # a fixed --tile: no whole-image trial
     np.testing.assert_array_equal(_read(tmp_path / "out" / "gray.png"), ref["gray"])
+    # --tile auto (the default): whole images within half the available memory, else 512 px
     deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
                  str(tmp_path / "out2")])
-    assert seen[-1] == inference.InferenceOptions()
+    options, kwargs = seen[-1]
+    assert options == inference.InferenceOptions()
+    assert kwargs["fallback_tile"] == 512
+    assert 0 < kwargs["memory_limit"] <= inference.available_memory()
+    deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
+                 str(tmp_path / "out3"), "--max-memory", "1.5"])
+    assert seen[-1][1]["memory_limit"] == 3 * 2**29
 
 
 def test_steps_text():

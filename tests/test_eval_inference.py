@@ -183,6 +183,33 @@ def test_restorer_lower_is_the_program_restore_runs(images):
     np.testing.assert_array_equal(np.asarray(steps), want.steps)
 
 
+def test_restorer_falls_back_to_windows_over_the_memory_limit(images):
+    """With a memory limit a shape is restored whole while XLA's count of the whole-image
+    program fits, else in windows of `fallback_tile` (told once per shape)."""
+    x = np.asarray(images)
+    ramp = RampModel()  # position-dependent: windows change its output
+    whole = inf.Restorer(ramp, PARAMS).restore(x)
+    windows = inf.Restorer(ramp, PARAMS, inf.InferenceOptions(tile=16, overlap=4)).restore(x)
+    assert rel_err(windows.restored, whole.restored) > 1e-3
+    need = inf.program_bytes(inf.Restorer(ramp, PARAMS).lower(x).compile())
+    assert need >= 2 * x.nbytes  # the image in, the restored image out
+    told: list[str] = []
+    for limit, want in ((need, whole), (need - 1, windows)):
+        r = inf.Restorer(ramp, PARAMS, inf.InferenceOptions(overlap=4), memory_limit=limit,
+                         fallback_tile=16, on_fallback=told.append)
+        for _ in range(2):
+            got = r.restore(x)
+            np.testing.assert_array_equal(got.restored, want.restored)
+            np.testing.assert_array_equal(got.steps, want.steps)
+        assert r.tile_for(x) == (0 if want is whole else 16)
+    assert len(told) == 1, told
+    assert told[0].startswith("images of 53 x 37 px (a batch of 2): restored whole they need")
+    assert told[0].endswith("restored in windows of 16 px")
+    fixed = inf.Restorer(ramp, PARAMS, inf.InferenceOptions(tile=16, overlap=4), memory_limit=1)
+    assert fixed.memory_limit is None and fixed.tile_for(x) == 16  # a fixed tile is kept
+    assert inf.available_memory() > 0
+
+
 def test_options_validate():
     with pytest.raises(ValueError, match="overlap"):
         inf.InferenceOptions(tile=16, overlap=16)
@@ -197,13 +224,15 @@ _SHARDED = textwrap.dedent("""
     from radblur_jax.eval.inference import Restorer, InferenceOptions
     assert jax.device_count() == 3
     x = np.random.default_rng(1).random((4, 21, 30, 3)).astype(np.float32)
-    for opts in (InferenceOptions(), InferenceOptions(tile=16, overlap=4)):
-        r = Restorer(t.PointwiseModel(), t.PARAMS, opts)
+    for opts, limit in ((InferenceOptions(), None), (InferenceOptions(tile=16, overlap=4), None),
+                        (InferenceOptions(overlap=4), 1)):  # falls back to windows of 16 px
+        r = Restorer(t.PointwiseModel(), t.PARAMS, opts, memory_limit=limit, fallback_tile=16)
         out, disp = r(x)
         assert out.shape == (4, 21, 30, 3), out.shape
         assert np.abs(out - (2 * x - 0.3)).max() < 1e-5
-        assert len(r._fn(r.params, jax.device_put(np.concatenate([x, x[:2]]),
-                                                  r._batch))[0].sharding.device_set) == 3
+        padded = np.concatenate([x, x[:2]])
+        assert r.tile_for(padded) == (16 if limit else opts.tile)
+        assert len(r.lower(padded).compile().output_shardings[0].device_set) == 3
     print("ok")
 """)
 

@@ -210,18 +210,35 @@ class Restorer:
     `images (B, H, W, 3)` float32 in [0, 1]; the batch is padded (repeating the last image) to a
     multiple of the device count and split over the mesh's "data" axis; params are replicated.
     One compilation per distinct input shape.
+
+    With `memory_limit` (bytes) and whole images (`options.tile == 0`), each input shape's
+    program is compiled whole first; when XLA's memory analysis of it (arguments, outputs and
+    temporaries) exceeds the limit, that shape is restored in windows of `fallback_tile` px
+    instead, and `on_fallback(message)` is told why.
     """
 
     def __init__(self, model: Any, params: Any, options: InferenceOptions = InferenceOptions(),
-                 mesh: jax.sharding.Mesh | None = None):
+                 mesh: jax.sharding.Mesh | None = None, *, memory_limit: int | None = None,
+                 fallback_tile: int = 512, on_fallback: Callable[[str], None] | None = None):
         self.mesh = mesh if mesh is not None else data_mesh()
         self.options = options
+        self.memory_limit = memory_limit if not options.tile else None
         self._batch = NamedSharding(self.mesh, PartitionSpec("data"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.params = jax.device_put(params, replicated)
-        self._fn = jax.jit(restore_fn(model, options, with_steps=True),
+        self._on_fallback = on_fallback
+
+        def jitted(opts: InferenceOptions):
+            return jax.jit(restore_fn(model, opts, with_steps=True),
                            in_shardings=(replicated, self._batch),
                            out_shardings=(self._batch,) * 3)
+
+        self._fns = {options.tile: jitted(options)}
+        if self.memory_limit is not None:
+            self.fallback = dataclasses.replace(options, tile=fallback_tile)
+            self._fns[fallback_tile] = jitted(self.fallback)
+        self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
+        self._tiles: dict[tuple[int, ...], int] = {}
 
     @property
     def num_devices(self) -> int:
@@ -230,11 +247,37 @@ class Restorer:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.restore(images)[:2]
 
+    def _lower(self, tile: int, images: np.ndarray) -> jax.stages.Lowered:
+        return self._fns[tile].lower(self.params, jax.ShapeDtypeStruct(
+            images.shape, jnp.float32, sharding=self._batch))
+
+    def tile_for(self, images: np.ndarray) -> int:
+        """The window side `restore` uses for `images`' shape (0 = whole image); with a
+        `memory_limit`, compiles the whole-image program to measure it (once per shape)."""
+        shape = tuple(np.shape(images))
+        if shape not in self._tiles:
+            tile = self.options.tile
+            if self.memory_limit is not None:
+                compiled = self._lower(tile, images).compile()
+                need = program_bytes(compiled)
+                if need > self.memory_limit:
+                    tile = self.fallback.tile
+                    if self._on_fallback:
+                        batch = f" (a batch of {shape[0]})" if shape[0] > 1 else ""
+                        self._on_fallback(
+                            f"images of {shape[2]} x {shape[1]} px{batch}: restored whole they "
+                            f"need {need / 2**30:.1f} GiB, over the limit of "
+                            f"{self.memory_limit / 2**30:.1f} GiB; restored in windows of "
+                            f"{tile} px")
+                else:
+                    self._compiled[shape] = compiled
+            self._tiles[shape] = tile
+        return self._tiles[shape]
+
     def lower(self, images: np.ndarray) -> jax.stages.Lowered:
         """The program `restore` runs for `images (B, H, W, 3)`, lowered (B a multiple of the
         device count): for its cost analysis, its optimized HLO, or a profile's op names."""
-        return self._fn.lower(self.params, jax.device_put(np.asarray(images, np.float32),
-                                                          self._batch))
+        return self._lower(self.tile_for(images), images)
 
     def restore(self, images: np.ndarray) -> Restoration:
         """`Restoration` of `images (B, H, W, 3)` float32 in [0, 1]."""
@@ -245,5 +288,34 @@ class Restorer:
         pad = (-b) % self.num_devices
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-        restored, disp, steps = self._fn(self.params, jax.device_put(images, self._batch))
+        if images.shape not in self._compiled:
+            self._compiled[images.shape] = self.lower(images).compile()
+        restored, disp, steps = self._compiled[images.shape](
+            self.params, jax.device_put(images, self._batch))
         return Restoration(np.asarray(restored)[:b], np.asarray(disp)[:b], np.asarray(steps)[:b])
+
+
+def program_bytes(compiled: jax.stages.Compiled) -> int:
+    """Memory a compiled program needs by XLA's memory analysis: its arguments, outputs and
+    temporaries (outputs aliasing arguments counted once)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def available_memory(device: jax.Device | None = None) -> int | None:
+    """Bytes a program may use on `device` (default: the first local device): an accelerator's
+    allocator limit, on the CPU the host's available memory (Linux `MemAvailable`); None when
+    unknown."""
+    device = device if device is not None else jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
