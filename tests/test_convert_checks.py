@@ -48,6 +48,26 @@ def test_missing_last_block_is_refused(da_state, tmp_path):
         keymaps.convert_state_dict("depth_anything", sd)  # the first missing one
 
 
+def test_integer_weights_are_refused(da_state, tmp_path):
+    """Integer tensors where the model has float weights (a quantized file) were cast to
+    float32 and converted into another model; they are refused by name."""
+    key = "pretrained.blocks.1.attn.qkv.weight"
+    sd = dict(da_state)
+    sd[key] = (sd[key] * 100).to(torch.int8)
+    src = tmp_path / "quantized.pth"
+    torch.save(sd, src)
+    out = tmp_path / "out"
+    line = one_line_error(run_tool("--input", src, "--output", out), src,
+                          f"{key} (int8)")
+    assert "not floating point" in line
+    assert not out.exists()
+    with pytest.raises(keymaps.ConversionError, match=r"blocks\.1\.attn\.qkv\.weight \(int8\)"):
+        keymaps.convert_state_dict("depth_anything", {k: v.numpy() for k, v in sd.items()})
+    keymaps.convert_state_dict("depth_anything", {  # bfloat16 is floating point
+        k: v.to(torch.bfloat16).float().numpy().astype(jax.numpy.bfloat16)
+        for k, v in da_state.items()})
+
+
 def test_missing_last_layer_of_a_transformers_model(tmp_path):
     """A transformers directory states its depth (num_hidden_layers): that is required too."""
     from torch_reference import randomize_

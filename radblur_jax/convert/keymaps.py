@@ -331,10 +331,22 @@ def _model_shapes(enc, dpt) -> dict:
     return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
 
 
+def _is_floating(value) -> bool:
+    """Whether an array's values are floating point (bfloat16 included); True without a dtype."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return True
+    try:
+        return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
+    except TypeError:  # a framework's dtype numpy does not read (torch): its own flag
+        return bool(getattr(dtype, "is_floating_point", True))
+
+
 def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
-    """{original key: (flax path, perm)} after checking keys and shapes against the model."""
+    """{original key: (flax path, perm)} after checking keys, shapes and dtypes against the
+    model."""
     expected = _model_shapes(enc, dpt)
-    plan, unexpected, bad = {}, [], []
+    plan, unexpected, bad, not_float = {}, [], [], []
     unused = [k for k in sd if KNOWN_UNUSED.match(k)]
     if unused:
         log.info("dropping %d known-unused keys: %s", len(unused), _keys_msg(unused))
@@ -349,6 +361,8 @@ def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
         elif new_shape != expected[path]:
             bad.append(f"{key} {shape} -> {'/'.join(path)} {new_shape}, model expects "
                        f"{expected[path]}")
+        elif not _is_floating(val):
+            not_float.append(f"{key} ({val.dtype})")
         plan[key] = (path, perm)
     filled = {path for path, _ in plan.values()}
     missing = [f"{_torch_key(p)} (param {'/'.join(p)})" for p in expected if p not in filled]
@@ -359,6 +373,10 @@ def _check(fmt: str, sd: Mapping[str, np.ndarray], enc, dpt) -> dict:
         problems.append(f"unexpected keys: {_keys_msg(unexpected)}")
     if bad:
         problems.append("shape mismatch: " + "; ".join(bad[:8]))
+    if not_float:
+        # Casting integers to float32 would convert a quantized checkpoint into nonsense.
+        problems.append("weights that are not floating point (a quantized checkpoint? "
+                        f"convert its float original): {_keys_msg(not_float)}")
     if problems:
         raise ConversionError(f"format {fmt!r}: " + " | ".join(problems))
     return plan
