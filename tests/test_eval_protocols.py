@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radblur_jax.eval import protocols, runner
+from radblur_jax.eval import protocols
+from radblur_jax.eval.summary import summary_markdown
 
 
 def test_mean_scores_count_what_they_leave_out():
@@ -32,7 +33,7 @@ def test_summary_table_says_what_each_mean_is_over():
                "seconds_total": 1.0, "devices": 1,
                "restored": protocols.mean_scores(rows, ("psnr", "ssim")),
                "identity": protocols.mean_scores(rows[:1], ("psnr", "ssim"))}
-    table = runner.summary_markdown(summary)
+    table = summary_markdown(summary)
     assert "| m | 31.00 / 0.9750 |" in table
     assert ("restored: PSNR mean over 1 of 2 images; 1 infinite (output identical to the "
             "ground truth) left out.") in table
