@@ -165,8 +165,8 @@ def steps_text(steps: np.ndarray) -> str:
 
 
 def _half(n: int | None) -> int | None:
-    # XLA's count leaves out the runtime and the host's copies of the photo: a tiny run at
-    # 4032 x 3024 counted 9.0 GiB and peaked at 11.6 GiB resident.
+    # XLA's count leaves out the runtime and the host's copies of the photo
+    # (benchmarks/photo_memory.py sets the count beside the CLI's peak resident memory).
     return None if n is None else n // 2
 
 

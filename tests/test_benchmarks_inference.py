@@ -1,5 +1,6 @@
 """benchmarks/inference.py end to end on the tiny preset at a small size: its rows and JSON,
-and `--profile`'s op times attributed to the network's modules (xla_profile.py)."""
+and `--profile`'s op times attributed to the network's modules (xla_profile.py); the counts
+of benchmarks/photo_memory.py."""
 from __future__ import annotations
 
 import json
@@ -49,3 +50,21 @@ def test_inference_profile_rows_and_json(tmp_path, capsys):
     # Loops are not charged on top of their bodies' ops.
     assert not {k["name"] for k in profile["kinds"]} & {"while", "conditional", "call"}
     assert "per-op profile: one call" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_photo_memory_counts_whole_and_windows(tmp_path, capsys):
+    """benchmarks/photo_memory.py --count-only: XLA's count per mode, in the table and the
+    JSON; windows count less than the whole image (the image twice plus one pass's windows)."""
+    import photo_memory
+    out = tmp_path / "rows.json"
+    assert photo_memory.main(["--presets", "tiny", "--height", "200", "--width", "300",
+                              "--tile", "64", "--overlap", "8", "--count-only",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["tile"]) for r in rows] == [("whole", 0), ("windows", 64)]
+    assert 0 < rows[1]["counted_gib"] < rows[0]["counted_gib"]
+    assert all("cli_s" not in r for r in rows)
+    table = capsys.readouterr().out
+    assert f"| tiny | whole image | {rows[0]['counted_gib']:.2f} | - | - | - |" in table
+    assert "| tiny | windows 64/8 |" in table
