@@ -207,7 +207,22 @@ def test_restorer_falls_back_to_windows_over_the_memory_limit(images):
     assert told[0].endswith("restored in windows of 16 px")
     fixed = inf.Restorer(ramp, PARAMS, inf.InferenceOptions(tile=16, overlap=4), memory_limit=1)
     assert fixed.memory_limit is None and fixed.tile_for(x) == 16  # a fixed tile is kept
-    assert inf.available_memory() > 0
+
+
+def test_available_memory():
+    assert inf.available_memory() > 0  # this host's MemAvailable
+
+    class Accelerator:
+        platform = "gpu"
+
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert inf.available_memory(Accelerator({"bytes_limit": 80 * 2**30})) == 80 * 2**30
+    assert inf.available_memory(Accelerator(None)) is None  # a backend without statistics
 
 
 def test_options_validate():

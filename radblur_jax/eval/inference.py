@@ -297,7 +297,8 @@ class Restorer:
 
 def program_bytes(compiled: jax.stages.Compiled) -> int:
     """Memory a compiled program needs by XLA's memory analysis: its arguments, outputs and
-    temporaries (outputs aliasing arguments counted once)."""
+    temporaries (outputs aliasing arguments counted once); per device for a sharded program,
+    as an accelerator's limit is."""
     m = compiled.memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                - m.alias_size_in_bytes)
