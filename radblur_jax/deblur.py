@@ -164,6 +164,12 @@ def steps_text(steps: np.ndarray) -> str:
     return f"{lo}-{hi} sub-decoders per tile (mean {steps.mean():.1f} over {steps.size})"
 
 
+def _say(message: str) -> None:
+    """A line on stderr that leaves the progress bar whole (tqdm clears and redraws it)."""
+    from tqdm import tqdm
+    tqdm.write(message, file=sys.stderr)
+
+
 def _half(n: int | None) -> int | None:
     # XLA's count leaves out the runtime and the host's copies of the photo
     # (benchmarks/photo_memory.py sets the count beside the CLI's peak resident memory).
@@ -249,10 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = (int(args.max_memory * 2**30) if args.max_memory is not None
                  else _half(available_memory()))
     restorer = Restorer(loaded.model, loaded.params, options, memory_limit=limit,
-                        fallback_tile=tile, on_fallback=lambda m: print(m, file=sys.stderr))
+                        fallback_tile=tile, on_fallback=_say)
     failed = deblur_files(restorer.restore, inputs, args.output, batch=args.batch, depth=args.depth,
-                          progress=not args.no_progress,
-                          err=lambda m: print(m, file=sys.stderr))
+                          progress=not args.no_progress, err=_say)
     done = len(inputs) - len(failed)
     print(f"{done} of {len(inputs)} images restored into {args.output}"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)

@@ -204,7 +204,8 @@ def test_restorer_falls_back_to_windows_over_the_memory_limit(images):
         assert r.tile_for(x) == (0 if want is whole else 16)
     assert len(told) == 1, told
     assert told[0].startswith("images of 53 x 37 px (a batch of 2): restored whole they need")
-    assert told[0].endswith("restored in windows of 16 px")
+    assert told[0].endswith(f"need {need / 2**20:.1f} MiB, over the limit of "
+                            f"{(need - 1) / 2**20:.1f} MiB; restored in windows of 16 px")
     fixed = inf.Restorer(ramp, PARAMS, inf.InferenceOptions(tile=16, overlap=4), memory_limit=1)
     assert fixed.memory_limit is None and fixed.tile_for(x) == 16  # a fixed tile is kept
 

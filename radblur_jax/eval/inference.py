@@ -266,9 +266,8 @@ class Restorer:
                         batch = f" (a batch of {shape[0]})" if shape[0] > 1 else ""
                         self._on_fallback(
                             f"images of {shape[2]} x {shape[1]} px{batch}: restored whole they "
-                            f"need {need / 2**30:.1f} GiB, over the limit of "
-                            f"{self.memory_limit / 2**30:.1f} GiB; restored in windows of "
-                            f"{tile} px")
+                            f"need {_bytes_text(need)}, over the limit of "
+                            f"{_bytes_text(self.memory_limit)}; restored in windows of {tile} px")
                 else:
                     self._compiled[shape] = compiled
             self._tiles[shape] = tile
@@ -293,6 +292,10 @@ class Restorer:
         restored, disp, steps = self._compiled[images.shape](
             self.params, jax.device_put(images, self._batch))
         return Restoration(np.asarray(restored)[:b], np.asarray(disp)[:b], np.asarray(steps)[:b])
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def program_bytes(compiled: jax.stages.Compiled) -> int:
