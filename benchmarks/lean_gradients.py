@@ -103,7 +103,7 @@ def compare(lean: tuple, other: tuple) -> dict:
     (want_loss, want_out), want = other
     leaves = jax.tree_util.tree_leaves_with_path(want)
     got_leaves = jax.tree_util.tree_leaves(grads)
-    errors = {jax.tree_util.keystr(path): rel_err(g, w)
+    errors = {"/".join(str(getattr(k, "key", k)) for k in path): rel_err(g, w)
               for (path, w), g in zip(leaves, got_leaves) if np.any(w)}
     worst = max(errors, key=errors.get)
     row = {"loss": rel_err(loss, want_loss),
