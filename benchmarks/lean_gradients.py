@@ -30,11 +30,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -95,26 +96,23 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _flat(tree) -> np.ndarray:
-    return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
-
-
 def compare(lean: tuple, other: tuple) -> dict:
     """Relative errors of a lean `((loss, outputs), grads)` against another formulation's."""
     (loss, out), grads = lean
     (want_loss, want_out), want = other
     leaves = jax.tree_util.tree_leaves_with_path(want)
     got_leaves = jax.tree_util.tree_leaves(grads)
-    errors = {"/".join(str(getattr(k, "key", k)) for k in path): rel_err(g, w)
+    errors = {jax.tree_util.keystr(path, simple=True, separator="/"): rel_err(g, w)
               for (path, w), g in zip(leaves, got_leaves) if np.any(w)}
     worst = max(errors, key=errors.get)
     row = {"loss": rel_err(loss, want_loss),
            "outputs": max(rel_err(g, w) for g, w in zip(out, want_out)),
-           "gradient": rel_err(_flat(grads), _flat(want)),
+           "gradient": rel_err(ravel_pytree(grads)[0], ravel_pytree(want)[0]),
            "largest_leaf": worst, "largest_leaf_err": errors[worst]}
     for part in PARTS:
-        row[f"{part}_norm"] = float(np.linalg.norm(_flat(want[part])))
-        row[part] = rel_err(_flat(grads[part]), _flat(want[part]))
+        got_part, want_part = ravel_pytree(grads[part])[0], ravel_pytree(want[part])[0]
+        row[f"{part}_norm"] = float(np.linalg.norm(want_part))
+        row[part] = rel_err(got_part, want_part)
     return row
 
 
@@ -124,16 +122,18 @@ def near_kinks(restored: np.ndarray, sharp: np.ndarray, tol: float = KINK_TOL) -
     return int(np.sum(np.abs(np.asarray(restored) - np.asarray(sharp)) < tol))
 
 
-def measure(preset: str, draws: int, height: int, width: int) -> list[dict]:
-    """One row per (draw, formulation other than lean)."""
+def measure(preset: str, draws: int, height: int, width: int,
+            against: Sequence[str] = FORMS[1:]) -> list[dict]:
+    """One row per draw (seeds 0 .. draws - 1) and formulation in `against`: the lean
+    gradient's errors against it (`compare`) and the L1 terms at the kink (`near_kinks`)."""
     models = build_forms(preset)
-    fns = {form: gradient_fn(m) for form, m in models.items()}
+    fns = {form: gradient_fn(models[form]) for form in ("lean", *against)}
     rows = []
     for seed in range(draws):
         params, (blurry, sharp) = draw(models["lean"], seed, height, width)
         lean = jax.device_get(fns["lean"](params, blurry, sharp))
         kinks = near_kinks(lean[0][1].restored, sharp)
-        for form in FORMS[1:]:
+        for form in against:
             other = jax.device_get(fns[form](params, blurry, sharp))
             rows.append({"preset": preset, "draw": seed, "against": form, "height": height,
                          "width": width, "near_kinks": kinks, **compare(lean, other)})
@@ -141,6 +141,7 @@ def measure(preset: str, draws: int, height: int, width: int) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
+    """The rows as a markdown table."""
     print("| preset | draw | lean against | L1 terms at the kink | loss | outputs | gradient "
           "| depth | stem | decoder | largest leaf |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
