@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -75,7 +76,7 @@ def run_cli(preset: str, tile: int, overlap: int, photo: str, out_dir: str) -> t
     return seconds, usage.ru_maxrss * 1024 / 2**30  # Linux reports KiB
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--presets", default="tiny,s")
     p.add_argument("--modes", default="whole,windows", help=f"any of {', '.join(MODES)}")
