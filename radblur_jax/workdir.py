@@ -68,6 +68,8 @@ def load_params_for_inference(path: str, *, use_ema: bool = True
     import grain
     import orbax.checkpoint as ocp
 
+    from radblur_jax.quiet_restore import quiet_restore
+
     workdir, step_dir = checkpoint_step_dir(path)
     config = read_config(workdir)
     key = "ema_params" if use_ema else "params"
@@ -79,11 +81,13 @@ def load_params_for_inference(path: str, *, use_ema: bool = True
                        "data": grain.checkpoint.CheckpointHandler()})
     step = int(os.path.basename(step_dir))
     try:
-        tree = manager.item_metadata(step)["state"]
-        sub = getattr(tree, "tree", tree)[key]
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={key: sub}, restore_args={key: restore_args}, partial_restore=True)))
+        with quiet_restore(step_dir):
+            tree = manager.item_metadata(step)["state"]
+            sub = getattr(tree, "tree", tree)[key]
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item={key: sub}, restore_args={key: restore_args},
+                                             partial_restore=True)))
     finally:
         manager.close()
     return config, restored["state"][key]

@@ -25,6 +25,7 @@ from radblur_jax.cli_args import output_dir_problem
 from radblur_jax.convert import detect
 from radblur_jax.convert.readers import CheckpointError, load_checkpoint
 from radblur_jax.models.configs import DPT_HEADS
+from radblur_jax.quiet_restore import quiet_restore
 
 CHECKPOINT_VERSION = 1
 MODEL_KINDS = ("dinov2", "depth_anything")
@@ -210,7 +211,8 @@ def load_pretrained(path: str | os.PathLike, *, check_shapes: bool = True
     module = build_model(config)
     ckptr = ocp.StandardCheckpointer()
     try:
-        restored = ckptr.restore(os.path.join(path, "params"))
+        with quiet_restore(path):
+            restored = ckptr.restore(os.path.join(path, "params"))
     except Exception as e:
         raise CheckpointError(f"{path}/params: cannot restore parameters: {e}") from None
     finally:

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 from radblur_jax.atomic_io import write_json_atomic
+from radblur_jax.quiet_restore import quiet_restore
 from radblur_jax.workdir import CONFIG_FILE
 
 
@@ -170,9 +171,10 @@ class Checkpoints:
         failed: list[tuple[int, Exception]] = []
         for step in steps:
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(iterator)))
+                with quiet_restore(self.workdir):
+                    restored = self.manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(iterator)))
             except Exception as e:  # pylint: disable=broad-except
                 failed.append((step, e))
                 continue
