@@ -13,7 +13,9 @@ every format, so outputs are upright (reading and writing photos: eval/photos.py
 adds `<stem>_depth.png` (colour map) and `<stem>_depth.npy` (float32 relative disparity,
 larger = nearer). Images of one size are batched and compiled once. `--tile auto` (the default)
 restores each image whole unless XLA's memory analysis of the whole-image program exceeds
-`--max-memory` (default: half the memory available at start); those sizes go through
+`--max-memory` (default: half the memory available at start) or, on a CPU, the image has more
+than 2 MP (there the ViT's attention over the whole image, which grows with the square of its
+pixels, makes windows faster: docs/benchmarks.md, inference.py); those sizes go through
 windows of 512 px, and stderr says so. `--adaptive` runs per image (per window in window
 mode) only the sub-decoders the exit head asks for. A file that cannot be read (corrupt, float
 or signed pixels, more than `photos.MAX_PIXELS` pixels, ...) is named on stderr and skipped,
@@ -197,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory for <stem>.png (never an input)")
     p.add_argument("--tile", type=_tile_arg, default="auto", help="sliding windows of this "
                    "many px (0 = whole image; auto, the default: whole unless that needs more "
-                   f"than --max-memory, then windows of {AUTO_TILE} px)")
+                   f"than --max-memory or, on a CPU, the image has over "
+                   f"{AUTO_WINDOWS_ABOVE / 1e6:g} MP; then windows of {AUTO_TILE} px)")
     p.add_argument("--max-memory", type=float, metavar="GIB", help="with --tile auto: the memory "
                    "an image's program may take, GiB (default: half of what is available)")
     p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring windows")
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 AUTO_TILE = 512  # window side when a whole image would not fit (the demo page's default)
+# Above this many pixels `--tile auto` takes windows on a CPU: from 1920 x 1080 on, windows of
+# 512 px ran `s` faster than the whole image, and from 2560 x 1440 on `tiny` too.
+AUTO_WINDOWS_ABOVE = 2_000_000
 
 
 def _tile_arg(value: str) -> str | int:
@@ -235,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tile and --overlap must be >= 0, with --overlap < --tile")
     if args.max_memory is not None and (not auto or args.max_memory <= 0):
         parser.error("--max-memory takes a positive number of GiB, with --tile auto")
+    import jax
+
     from radblur_jax.eval.inference import InferenceOptions, Restorer, available_memory
     from radblur_jax.eval.loading import CheckpointLoadError, load_from_args
 
@@ -250,12 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = InferenceOptions(tile=0 if auto else tile, overlap=args.overlap,
                                self_ensemble=args.self_ensemble, adaptive=args.adaptive)
-    limit = None
+    limit = windows_above = None
     if auto:
         limit = (int(args.max_memory * 2**30) if args.max_memory is not None
                  else _half(available_memory()))
+        if jax.default_backend() == "cpu":
+            windows_above = AUTO_WINDOWS_ABOVE
     restorer = Restorer(loaded.model, loaded.params, options, memory_limit=limit,
-                        fallback_tile=tile, on_fallback=_say)
+                        fallback_tile=tile, windows_above=windows_above, on_fallback=_say)
     failed = deblur_files(restorer.restore, inputs, args.output, batch=args.batch, depth=args.depth,
                           progress=not args.no_progress, err=_say)
     done = len(inputs) - len(failed)

@@ -190,7 +190,7 @@ def test_adaptive_flag_reaches_the_restorer(photo_dir, tmp_path, monkeypatch, ca
     assert code == 0 and "1 of 1 images restored" in capsys.readouterr().err
     options, kwargs = seen[-1]
     assert options == inference.InferenceOptions(tile=16, overlap=4, adaptive=True)
-    assert kwargs["memory_limit"] is None  # a fixed --tile: no whole-image trial
+    assert kwargs["memory_limit"] is None and kwargs["windows_above"] is None  # a fixed --tile
     np.testing.assert_array_equal(_read(tmp_path / "out" / "gray.png"), ref["gray"])
     # --tile auto (the default): whole images within half the available memory, else 512 px
     deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
@@ -199,6 +199,7 @@ def test_adaptive_flag_reaches_the_restorer(photo_dir, tmp_path, monkeypatch, ca
     assert options == inference.InferenceOptions()
     assert kwargs["fallback_tile"] == 512
     assert 0 < kwargs["memory_limit"] <= inference.available_memory()
+    assert kwargs["windows_above"] == deblur.AUTO_WINDOWS_ABOVE == 2_000_000  # on a CPU
     deblur.main(["--random-init", "tiny", "--input", str(d / "gray.png"), "--output",
                  str(tmp_path / "out3"), "--max-memory", "1.5"])
     assert seen[-1][1]["memory_limit"] == 3 * 2**29

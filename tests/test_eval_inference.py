@@ -210,6 +210,25 @@ def test_restorer_falls_back_to_windows_over_the_memory_limit(images):
     assert fixed.memory_limit is None and fixed.tile_for(x) == 16  # a fixed tile is kept
 
 
+def test_restorer_takes_windows_above_a_pixel_count_without_a_whole_image_compile(images):
+    x = np.asarray(images)  # 2 images of 37 x 53 px
+    pixels = x.shape[1] * x.shape[2]
+    told: list[str] = []
+    r = inf.Restorer(RampModel(), PARAMS, inf.InferenceOptions(overlap=4), memory_limit=2**40,
+                     fallback_tile=16, windows_above=pixels - 1, on_fallback=told.append)
+    lowered: list[int] = []
+    lower = r._lower
+    r._lower = lambda tile, images: lowered.append(tile) or lower(tile, images)
+    windows = inf.Restorer(RampModel(), PARAMS, inf.InferenceOptions(tile=16, overlap=4))
+    np.testing.assert_array_equal(r.restore(x).restored, windows.restore(x).restored)
+    assert lowered == [16]  # the windows' program only
+    assert told == ["images of 53 x 37 px (a batch of 2): over 0.00196 MP; restored in "
+                    "windows of 16 px"]
+    small = x[:, :20, :30]  # 600 px: whole, after the memory check
+    assert r.tile_for(small) == 0 and lowered == [16, 0] and len(told) == 1
+    assert inf.Restorer(RampModel(), PARAMS, windows_above=1).windows_above is None  # no limit
+
+
 def test_available_memory():
     assert inf.available_memory() > 0  # this host's MemAvailable
 

@@ -214,15 +214,18 @@ class Restorer:
     With `memory_limit` (bytes) and whole images (`options.tile == 0`), each input shape's
     program is compiled whole first; when XLA's memory analysis of it (arguments, outputs and
     temporaries) exceeds the limit, that shape is restored in windows of `fallback_tile` px
-    instead, and `on_fallback(message)` is told why.
+    instead, and `on_fallback(message)` is told why. With `windows_above` (pixels) as well,
+    images with more pixels than that go to the windows without the whole-image compile.
     """
 
     def __init__(self, model: Any, params: Any, options: InferenceOptions = InferenceOptions(),
                  mesh: jax.sharding.Mesh | None = None, *, memory_limit: int | None = None,
-                 fallback_tile: int = 512, on_fallback: Callable[[str], None] | None = None):
+                 fallback_tile: int = 512, windows_above: int | None = None,
+                 on_fallback: Callable[[str], None] | None = None):
         self.mesh = mesh if mesh is not None else data_mesh()
         self.options = options
         self.memory_limit = memory_limit if not options.tile else None
+        self.windows_above = windows_above if self.memory_limit is not None else None
         self._batch = NamedSharding(self.mesh, PartitionSpec("data"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.params = jax.device_put(params, replicated)
@@ -253,23 +256,27 @@ class Restorer:
 
     def tile_for(self, images: np.ndarray) -> int:
         """The window side `restore` uses for `images`' shape (0 = whole image); with a
-        `memory_limit`, compiles the whole-image program to measure it (once per shape)."""
+        `memory_limit`, compiles the whole-image program to measure it (once per shape), unless
+        the images have more than `windows_above` pixels."""
         shape = tuple(np.shape(images))
         if shape not in self._tiles:
-            tile = self.options.tile
-            if self.memory_limit is not None:
+            tile, why = self.options.tile, None
+            if self.windows_above is not None and shape[1] * shape[2] > self.windows_above:
+                why = f"over {self.windows_above / 1e6:g} MP"
+            elif self.memory_limit is not None:
                 compiled = self._lower(tile, images).compile()
                 need = program_bytes(compiled)
                 if need > self.memory_limit:
-                    tile = self.fallback.tile
-                    if self._on_fallback:
-                        batch = f" (a batch of {shape[0]})" if shape[0] > 1 else ""
-                        self._on_fallback(
-                            f"images of {shape[2]} x {shape[1]} px{batch}: restored whole they "
-                            f"need {_bytes_text(need)}, over the limit of "
-                            f"{_bytes_text(self.memory_limit)}; restored in windows of {tile} px")
+                    why = (f"restored whole they need {_bytes_text(need)}, over the limit of "
+                           f"{_bytes_text(self.memory_limit)}")
                 else:
                     self._compiled[shape] = compiled
+            if why is not None:
+                tile = self.fallback.tile
+                if self._on_fallback:
+                    batch = f" (a batch of {shape[0]})" if shape[0] > 1 else ""
+                    self._on_fallback(f"images of {shape[2]} x {shape[1]} px{batch}: {why}; "
+                                      f"restored in windows of {tile} px")
             self._tiles[shape] = tile
         return self._tiles[shape]
 
