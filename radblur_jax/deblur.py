@@ -172,10 +172,22 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _half(n: int | None) -> int | None:
-    # XLA's count leaves out the runtime and the host's copies of the photo
-    # (benchmarks/photo_memory.py sets the count beside the CLI's peak resident memory).
-    return None if n is None else n // 2
+def auto_tiling(max_memory_gib: float | None = None) -> dict:
+    """`Restorer` keywords for `--tile auto`: whole images within `max_memory_gib` (default:
+    half the memory available now), else windows of `AUTO_TILE` px, as are images over
+    `AUTO_WINDOWS_ABOVE` pixels on the CPU backend."""
+    import jax
+
+    from radblur_jax.eval.inference import available_memory
+    if max_memory_gib is not None:
+        limit = int(max_memory_gib * 2**30)
+    else:
+        # XLA's count leaves out the runtime and the host's copies of the photo
+        # (benchmarks/photo_memory.py sets the count beside the CLI's peak resident memory).
+        available = available_memory()
+        limit = None if available is None else available // 2
+    return dict(memory_limit=limit, fallback_tile=AUTO_TILE,
+                windows_above=AUTO_WINDOWS_ABOVE if jax.default_backend() == "cpu" else None)
 
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
@@ -197,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"({', '.join(IMAGE_EXTS)}; up to {MAX_PIXELS / 1e6:.0f} MP each, larger "
                    "ones are skipped)")
     p.add_argument("--output", required=True, help="directory for <stem>.png (never an input)")
-    p.add_argument("--tile", type=_tile_arg, default="auto", help="sliding windows of this "
+    p.add_argument("--tile", type=tile_arg, default="auto", help="sliding windows of this "
                    "many px (0 = whole image; auto, the default: whole unless that needs more "
                    f"than --max-memory or, on a CPU, the image has over "
                    f"{AUTO_WINDOWS_ABOVE / 1e6:g} MP; then windows of {AUTO_TILE} px)")
@@ -220,7 +232,7 @@ AUTO_TILE = 512  # window side when a whole image would not fit (the demo page's
 AUTO_WINDOWS_ABOVE = 2_000_000
 
 
-def _tile_arg(value: str) -> str | int:
+def tile_arg(value: str) -> str | int:
     if value == "auto":
         return value
     try:
@@ -241,9 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tile and --overlap must be >= 0, with --overlap < --tile")
     if args.max_memory is not None and (not auto or args.max_memory <= 0):
         parser.error("--max-memory takes a positive number of GiB, with --tile auto")
-    import jax
-
-    from radblur_jax.eval.inference import InferenceOptions, Restorer, available_memory
+    from radblur_jax.eval.inference import InferenceOptions, Restorer
     from radblur_jax.eval.loading import CheckpointLoadError, load_from_args
 
     try:
@@ -258,14 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = InferenceOptions(tile=0 if auto else tile, overlap=args.overlap,
                                self_ensemble=args.self_ensemble, adaptive=args.adaptive)
-    limit = windows_above = None
-    if auto:
-        limit = (int(args.max_memory * 2**30) if args.max_memory is not None
-                 else _half(available_memory()))
-        if jax.default_backend() == "cpu":
-            windows_above = AUTO_WINDOWS_ABOVE
-    restorer = Restorer(loaded.model, loaded.params, options, memory_limit=limit,
-                        fallback_tile=tile, windows_above=windows_above, on_fallback=_say)
+    tiling = auto_tiling(args.max_memory) if auto else {}
+    restorer = Restorer(loaded.model, loaded.params, options, on_fallback=_say, **tiling)
     failed = deblur_files(restorer.restore, inputs, args.output, batch=args.batch, depth=args.depth,
                           progress=not args.no_progress, err=_say)
     done = len(inputs) - len(failed)

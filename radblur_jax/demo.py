@@ -6,8 +6,9 @@
 
 The page shows the blurry input and the restored image under a before/after slider, the
 predicted depth as a colour map (near = bright), how many sub-decoders the exit head chose (per
-tile for large photos), the time taken, and a download of the restored image at the input's
-size, bit depth and mode (the deblur CLI's output for the same photo and options, bit for bit).
+tile for photos restored in windows: `--tile auto` chooses as the deblur CLI does), the time
+taken, and a download of the restored image at the input's size, bit depth and mode (the
+deblur CLI's output for the same photo and options, bit for bit).
 A file that is not an image, too large, or of an unsupported kind gets a message on the page;
 the server keeps serving. The page is served on 127.0.0.1 only unless --host says otherwise.
 """
@@ -26,6 +27,7 @@ API_NAME = "restore"  # the page's one endpoint: gradio_client's `api_name="/res
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from radblur_jax.deblur import tile_arg
     from radblur_jax.eval.loading import add_model_arguments
 
     p = OneLineParser(prog="python -m radblur_jax.demo",
@@ -33,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--tile", type=int, default=512, help="photos larger than this many px on a "
-                   "side are restored in sliding windows, as by the deblur CLI's --tile "
-                   "(0 = whole image)")
+    p.add_argument("--tile", type=tile_arg, default="auto", help="sliding windows of "
+                   "this many px for photos larger than that on a side (0 = whole image; auto, "
+                   "the default: as the deblur CLI's --tile auto)")
     p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring windows")
     p.add_argument("--no-adaptive", action="store_true", help="run every sub-decoder instead "
                    "of the number the exit head asks for")
@@ -77,7 +79,9 @@ def build_page(session: DemoSession) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
+    auto = args.tile == "auto"
+    tile = 0 if auto else args.tile
+    if tile < 0 or args.overlap < 0 or (tile and args.overlap >= tile):
         parser.error("--tile and --overlap must be >= 0, with --overlap < --tile")
     if args.max_megapixels <= 0:
         parser.error("--max-megapixels must be > 0")
@@ -87,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the demo needs Gradio: pip install -e '.[demo]'", file=sys.stderr)
         return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from radblur_jax.deblur import auto_tiling
     from radblur_jax.eval.inference import InferenceOptions
     from radblur_jax.eval.loading import CheckpointLoadError, load_from_args
 
@@ -95,10 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    options = InferenceOptions(tile=args.tile, overlap=args.overlap,
-                               adaptive=not args.no_adaptive)
+    options = InferenceOptions(tile=tile, overlap=args.overlap, adaptive=not args.no_adaptive)
     session = DemoSession(loaded.model, loaded.params, description=loaded.description,
-                          options=options, max_megapixels=args.max_megapixels)
+                          options=options, max_megapixels=args.max_megapixels,
+                          tiling=auto_tiling() if auto else None)
     page = build_page(session)
     page.queue(default_concurrency_limit=1)  # one model: photos are restored one at a time
     page.launch(server_name=args.host, server_port=args.port, show_error=False,

@@ -59,18 +59,19 @@ def preview(image: np.ndarray) -> np.ndarray:
 class DemoSession:
     """One loaded model behind the page: `restore_upload(path) -> PageResult`.
 
-    `Restorer` jits once per input size (its jit cache); photos larger than `tile` px on a side
-    go through the CLI's sliding windows; photos above `max_megapixels` are refused before they
-    are decoded.
+    `Restorer` jits once per input size (its jit cache); photos larger than `options.tile` px
+    on a side go through the CLI's sliding windows, or, with `tiling` (`Restorer` keywords:
+    `deblur.auto_tiling()`), those its rule sends there; photos above `max_megapixels` are
+    refused before they are decoded.
     """
 
     def __init__(self, model: Any, params: Any, *, description: str,
                  options: InferenceOptions, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-                 out_dir: str | None = None):
+                 out_dir: str | None = None, tiling: dict | None = None):
         self.description = description
         self.options = options
         self.max_pixels = int(max_megapixels * 1e6)
-        self.restorer = Restorer(model, params, options)
+        self.restorer = Restorer(model, params, options, **(tiling or {}))
         self.out_dir = out_dir or tempfile.mkdtemp(prefix="radblur_demo_")
         os.makedirs(self.out_dir, exist_ok=True)
         self._sizes_seen: set[tuple[int, int]] = set()
@@ -115,8 +116,8 @@ class DemoSession:
                  f"Exit head: **{deblur.steps_text(result.steps)}**"
                  + ("" if self.options.adaptive else " (adaptive exit off: all run)") + "."]
         if len(result.steps) > 1:
-            notes.append(f"Large photo: restored in {len(result.steps)} overlapping tiles of "
-                         f"{self.options.tile} px, blended as by the deblur CLI's --tile.")
+            notes.append(f"Large photo: restored in {len(result.steps)} overlapping tiles, "
+                         "blended as by the deblur CLI's --tile.")
         notes += _mode_notes(photo)
         return PageResult("\n\n".join(notes), blurry=blurry, restored=preview(result.image),
                           depth=colorize_disparity(result.disparity), download=download,

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from radblur_jax.demo import build_parser
 from radblur_jax.demo_page import DemoSession, preview
 from radblur_jax.eval.inference import InferenceOptions
 
@@ -89,6 +90,26 @@ def test_large_photo_goes_through_tiles(session, tmp_path):
     cv2.imwrite(path, data.astronaut()[:60, :150])
     r = session.restore_upload(path)
     assert r.ok and r.steps.shape == (3,) and "3 tiles" in r.message, r.message
+
+
+def test_auto_tiling_takes_windows_above_its_pixel_count(tmp_path):
+    """With the deblur CLI's auto rule (`tiling`), a photo goes whole or through windows as
+    that rule says, not by its side."""
+    s = DemoSession(HalfModel(), {}, description="half", out_dir=str(tmp_path / "out"),
+                    options=InferenceOptions(tile=0, overlap=8, adaptive=True),
+                    tiling=dict(memory_limit=2**40, fallback_tile=64, windows_above=8000))
+    for size, windows in (((60, 150), 3), ((40, 150), 1)):  # 9,000 px > 8,000 >= 6,000 px
+        path = str(tmp_path / f"{size[0]}.png")
+        cv2.imwrite(path, data.astronaut()[:size[0], :size[1]])
+        r = s.restore_upload(path)
+        assert r.ok and r.steps.shape == (windows,), r.message
+        assert ("3 overlapping tiles" in r.message) == (windows == 3), r.message
+
+
+def test_demo_tile_argument():
+    parse = build_parser().parse_args
+    assert parse(["--random-init", "tiny"]).tile == "auto"
+    assert parse(["--random-init", "tiny", "--tile", "256"]).tile == 256
 
 
 def test_bad_uploads_get_a_message_and_the_session_goes_on(session, tmp_path):
