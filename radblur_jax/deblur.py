@@ -227,12 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 AUTO_TILE = 512  # window side when a whole image would not fit (the demo page's default)
-# Above this many pixels `--tile auto` takes windows on a CPU: from 1920 x 1080 on, windows of
-# 512 px ran `s` faster than the whole image, and from 2560 x 1440 on `tiny` too.
+# Above this many pixels `--tile auto` takes windows on a CPU: there the whole image's ViT
+# attention (quadratic in the pixels) outgrows the windows' overlap (docs/benchmarks.md,
+# inference.py's larger frames).
 AUTO_WINDOWS_ABOVE = 2_000_000
 
 
 def tile_arg(value: str) -> str | int:
+    """argparse type of `--tile` (the CLI's and the demo page's): "auto" or a number of px."""
     if value == "auto":
         return value
     try:

@@ -5,9 +5,9 @@ closes its asyncio event loop while tensorstore's reads of the other arrays are 
 flight. Each of those reads, as it completes, posts its result to the closed loop: Python
 reports every one as an unraisable `RuntimeError: Event loop is closed` (through
 `sys.unraisablehook`), and, once the abandoned futures are collected, each failed read again
-as "Future/Task exception was never retrieved" (through the `asyncio` logger). A corrupt
-training checkpoint printed over a thousand such tracebacks around the one message that
-matters (the caller's: which checkpoint, what failed, what happens next).
+as "Future/Task exception was never retrieved" (through the `asyncio` logger): a traceback
+per array of the checkpoint, around the one message that matters (the caller's: which
+checkpoint, what failed, what happens next).
 
     with quiet_restore(checkpoint_dir):
         restored = manager.restore(step, args=...)
