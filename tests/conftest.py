@@ -1,5 +1,5 @@
 """Shared test helpers: relative error, a compiled gradient's temporaries, NHWC <-> NCHW at the
-PyTorch boundary; the order in which pytest-xdist hands out the tests."""
+PyTorch boundary; the order in which pytest-xdist hands out the tests; `--compile-report`."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# `--compile-report PATH`: each test's XLA compile seconds (tests/compile_report.py).
+from compile_report import (  # noqa: E402, F401  (hooks, defined there)
+    pytest_addoption,
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 
 def rel_err(a, b) -> float:
