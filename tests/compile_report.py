@@ -21,7 +21,7 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--compile-report", metavar="PATH", default=None,
+    parser.addoption("--compile-report", metavar="PATH", default=None, type=os.path.abspath,
                      help="write the XLA compile seconds of each test to PATH (JSON)")
 
 
@@ -53,9 +53,17 @@ class _Recorder:
         self.test = ""
 
 
+def _worker_parts(path: str) -> list[str]:
+    return sorted(glob.glob(f"{glob.escape(path)}.gw*.json"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not config.getoption("compile_report"):
+    path = config.getoption("compile_report")
+    if not path:
         return
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # parts an interrupted run left behind
+        for part in _worker_parts(path):
+            os.remove(part)
     from jax import monitoring
     recorder = _Recorder()
     monitoring.register_event_duration_secs_listener(recorder.on_duration)
@@ -80,7 +88,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if worker:  # the controller merges the workers' files
         _write(f"{path}.{worker}.json", rows)
         return
-    for part in sorted(glob.glob(f"{glob.escape(path)}.gw*.json")):
+    for part in _worker_parts(path):
         with open(part) as f:
             rows += json.load(f)
         os.remove(part)
