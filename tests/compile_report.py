@@ -3,10 +3,11 @@
 The suite is bound by XLA compiles on a CPU. With the option, each test process records, per
 test, the seconds JAX spent getting executables (`compile_s`: XLA compiles, and loads from the
 persistent compilation cache), how many (`programs`) and how many of them came from that cache
-(`cache_hits`), from `jax.monitoring` events; compiles in subprocesses a test starts are not
-seen. Under pytest-xdist every worker writes `PATH.<worker>.json`; the process that ends the
-session merges them into `PATH` (JSON: one row per test, most compile time first) and prints the
-top rows. Loaded by tests/conftest.py.
+(`cache_hits`), from `jax.monitoring` events, beside the test's own time (`test_s`: setup, call
+and teardown); compiles in subprocesses a test starts are not seen. Under pytest-xdist every
+worker writes `PATH.<worker>.json`; the process that ends the session merges them into `PATH`
+(JSON: one row per test, most compile time first) and prints the top rows. Loaded by
+tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ class _Recorder:
         self.rows: dict[str, dict] = {}
 
     def _row(self) -> dict:
-        return self.rows.setdefault(self.test, {"test": self.test, "compile_s": 0.0,
-                                                "programs": 0, "cache_hits": 0})
+        return self.rows.setdefault(self.test, {"test": self.test, "test_s": 0.0,
+                                                "compile_s": 0.0, "programs": 0,
+                                                "cache_hits": 0})
 
     def on_duration(self, event: str, seconds: float, **_) -> None:
         if event == _COMPILE:
@@ -51,6 +53,12 @@ class _Recorder:
         self.test = item.nodeid
         yield
         self.test = ""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Setup, call and teardown; where the test runs only (an xdist controller gets every
+        # worker's reports too).
+        if report.nodeid == self.test:
+            self._row()["test_s"] += report.duration
 
 
 def _worker_parts(path: str) -> list[str]:
@@ -84,7 +92,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not path or recorder is None:
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    rows = [dict(r, compile_s=round(r["compile_s"], 2)) for r in recorder.rows.values()]
+    rows = [dict(r, test_s=round(r["test_s"], 2), compile_s=round(r["compile_s"], 2))
+            for r in recorder.rows.values()]
     if worker:  # the controller merges the workers' files
         _write(f"{path}.{worker}.json", rows)
         return
@@ -101,10 +110,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     with open(path) as f:
         rows = json.load(f)
-    total = sum(r["compile_s"] for r in rows)
-    terminalreporter.section(f"XLA compile seconds per test (test processes: {total:.0f} s)")
+    compile_s, test_s = (sum(r[k] for r in rows) for k in ("compile_s", "test_s"))
+    terminalreporter.section(f"XLA compiles: {compile_s:.0f} s of the tests' {test_s:.0f} s")
     for r in rows[:15]:
         name = r["test"] or "(outside tests)"
-        terminalreporter.write_line(f"{r['compile_s']:8.1f} s {r['programs']:4d} programs "
-                                    f"({r['cache_hits']} from the cache)  {name}")
+        terminalreporter.write_line(f"{r['compile_s']:7.1f} s of {r['test_s']:6.1f} s "
+                                    f"{r['programs']:4d} programs ({r['cache_hits']} from the "
+                                    f"cache)  {name}")
     terminalreporter.write_line(f"every test: {path}")
