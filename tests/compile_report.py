@@ -61,6 +61,13 @@ class _Recorder:
             self._row()["test_s"] += report.duration
 
 
+def _worker(config: pytest.Config) -> str | None:
+    """The xdist worker id ("gw0") in a worker process, else None (not the environment: a
+    pytest run that a test starts inherits its worker's variables)."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else None
+
+
 def _worker_parts(path: str) -> list[str]:
     return sorted(glob.glob(f"{glob.escape(path)}.gw*.json"))
 
@@ -69,7 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("compile_report")
     if not path:
         return
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # parts an interrupted run left behind
+    if not _worker(config):  # parts an interrupted run left behind
         for part in _worker_parts(path):
             os.remove(part)
     from jax import monitoring
@@ -91,7 +98,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     recorder = session.config.pluginmanager.get_plugin("compile_report_recorder")
     if not path or recorder is None:
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    worker = _worker(session.config)
     rows = [dict(r, test_s=round(r["test_s"], 2), compile_s=round(r["compile_s"], 2))
             for r in recorder.rows.values()]
     if worker:  # the controller merges the workers' files
@@ -106,7 +113,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     path = config.getoption("compile_report")
-    if not path or os.environ.get("PYTEST_XDIST_WORKER") or not os.path.exists(path):
+    if not path or _worker(config) or not os.path.exists(path):
         return
     with open(path) as f:
         rows = json.load(f)
