@@ -1,6 +1,6 @@
 """`pytest --compile-report PATH`: the XLA compile time of each test, where the suite's time goes.
 
-The suite is bound by XLA compiles on a CPU. With the option, each test process records, per
+On a CPU much of the suite's time is XLA compiles. With the option, each test process records, per
 test, the seconds JAX spent getting executables (`compile_s`: XLA compiles, and loads from the
 persistent compilation cache), how many (`programs`) and how many of them came from that cache
 (`cache_hits`), from `jax.monitoring` events, beside the test's own time (`test_s`: setup, call
@@ -48,11 +48,13 @@ class _Recorder:
         if event == _CACHE_HIT:
             self._row()["cache_hits"] += 1
 
-    @pytest.hookimpl(hookwrapper=True)
+    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem):
         self.test = item.nodeid
-        yield
-        self.test = ""
+        try:
+            return (yield)
+        finally:
+            self.test = ""
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Setup, call and teardown; where the test runs only (an xdist controller gets every
