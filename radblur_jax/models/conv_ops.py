@@ -102,19 +102,22 @@ def _out_hw(padded_hw: Sequence[int], kernel_hw: Sequence[int],
 
 
 def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
-    """Sum of `x (..., C)` over all leading axes -> `(C,)`, for XLA:CPU (`impl="fast"`).
+    """Sum of `x (B, ..., C)` over all leading axes -> `(C,)`, for XLA:CPU (`impl="fast"`).
 
-    Folds halves with elementwise adds while the row count is even, then reduces the rest:
-    XLA:CPU runs a reduction over leading axes whose operand is a fused slice/multiply
-    much slower than these vectorised, multi-threaded adds. Not for accelerators: their
-    compilers fuse the folds into one kernel whose code doubles with every fold
-    (`reduce_rows`).
+    Folds halves of each example's rows with elementwise adds while their count is even, then
+    reduces the rest: XLA:CPU runs a reduction over leading axes whose operand is a fused
+    slice/multiply much slower than these vectorised, multi-threaded adds. The folds stay
+    inside each example (axis 0 kept) so that a batch sharded over devices is never sliced
+    across them: folding the flattened batch made the SPMD partitioner exchange halves between
+    devices (a collective-permute per fold). Not for accelerators: their compilers fuse the
+    folds into one kernel whose code doubles with every fold (`reduce_rows`).
     """
-    x = x.reshape(-1, x.shape[-1])
-    while x.shape[0] > min_rows and x.shape[0] % 2 == 0:
-        half = x.shape[0] // 2
-        x = lax.add(lax.slice_in_dim(x, 0, half), lax.slice_in_dim(x, half, 2 * half))
-    return jnp.sum(x, axis=0)
+    x = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, x.shape[-1])
+    while x.shape[1] > min_rows and x.shape[1] % 2 == 0:
+        half = x.shape[1] // 2
+        x = lax.add(lax.slice_in_dim(x, 0, half, axis=1),
+                    lax.slice_in_dim(x, half, 2 * half, axis=1))
+    return jnp.sum(x, axis=(0, 1))
 
 
 def reduce_rows(x: jax.Array) -> jax.Array:
