@@ -1,8 +1,11 @@
 """Runs RADBlur-tiny sharded over 8 simulated CPU devices and compares with one device.
 
 Run as a script (it sets XLA_FLAGS before importing jax); prints the largest difference per
-output, relative to max(1, max |output|), and exits 0 when all are <= 1e-5.
-Used by tests/test_radblur.py in a subprocess.
+output, relative to max(1, max |output|), and the collectives of the batch-sharded forward and
+of the data-parallel train step's gradient program; exits 0 when the outputs agree within 1e-5
+and neither program moves activations between devices (no all-gather, all-to-all or
+collective-permute: only the gradients' all-reduce). Used by tests/test_radblur.py in a
+subprocess.
 """
 from __future__ import annotations
 
@@ -14,13 +17,63 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import re  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from test_reversible import random_params  # noqa: E402
+from train_helpers import load_config  # noqa: E402
 
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
+from radblur_jax.models.spmd import on_mesh  # noqa: E402
+from radblur_jax.train import sharding, split_step  # noqa: E402
+from radblur_jax.train.tasks import make_task  # noqa: E402
+
+# Collectives that move activations; an all-reduce (of gradients, of a loss) is expected.
+MOVERS = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def movers(hlo: str) -> dict[str, int]:
+    return {k: hlo.count(f" {k}(") for k in MOVERS if f" {k}(" in hlo}
+
+
+def fft_shapes(hlo: str) -> set[tuple[int, ...]]:
+    """The result shape of every FFT in an optimized HLO text."""
+    return {tuple(map(int, m.split(","))) for m in
+            re.findall(r"= \w+\[([\d,]+)\]\{[\d,]*\} fft\(", hlo)}
+
+
+def per_device(hlo: str, local_batch: int, name: str) -> bool:
+    """Prints the program's activation collectives and FFT shapes; True when there are none of
+    the first and every FFT transforms each device's part of the batch. An FFT op's shape is
+    `(..., B, C, h, w)`: the transformed axes last, the examples fourth from the end (the
+    loss's FFT has the K outputs before them)."""
+    moved, ffts = movers(hlo), fft_shapes(hlo)
+    print(f"{name}: activation collectives {moved or 'none'}; FFT shapes {sorted(ffts)}")
+    return not moved and bool(ffts) and all(s[-4] == local_batch for s in ffts)
+
+
+def train_step_program() -> str:
+    """The data-parallel (data=8) train step's gradient program for a batch of 16, as training
+    compiles it (`DeblurTask.train_step`, split, with the loop's shardings): optimized HLO."""
+    config = load_config("deblur.py", "tiny")
+    config.mesh.data, config.mesh.fsdp = 8, 1
+    task = make_task(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rng = jax.random.key(0)
+    params = jax.eval_shape(task.init_params, rng)
+    optimizers = task.make_optimizers(params)
+    state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r), params, rng)
+    state_sh = sharding.tree_shardings(state, mesh, config.sharding)
+    batch_sh = sharding.batch_sharding(mesh, config.mesh.batch_axes)
+    step = task.train_step(optimizers, split=True, shardings=split_step.StepShardings(
+        state_sh, batch_sh, sharding.replicated(mesh)))
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         state, state_sh)
+    image = jax.ShapeDtypeStruct((16, 28, 32, 3), jnp.float32, sharding=batch_sh)
+    return step.compile(state, {"blur": image, "sharp": image}).executables[0].as_text()
 
 
 def main() -> int:
@@ -39,8 +92,11 @@ def main() -> int:
     batch = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     out_shardings = type(single)(NamedSharding(mesh, PartitionSpec(None, "data")), batch, batch)
-    sharded_fn = jax.jit(forward, in_shardings=(replicated, batch), out_shardings=out_shardings)
-    sharded = sharded_fn(jax.device_put(params, replicated), jax.device_put(blurry, batch))
+    sharded_fn = jax.jit(on_mesh(mesh, forward), in_shardings=(replicated, batch),
+                         out_shardings=out_shardings)
+    args = jax.device_put(params, replicated), jax.device_put(blurry, batch)
+    compiled = sharded_fn.lower(*args).compile()
+    sharded = compiled(*args)
     assert len(sharded.restored.sharding.device_set) == 8
     worst = 0.0
     for name, a, b in zip(single._fields, sharded, single):
@@ -49,7 +105,9 @@ def main() -> int:
         print(f"{name}: max |sharded - single| / max(1, max|single|) = {diff:.2e}")
         worst = max(worst, diff)
     print(f"devices={jax.device_count()} worst={worst:.2e}")
-    return 0 if worst <= 1e-5 else 1
+    forward_ok = per_device(compiled.as_text(), 1, "forward")
+    step_ok = per_device(train_step_program(), 2, "train step gradients")
+    return 0 if worst <= 1e-5 and forward_ok and step_ok else 1
 
 
 if __name__ == "__main__":

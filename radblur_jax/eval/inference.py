@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from radblur_jax.models.backends import Backend, inference_backend
 from radblur_jax.models.layers import bilinear_resize
+from radblur_jax.models.spmd import on_mesh
 
 RestoreFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -232,7 +233,7 @@ class Restorer:
         self._on_fallback = on_fallback
 
         def jitted(opts: InferenceOptions):
-            return jax.jit(restore_fn(model, opts, with_steps=True),
+            return jax.jit(on_mesh(self.mesh, restore_fn(model, opts, with_steps=True)),
                            in_shardings=(replicated, self._batch),
                            out_shardings=(self._batch,) * 3)
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from radblur_jax.models import striped
 from radblur_jax.models.backends import LAX, Backend
 from radblur_jax.models.params import param
+from radblur_jax.models.spmd import batchwise
 
 
 def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
@@ -61,24 +62,25 @@ class FFTBranch(nn.Module):
             return self._channels_first(x)
         _, h, w, c = x.shape
         conv = self.backend.conv
-        spec = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2))
+        spec = batchwise(lambda v: jnp.fft.rfft2(v, axes=(1, 2)))(x.astype(jnp.float32))
         y = jnp.concatenate([spec.real, spec.imag], axis=-1)
         y = nn.gelu(conv(2 * c, (1, 1), dtype=self.dtype, name="conv1")(y), approximate=False)
         y = conv(2 * c, (1, 1), dtype=self.dtype, name="conv2")(y).astype(jnp.float32)
         real, imag = jnp.split(y, 2, axis=-1)
-        out = jnp.fft.irfft2(jax.lax.complex(real, imag), s=(h, w), axes=(1, 2))
+        out = batchwise(lambda v: jnp.fft.irfft2(v, s=(h, w), axes=(1, 2)))(
+            jax.lax.complex(real, imag))
         return out.astype(self.dtype)
 
     def _channels_first(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        spec = jnp.fft.rfft2(x.astype(jnp.float32).transpose(0, 3, 1, 2))  # (B, C, h, wf)
+        spec = batchwise(jnp.fft.rfft2)(x.astype(jnp.float32).transpose(0, 3, 1, 2))  # B,C,h,wf
         wf = spec.shape[-1]
         # [real; imag] on the channel axis: two contiguous blocks per image in this layout.
         y = jnp.concatenate([spec.real, spec.imag], axis=1).reshape(b, 2 * c, h * wf)
         y = nn.gelu(SpectralConv(2 * c, dtype=self.dtype, name="conv1")(y), approximate=False)
         y = SpectralConv(2 * c, dtype=self.dtype, name="conv2")(y).astype(jnp.float32)
         spec = jax.lax.complex(y[:, :c], y[:, c:])
-        out = jnp.fft.irfft2(spec.reshape(b, c, h, wf), s=(h, w))
+        out = batchwise(lambda v: jnp.fft.irfft2(v, s=(h, w)))(spec.reshape(b, c, h, wf))
         return out.transpose(0, 2, 3, 1).astype(self.dtype)
 
 

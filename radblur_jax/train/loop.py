@@ -18,6 +18,7 @@ import numpy as np
 
 from radblur_jax.compile_options import init_compiler_options
 from radblur_jax.data import image_io
+from radblur_jax.models.spmd import on_mesh
 from radblur_jax.train import checkpointing, reporting, sharding, split_step
 from radblur_jax.train import input as input_lib
 from radblur_jax.train.config_base import check_config, fit_warmup
@@ -157,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         p._replace(step=split_step.jit_step(p.step, shardings))
         for p in task.extra_phases(optimizers)]
     phase_ends = list(np.cumsum([p.num_steps for p in phases]))
-    eval_fn = jax.jit(task.eval_step, out_shardings=repl)
+    eval_fn = jax.jit(on_mesh(mesh, task.eval_step), out_shardings=repl)
     # ---- loop
     total = int(phase_ends[-1])
     progress = reporting.Progress(total, start, int(tc.batch_size))

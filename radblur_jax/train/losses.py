@@ -13,6 +13,7 @@ import optax
 
 from radblur_jax.eval.metrics import psnr
 from radblur_jax.models.configs import EXIT_PSNR_EDGES, PIXEL_LOSSES, check_choice
+from radblur_jax.models.spmd import batchwise
 
 PSNR_EDGES = EXIT_PSNR_EDGES
 
@@ -24,7 +25,7 @@ def _f32(x: jax.Array) -> jax.Array:
 
 def fft_l1(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean |.| of the real and imaginary parts of `rfft2(pred - target)` over H, W."""
-    spec = jnp.fft.rfft2(_f32(pred) - _f32(target), axes=(-3, -2))
+    spec = batchwise(lambda d: jnp.fft.rfft2(d, axes=(-3, -2)))(_f32(pred) - _f32(target))
     return 0.5 * (jnp.mean(jnp.abs(spec.real)) + jnp.mean(jnp.abs(spec.imag)))
 
 

@@ -14,7 +14,8 @@ donated, since no output of the update could reuse them).
 grads are shaped (and sharded) like `state.params` (`params_of(state)`). Shapes are fixed by
 the first call. `use_split_step(choice)` resolves the `train.split_step` config ("auto": on
 the CPU backend, where compile time is the cost; GPU/TPU keep one program, so XLA may overlap
-the update with the backward pass).
+the update with the backward pass). With shardings, the programs trace on their mesh
+(`models.spmd.on_mesh`), so the model's FFTs run on each device's part of the batch.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 
 from radblur_jax.models.configs import check_choice
+from radblur_jax.models.spmd import on_mesh
 
 SPLIT_STEP_CHOICES = ("auto", "on", "off")
 
@@ -72,6 +74,7 @@ class SplitStep:
             self._update = jax.jit(update, donate_argnums=(0,))
         else:
             grads_sh = params_of(state_shardings)
+            gradients = on_mesh(batch_sharding.mesh, gradients)
             self._gradients = jax.jit(gradients, in_shardings=(state_shardings, batch_sharding),
                                       out_shardings=(grads_sh, metrics_sharding))
             self._update = jax.jit(update, in_shardings=(state_shardings, grads_sh),
@@ -106,7 +109,8 @@ def jit_step(step: Callable, shardings: StepShardings | None = None) -> Callable
     `shardings` when given (else the arguments' placement decides)."""
     if shardings is None:
         return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
+    return jax.jit(on_mesh(shardings.batch.mesh, step),
+                   in_shardings=(shardings.state, shardings.batch),
                    out_shardings=(shardings.state, shardings.metrics), donate_argnums=(0,))
 
 
