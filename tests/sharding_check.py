@@ -1,11 +1,11 @@
 """Runs RADBlur-tiny sharded over 8 simulated CPU devices and compares with one device.
 
 Run as a script (it sets XLA_FLAGS before importing jax); prints the largest difference per
-output, relative to max(1, max |output|), and the collectives of the batch-sharded forward and
-of the data-parallel train step's gradient program; exits 0 when the outputs agree within 1e-5
-and neither program moves activations between devices (no all-gather, all-to-all or
-collective-permute: only the gradients' all-reduce). Used by tests/test_radblur.py in a
-subprocess.
+output, relative to max(1, max |output|), and the collectives of the batch-sharded forward, of
+the CPU's blocked attention and of the data-parallel train step's gradient program; exits 0
+when the outputs agree within 1e-5 and no program moves activations between devices (no
+all-gather, all-to-all or collective-permute: only the gradients' all-reduce). Used by
+tests/test_radblur.py in a subprocess.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from test_reversible import random_params  # noqa: E402
 from train_helpers import load_config  # noqa: E402
 
+from radblur_jax.models.attention_ops import attention  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
 from radblur_jax.models.spmd import on_mesh  # noqa: E402
 from radblur_jax.train import sharding, split_step  # noqa: E402
@@ -53,6 +54,22 @@ def per_device(hlo: str, local_batch: int, name: str) -> bool:
     moved, ffts = movers(hlo), fft_shapes(hlo)
     print(f"{name}: activation collectives {moved or 'none'}; FFT shapes {sorted(ffts)}")
     return not moved and bool(ffts) and all(s[-4] == local_batch for s in ffts)
+
+
+def blocked_attention_check(mesh) -> bool:
+    """The CPU's blocked attention on a sharded batch whose heads take several loop steps:
+    no activation collectives, and the output of XLA's attention within 1e-5."""
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    q, k, v = (jax.device_put(jax.random.normal(jax.random.key(i), (8, 300, 4, 16)), batch)
+               for i in range(3))
+    fn = jax.jit(on_mesh(mesh, lambda q, k, v: attention(q, k, v, "blocked")),
+                 in_shardings=(batch,) * 3, out_shardings=batch)
+    compiled = fn.lower(q, k, v).compile()
+    moved = movers(compiled.as_text())
+    want = np.asarray(attention(*map(np.asarray, (q, k, v)), "xla"), np.float64)
+    err = float(np.linalg.norm(np.asarray(compiled(q, k, v)) - want) / np.linalg.norm(want))
+    print(f"blocked attention: activation collectives {moved or 'none'}; rel. err. {err:.1e}")
+    return not moved and err <= 1e-5
 
 
 def train_step_program() -> str:
@@ -105,7 +122,7 @@ def main() -> int:
         print(f"{name}: max |sharded - single| / max(1, max|single|) = {diff:.2e}")
         worst = max(worst, diff)
     print(f"devices={jax.device_count()} worst={worst:.2e}")
-    forward_ok = per_device(compiled.as_text(), 1, "forward")
+    forward_ok = per_device(compiled.as_text(), 1, "forward") and blocked_attention_check(mesh)
     step_ok = per_device(train_step_program(), 2, "train step gradients")
     return 0 if worst <= 1e-5 and forward_ok and step_ok else 1
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from radblur_jax.models.spmd import batchwise
+
 IMPLS = ("auto", "xla", "cudnn", "blocked")
 
 # Score elements per `lax.map` step. Short sequences batch several heads per step while the
@@ -56,8 +58,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "auto") -> j
             impl = "xla"
     if impl in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(q, k, v, implementation=impl)
-    if impl == "blocked":
-        return blocked_attention(q, k, v)
+    if impl == "blocked":  # a loop over batch x heads: per device on a sharded batch
+        return batchwise(blocked_attention)(q, k, v)
     raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
 
 
