@@ -1,6 +1,7 @@
 """The train-step benchmark's counted figures: per-op bytes of an optimized HLO module
 (benchmarks/hlo_bytes.py) against XLA's own total, the buffers live at a program's memory peak
-(benchmarks/peak_memory.py), `train_step.py --compile-only` end to end on the tiny preset
+(benchmarks/peak_memory.py), the collectives `mesh_step.py` counts in a program's text,
+`train_step.py --compile-only` end to end on the tiny preset
 (slow: compiles the unrolled train step), and `gpu_compile.py`'s error without the CUDA
 plugin."""
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from hlo_bytes import bytes_breakdown, op_bytes, shape_bytes  # noqa: E402
+from mesh_step import collectives  # noqa: E402
 from xla_profile import compile_phases, fusions_by_module  # noqa: E402
 
 KEYS = ("preset", "dtype", "conv_impl", "size", "batch", "flops_per_image",
@@ -32,6 +34,22 @@ def _compiled(length: int, unroll: bool):
         return y.sum()
     x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
     return jax.jit(jax.grad(loss, argnums=1)).lower(x, w).compile()
+
+
+def test_mesh_step_counts_collectives_and_their_bytes():
+    hlo = """
+  %all-gather.5 = f32[8,128,4,4]{1,3,2,0} all-gather(%bitcast.8), channel_id=1, dimensions={0}
+  %all-reduce.3 = (f32[16,32]{1,0}, bf16[32]{0}) all-reduce(%a, %b), channel_id=2, to_apply=%s
+  %collective-permute.1 = f32[1024,16]{1,0} collective-permute(%m), channel_id=3
+  %all-gather-start = (f32[2,8]{1,0}, f32[16,8]{1,0}) all-gather-start(%p), dimensions={0}
+  %all-gather-done = f32[16,8]{1,0} all-gather-done(%all-gather-start)
+  %add.1 = f32[4]{0} add(%x, %y)
+"""
+    assert collectives(hlo) == {
+        "all-reduce": dict(count=1, bytes=16 * 32 * 4 + 32 * 2),
+        "all-gather": dict(count=2, bytes=8 * 128 * 16 * 4 + 16 * 8 * 4),  # -start: its output
+        "collective-permute": dict(count=1, bytes=1024 * 16 * 4)}
+    assert collectives("%add.1 = f32[4]{0} add(%x, %y)") == {}
 
 
 def test_shape_bytes():
