@@ -102,7 +102,8 @@ def _out_hw(padded_hw: Sequence[int], kernel_hw: Sequence[int],
 
 
 def sum_rows(x: jax.Array, min_rows: int = 64) -> jax.Array:
-    """Sum of `x (B, ..., C)` over all leading axes -> `(C,)`, for XLA:CPU (`impl="fast"`).
+    """Sum of `x (B, ..., C)` over all leading axes -> `(C,)`, for XLA:CPU (`impl="fast"`); a
+    2-D `x (rows, C)` counts as one example.
 
     Folds halves of each example's rows with elementwise adds while their count is even, then
     reduces the rest: XLA:CPU runs a reduction over leading axes whose operand is a fused

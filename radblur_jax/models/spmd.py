@@ -1,4 +1,4 @@
-"""Ops run per device on a batch split over devices, where XLA's SPMD partitioner would not.
+"""Ops run per device on a batch split over devices, which XLA's SPMD partitioner would gather.
 
 The models carry no sharding annotations: a jitted step gets its shardings from its arguments
 and XLA propagates them. XLA splits nearly every op over a sharded batch, but not an FFT: its

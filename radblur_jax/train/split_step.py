@@ -15,7 +15,8 @@ grads are shaped (and sharded) like `state.params` (`params_of(state)`). Shapes 
 the first call. `use_split_step(choice)` resolves the `train.split_step` config ("auto": on
 the CPU backend, where compile time is the cost; GPU/TPU keep one program, so XLA may overlap
 the update with the backward pass). With shardings, the programs trace on their mesh
-(`models.spmd.on_mesh`), so the model's FFTs run on each device's part of the batch.
+(`models.spmd.on_mesh`), so the model's FFTs and the CPU's attention run on each device's
+part of the batch.
 """
 from __future__ import annotations
 
