@@ -79,23 +79,21 @@ def collectives(hlo: str) -> dict[str, dict[str, int]]:
 
 
 def mesh_row(preset: str, data: int, fsdp: int, args: argparse.Namespace) -> dict:
+    """One row: the preset's step compiled (and, unless `--compile-only`, run) on a
+    `data` x `fsdp` mesh, with its programs' collectives."""
     config = bench_config(preset, args.dtype, args.conv_impl, args.batch, args.size)
     config.mesh.data, config.mesh.fsdp = data, fsdp
     task = DeblurTask(config)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(args.batch, mesh, config.mesh.batch_axes)
     state, images, optimizers = abstract_inputs(task, args.batch, args.size)
-    state_sh = sharding.tree_shardings(state, mesh, config.sharding)
-    batch_sh = sharding.batch_sharding(mesh, config.mesh.batch_axes)
+    shardings = sharding.step_shardings(state, mesh, config)
+    state_sh, batch_sh, _ = shardings
     step = task.train_step(optimizers, split=split_step.use_split_step(config.train.split_step),
-                           shardings=split_step.StepShardings(state_sh, batch_sh,
-                                                              sharding.replicated(mesh)))
-    placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          state, state_sh)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
-             for k, v in images.items()}
+                           shardings=shardings)
+    batch = sharding.with_shardings(images, {k: batch_sh for k in images})
     t0 = time.perf_counter()
-    step, executables, _, _ = compile_step(step, placed, batch)
+    step, executables, _, _ = compile_step(step, sharding.with_shardings(state, state_sh), batch)
     row = dict(preset=preset, mesh=f"{data}x{fsdp}", devices=mesh.size, batch=args.batch,
                size=args.size, dtype=args.dtype, conv_impl=config.model.conv_impl,
                compile_s=time.perf_counter() - t0)
@@ -107,12 +105,12 @@ def mesh_row(preset: str, data: int, fsdp: int, args: argparse.Namespace) -> dic
         live = jax.jit(lambda p, r: task.create_state(p, optimizers, r),
                        out_shardings=state_sh)(params, rng)
         keys = jax.random.split(jax.random.key(1), len(batch))
-        data_ = {k: jax.device_put(jax.random.uniform(r, v.shape, v.dtype), batch_sh)
-                 for r, (k, v) in zip(keys, batch.items())}
+        arrays = {k: jax.device_put(jax.random.uniform(r, v.shape, v.dtype), batch_sh)
+                  for r, (k, v) in zip(keys, batch.items())}
         times = []
         for i in range(args.steps + 1):
             t0 = time.perf_counter()
-            live, metrics = step(live, data_)
+            live, metrics = step(live, arrays)
             jax.block_until_ready(metrics)
             if i:
                 times.append(time.perf_counter() - t0)

@@ -29,7 +29,7 @@ from train_helpers import load_config  # noqa: E402
 from radblur_jax.models.attention_ops import attention  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
 from radblur_jax.models.spmd import on_mesh  # noqa: E402
-from radblur_jax.train import sharding, split_step  # noqa: E402
+from radblur_jax.train import sharding  # noqa: E402
 from radblur_jax.train.tasks import make_task  # noqa: E402
 
 # Collectives that move activations; an all-reduce (of gradients, of a loss) is expected.
@@ -83,13 +83,10 @@ def train_step_program() -> str:
     params = jax.eval_shape(task.init_params, rng)
     optimizers = task.make_optimizers(params)
     state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r), params, rng)
-    state_sh = sharding.tree_shardings(state, mesh, config.sharding)
-    batch_sh = sharding.batch_sharding(mesh, config.mesh.batch_axes)
-    step = task.train_step(optimizers, split=True, shardings=split_step.StepShardings(
-        state_sh, batch_sh, sharding.replicated(mesh)))
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         state, state_sh)
-    image = jax.ShapeDtypeStruct((16, 28, 32, 3), jnp.float32, sharding=batch_sh)
+    shardings = sharding.step_shardings(state, mesh, config)
+    step = task.train_step(optimizers, split=True, shardings=shardings)
+    image = jax.ShapeDtypeStruct((16, 28, 32, 3), jnp.float32, sharding=shardings.batch)
+    state = sharding.with_shardings(state, shardings.state)
     return step.compile(state, {"blur": image, "sharp": image}).executables[0].as_text()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
 
 import jax
 import ml_collections
@@ -45,11 +44,6 @@ class _StopFlag:
     def restore(self):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-
-
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
 
 
 def _init_state(config, task: Task, optimizers, state_sh, rng) -> TrainState:
@@ -117,10 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     optimizers = task.make_optimizers(abstract_params)
     abstract_state = jax.eval_shape(lambda p, r: task.create_state(p, optimizers, r),
                                     abstract_params, rng)
-    state_sh = sharding.tree_shardings(abstract_state, mesh, config.sharding)
-    batch_sh = sharding.batch_sharding(mesh, config.mesh.batch_axes)
-    repl = sharding.replicated(mesh)
-    shardings = split_step.StepShardings(state_sh, batch_sh, repl)
+    shardings = sharding.step_shardings(abstract_state, mesh, config)
+    state_sh, batch_sh, repl = shardings
     # ---- input
     iterator = input_lib.train_iterator(config, task.fields, jax.process_index(),
                                         jax.process_count())
@@ -134,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         bool(config.checkpoint.async_save), task.best_metric)
     log = reporting.MetricsLog(workdir)
     try:
-        restored = ckpts.restore_latest(_with_shardings(abstract_state, state_sh), iterator)
+        restored = ckpts.restore_latest(sharding.with_shardings(abstract_state, state_sh),
+                                        iterator)
     except Exception as e:
         if not changes:
             raise

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from radblur_jax.train.optimizer import path_str
+from radblur_jax.train.split_step import StepShardings
 
 AXES = ("data", "fsdp")
 
@@ -99,6 +100,20 @@ def batch_sharding(mesh: Mesh, batch_axes: Sequence[str]) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def step_shardings(abstract_state: Any, mesh: Mesh, config: ml_collections.ConfigDict
+                   ) -> StepShardings:
+    """The train step's shardings: the state by `config.sharding`'s rules, the batch over
+    `config.mesh.batch_axes`, the metrics replicated."""
+    return StepShardings(tree_shardings(abstract_state, mesh, config.sharding),
+                         batch_sharding(mesh, config.mesh.batch_axes), replicated(mesh))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """`abstract` (arrays or ShapeDtypeStructs) as ShapeDtypeStructs placed by `shardings`."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
