@@ -4,6 +4,11 @@ built-in synthetic set (batch 4, 32 px crops), once with `model.dtype = "float32
 reversible decoder's states stay float32 either way (the presets' accelerator recipes train in
 bf16: `configs/deblur.py`). The bf16 run's loss stays close to float32's step by step and falls
 as far.
+
+The step is built as the training loop builds it (its shardings on a one-device mesh), so the
+float32 gradient program is the one `test_train_deblur_learns.py`'s run compiles (same model,
+batch and crop): the two modules share an xdist group, and the second loads it from the
+compilation cache.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ import pytest
 from train_helpers import load_config
 
 from radblur_jax.train import input as input_lib
+from radblur_jax.train import sharding
 from radblur_jax.train.tasks import make_task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_deblur_runs")]
 
 STEPS = 50
 SMOOTH = 5  # steps per window of the smoothed loss
@@ -33,16 +39,19 @@ def _config(dtype: str):
 
 
 def _losses(dtype: str, params, batches: list[dict]) -> np.ndarray:
-    task = make_task(_config(dtype))
+    config = _config(dtype)
+    task = make_task(config)
     params = jax.tree.map(jnp.array, params)  # a copy: the step donates the state
     optimizers = task.make_optimizers(params)
     state = task.create_state(params, optimizers, jax.random.key(1))
+    shardings = sharding.step_shardings(state, sharding.make_mesh(config.mesh), config)
+    state = jax.device_put(state, shardings.state)
     # Split at the gradient (as training compiles it on the CPU): the update program is the
     # same for both dtypes (float32 params and optimiser state), so the second run loads it.
-    step = task.train_step(optimizers, split=True)
+    step = task.train_step(optimizers, split=True, shardings=shardings)
     losses = []
     for batch in batches:
-        state, metrics = step(state, batch)
+        state, metrics = step(state, jax.device_put(batch, shardings.batch))
         losses.append(float(metrics["loss"]))
     return np.array(losses)
 

@@ -13,8 +13,9 @@ from train_helpers import load_config
 from radblur_jax.train.loop import train_and_evaluate
 
 # One xdist worker runs the module (`--dist loadgroup`, .ci/run), so the training run, a module
-# fixture, runs once rather than once per worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deblur_learns")]
+# fixture, runs once rather than once per worker; test_bf16_tracking.py is in the group, as
+# its float32 step is this run's gradient program (loaded from the compilation cache).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_deblur_runs")]
 
 STEPS, EXIT_STEPS, LOG, EVAL = 100, 20, 10, 25
 
