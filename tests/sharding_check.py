@@ -2,7 +2,8 @@
 
 Run as a script (it sets XLA_FLAGS before importing jax); prints the largest difference per
 output, relative to max(1, max |output|), and the collectives of the batch-sharded forward, of
-the CPU's blocked attention and of the data-parallel train step's gradient program; exits 0
+the CPU's blocked attention, of FFTs on a batch split over one of two mesh axes and of the
+data-parallel train step's gradient program; exits 0
 when the outputs agree within 1e-5 and no program moves activations between devices (no
 all-gather, all-to-all or collective-permute: only the gradients' all-reduce). Used by
 tests/test_radblur.py in a subprocess.
@@ -22,13 +23,13 @@ import re  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
 from test_reversible import random_params  # noqa: E402
 from train_helpers import load_config  # noqa: E402
 
 from radblur_jax.models.attention_ops import attention  # noqa: E402
 from radblur_jax.models.radblur import build_radblur  # noqa: E402
-from radblur_jax.models.spmd import on_mesh  # noqa: E402
+from radblur_jax.models.spmd import batchwise, on_mesh  # noqa: E402
 from radblur_jax.train import sharding  # noqa: E402
 from radblur_jax.train.tasks import make_task  # noqa: E402
 
@@ -70,6 +71,25 @@ def blocked_attention_check(mesh) -> bool:
     err = float(np.linalg.norm(np.asarray(compiled(q, k, v)) - want) / np.linalg.norm(want))
     print(f"blocked attention: activation collectives {moved or 'none'}; rel. err. {err:.1e}")
     return not moved and err <= 1e-5
+
+
+def batch_axes_check() -> bool:
+    """FFTs on a batch split over `data` and replicated over `fsdp` (a 4 x 2 mesh, as with
+    `config.mesh.batch_axes = ("data",)`): traced `on_mesh` with those batch axes, each device
+    transforms its part and nothing moves; split over every axis instead, the result is
+    gathered back over `fsdp`, which shows the check would see it."""
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    x = jax.device_put(jax.random.normal(jax.random.key(3), (8, 3, 16, 20)), batch)
+
+    def program(batch_axes) -> str:
+        fn = on_mesh(mesh, lambda v: batchwise(jnp.fft.rfft2)(v), batch_axes)
+        return jax.jit(fn, in_shardings=batch, out_shardings=batch).lower(x).compile().as_text()
+
+    every_axis = movers(program(None))
+    print(f"FFT over every axis of a batch split over data: {every_axis or 'no collectives'}")
+    return per_device(program(("data",)), 2, "FFT, batch over data of data x fsdp") and bool(
+        every_axis)
 
 
 def train_step_program() -> str:
@@ -119,7 +139,8 @@ def main() -> int:
         print(f"{name}: max |sharded - single| / max(1, max|single|) = {diff:.2e}")
         worst = max(worst, diff)
     print(f"devices={jax.device_count()} worst={worst:.2e}")
-    forward_ok = per_device(compiled.as_text(), 1, "forward") and blocked_attention_check(mesh)
+    forward_ok = (per_device(compiled.as_text(), 1, "forward") and blocked_attention_check(mesh)
+                  and batch_axes_check())
     step_ok = per_device(train_step_program(), 2, "train step gradients")
     return 0 if worst <= 1e-5 and forward_ok and step_ok else 1
 

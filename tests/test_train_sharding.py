@@ -59,3 +59,18 @@ def test_tree_shardings_follow_paths():
     assert out["params"]["w"].spec == P() and out["params"]["pos_embed"].spec == P()
     assert sharding.path_str(jax.tree_util.tree_flatten_with_path(tree)[0][0][0]) in (
         "params/pos_embed", "params/w")
+
+
+def test_batch_axes_reach_batchwise_ops():
+    """`on_mesh` takes the batch's axes from the step's batch sharding (`batch_axes_of`) and
+    refuses axes its mesh lacks."""
+    from jax.sharding import NamedSharding
+
+    from radblur_jax.models.spmd import batch_axes_of, on_mesh
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}))
+    assert batch_axes_of(NamedSharding(mesh, P(("data", "fsdp")))) == ("data", "fsdp")
+    assert batch_axes_of(NamedSharding(mesh, P("data", None))) == ("data",)
+    assert batch_axes_of(NamedSharding(mesh, P())) == ()
+    assert on_mesh(mesh, lambda x: x + 1, ("data",))(1) == 2
+    with pytest.raises(ValueError, match=r"batch axes \['model'\] are not axes of the mesh"):
+        on_mesh(mesh, lambda x: x, ("model",))

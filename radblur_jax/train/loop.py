@@ -151,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         p._replace(step=split_step.jit_step(p.step, shardings))
         for p in task.extra_phases(optimizers)]
     phase_ends = list(np.cumsum([p.num_steps for p in phases]))
-    eval_fn = jax.jit(on_mesh(mesh, task.eval_step), out_shardings=repl)
+    eval_fn = jax.jit(on_mesh(mesh, task.eval_step, config.mesh.batch_axes),
+                      out_shardings=repl)
     # ---- loop
     total = int(phase_ends[-1])
     progress = reporting.Progress(total, start, int(tc.batch_size))

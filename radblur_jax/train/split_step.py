@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import jax
 
 from radblur_jax.models.configs import check_choice
-from radblur_jax.models.spmd import on_mesh
+from radblur_jax.models.spmd import batch_axes_of, on_mesh
 
 SPLIT_STEP_CHOICES = ("auto", "on", "off")
 
@@ -75,7 +75,8 @@ class SplitStep:
             self._update = jax.jit(update, donate_argnums=(0,))
         else:
             grads_sh = params_of(state_shardings)
-            gradients = on_mesh(batch_sharding.mesh, gradients)
+            gradients = on_mesh(batch_sharding.mesh, gradients,
+                                batch_axes_of(batch_sharding))
             self._gradients = jax.jit(gradients, in_shardings=(state_shardings, batch_sharding),
                                       out_shardings=(grads_sh, metrics_sharding))
             self._update = jax.jit(update, in_shardings=(state_shardings, grads_sh),
@@ -110,7 +111,7 @@ def jit_step(step: Callable, shardings: StepShardings | None = None) -> Callable
     `shardings` when given (else the arguments' placement decides)."""
     if shardings is None:
         return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(on_mesh(shardings.batch.mesh, step),
+    return jax.jit(on_mesh(shardings.batch.mesh, step, batch_axes_of(shardings.batch)),
                    in_shardings=(shardings.state, shardings.batch),
                    out_shardings=(shardings.state, shardings.metrics), donate_argnums=(0,))
 
