@@ -61,9 +61,10 @@ def test_tree_shardings_follow_paths():
         "params/pos_embed", "params/w")
 
 
-def test_batch_axes_reach_batchwise_ops():
-    """`on_mesh` takes the batch's axes from the step's batch sharding (`batch_axes_of`) and
-    refuses axes its mesh lacks."""
+def test_batch_axes_of_a_sharding_and_on_mesh_checks_them():
+    """`batch_axes_of` reads the axes a batch sharding splits the leading axis over (what the
+    steps pass to `on_mesh`); `on_mesh` refuses axes its mesh lacks. That `batchwise` ops then
+    run over those axes is tests/sharding_check.py's check on 8 devices."""
     from jax.sharding import NamedSharding
 
     from radblur_jax.models.spmd import batch_axes_of, on_mesh
