@@ -1,0 +1,158 @@
+"""Checkpoints of a state sharded across two processes (`jax.distributed` on 127.0.0.1).
+
+A TPU pod shards the large params and their moments over `fsdp` across hosts: each process
+holds and writes only its own shards. Two local processes (one CPU device each, mesh data=1 x
+fsdp=2, the recipes' sharding rules) save two checkpoints with `Checkpoints`, the latest one
+is damaged, and a restart restores: the damaged step is set aside (process 0 moves it, every
+process waits), step 1 comes back onto the fsdp shards and onto a replicated mesh (a resume on
+another topology), and each process's grain iterator resumes where it was. The test then reads
+the step-1 checkpoint with orbax alone in its own process: the whole arrays, so both processes'
+shards were written. No training step is compiled; the full training loop across processes is
+`test_train_loop.py`'s (data-parallel there, params replicated).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Leaves named like the train state's, so the recipes' rules shard them: kernels and moments
+# over fsdp, a LayerNorm scale replicated.
+SHAPES = {"params/decoder/conv/kernel": (96, 64), "params/decoder/norm/scale": (64,),
+          "opt_state/mu/decoder/conv/kernel": (96, 64)}
+
+
+def state_at(step: int) -> dict:
+    """The state saved at `step` (the same in every process and in the test)."""
+    rng = np.random.default_rng(step)
+    tree: dict = {"step": np.int32(step)}
+    for path, shape in SHAPES.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = rng.standard_normal(shape).astype(np.float32)
+    return tree
+
+
+_PROCESS = r"""
+import os, sys
+import grain, jax, ml_collections, numpy as np
+sys.path.insert(0, {tests!r})
+from test_checkpoint_processes import state_at
+from radblur_jax.train import distributed, sharding
+from radblur_jax.train.checkpointing import Checkpoints
+from radblur_jax.train.config_base import load_config
+
+workdir, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+distributed.maybe_initialize(f"127.0.0.1:{{port}}", 2, pid)
+from jax.experimental import multihost_utils
+config = load_config({config!r}, "tiny")
+
+def placed(tree, data, fsdp):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)))
+    shardings = sharding.tree_shardings(tree, mesh, config.sharding)
+    arrays = jax.tree.map(lambda x, s: jax.make_array_from_callback(
+        np.shape(x), s, lambda idx: np.asarray(x)[idx]), tree, shardings)
+    return arrays, sharding.with_shardings(tree, shardings)
+
+def check(restored, want, what):
+    for got, ref in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
+        for shard in got.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(ref)[shard.index],
+                                          err_msg=what)
+
+def iterator():
+    return grain.MapDataset.range(1000).to_iter_dataset().__iter__()
+
+# Save steps 1 and 2, each process's iterator at its own position.
+state, _ = placed(state_at(1), 1, 2)
+kernel = state["params"]["decoder"]["conv"]["kernel"]
+assert kernel.addressable_shards[0].data.shape == (48, 64), kernel.sharding
+assert not kernel.is_fully_replicated
+it = iterator()
+for _ in range(3 + pid):
+    next(it)
+ckpts = Checkpoints(workdir, keep=3, keep_best=False, async_save=True, best_metric=None)
+ckpts.save(1, state, it)
+next(it)
+ckpts.save(2, placed(state_at(2), 1, 2)[0], it)
+ckpts.wait()
+ckpts.close()
+
+# Damage every array file of step 2 (process 0), then restart as a resumed run does.
+multihost_utils.sync_global_devices("saved")
+if pid == 0:
+    state_dir = os.path.join(workdir, "checkpoints", "2", "state")
+    for name in os.listdir(state_dir):
+        if name.startswith("ocdbt") or name == "d":
+            for root, _, files in os.walk(os.path.join(state_dir, name)):
+                for f in files:
+                    with open(os.path.join(root, f), "wb") as fh:
+                        fh.write(b"garbage")
+multihost_utils.sync_global_devices("damaged")
+for data, fsdp in ((1, 2), (2, 1)):
+    _, abstract = placed(state_at(0), data, fsdp)
+    ckpts = Checkpoints(workdir, keep=3, keep_best=False, async_save=True, best_metric=None)
+    it = iterator()
+    restored, step = ckpts.restore_latest(abstract, it)
+    ckpts.close()
+    assert step == 1, step
+    check(restored, state_at(1), f"data={{data}}, fsdp={{fsdp}}")
+    assert next(it) == 3 + pid, "the iterator did not resume at this process's position"
+assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "2"))
+print("restored", flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_state_sharded_across_processes_saves_and_restores(tmp_path):
+    workdir = tmp_path / "run"
+    script = _PROCESS.format(tests=os.path.join(REPO, "tests"),
+                             config=os.path.join(REPO, "configs", "deblur.py"))
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(workdir), port, str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0 and "restored" in out, err[-4000:]
+    finally:
+        for p in procs:
+            p.kill()
+
+    # Both processes' shards are in the step-1 checkpoint: orbax alone, whole arrays.
+    import jax
+    import orbax.checkpoint as ocp
+    path = workdir / "checkpoints" / "1" / "state"
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", None) or meta
+        tree = getattr(tree, "tree", tree)
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        saved = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=tree, restore_args=args))
+    finally:
+        ckptr.close()
+    want = state_at(1)
+    assert jax.tree.structure(saved) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(saved), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(got), ref)
+    # One iterator state per process.
+    data = sorted(f for f in os.listdir(workdir / "checkpoints" / "1" / "data")
+                  if f.endswith(".json"))
+    assert data == ["process_0-of-2.json", "process_1-of-2.json"], data
