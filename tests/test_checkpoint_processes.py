@@ -2,13 +2,14 @@
 
 A TPU pod shards the large params and their moments over `fsdp` across hosts: each process
 holds and writes only its own shards. Two local processes (one CPU device each, mesh data=1 x
-fsdp=2, the recipes' sharding rules) save two checkpoints with `Checkpoints`, the latest one
-is damaged, and a restart restores: the damaged step is set aside (process 0 moves it, every
-process waits), step 1 comes back onto the fsdp shards and onto a replicated mesh (a resume on
-another topology), and each process's grain iterator resumes where it was. The test then reads
-the step-1 checkpoint with orbax alone in its own process: the whole arrays, so both processes'
-shards were written. No training step is compiled; the full training loop across processes is
-`test_train_loop.py`'s (data-parallel there, params replicated).
+fsdp=2, the recipes' sharding rules) save two checkpoints and a best one with `Checkpoints`;
+the latest is damaged, and a restart restores: the damaged step is set aside (process 0 moves
+it, every process waits), step 1 comes back onto the fsdp shards and onto a replicated mesh (a
+resume on another topology), and each process's grain iterator resumes where it was. The test
+then reads the workdir in its own single process: the step-1 state with orbax alone, and the
+params inference loads from the periodic and the best checkpoint, all as whole arrays, so both
+processes' shards were written. No training step is compiled; the training loop across
+processes is `test_train_loop.py`'s (data-parallel there, params replicated).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Leaves named like the train state's, so the recipes' rules shard them: kernels and moments
 # over fsdp, a LayerNorm scale replicated.
-SHAPES = {"params/decoder/conv/kernel": (96, 64), "params/decoder/norm/scale": (64,),
-          "opt_state/mu/decoder/conv/kernel": (96, 64)}
+SHAPES = {f"{tree}/decoder/{leaf}": shape
+          for tree in ("params", "ema_params", "opt_state/mu")
+          for leaf, shape in (("conv/kernel", (96, 64)), ("norm/scale", (64,)))}
 
 
 def state_at(step: int) -> dict:
@@ -46,7 +48,7 @@ import grain, jax, ml_collections, numpy as np
 sys.path.insert(0, {tests!r})
 from test_checkpoint_processes import state_at
 from radblur_jax.train import distributed, sharding
-from radblur_jax.train.checkpointing import Checkpoints
+from radblur_jax.train.checkpointing import Checkpoints, save_config
 from radblur_jax.train.config_base import load_config
 
 workdir, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -78,8 +80,10 @@ assert not kernel.is_fully_replicated
 it = iterator()
 for _ in range(3 + pid):
     next(it)
-ckpts = Checkpoints(workdir, keep=3, keep_best=False, async_save=True, best_metric=None)
+save_config(workdir, config)
+ckpts = Checkpoints(workdir, keep=3, keep_best=True, async_save=True, best_metric="val_psnr")
 ckpts.save(1, state, it)
+ckpts.save_best(1, {{k: state[k] for k in ("params", "ema_params")}}, {{"val_psnr": 20.0}})
 next(it)
 ckpts.save(2, placed(state_at(2), 1, 2)[0], it)
 ckpts.wait()
@@ -152,6 +156,16 @@ def test_state_sharded_across_processes_saves_and_restores(tmp_path):
     assert jax.tree.structure(saved) == jax.tree.structure(want)
     for got, ref in zip(jax.tree.leaves(saved), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(got), ref)
+    # What inference loads on one machine from the pod's workdir: the raw params of the
+    # periodic checkpoint and the EMA params of the best one (the deblur CLI's reader).
+    from radblur_jax.workdir import load_params_for_inference
+    for path, use_ema in ((workdir / "checkpoints" / "1", False), (workdir / "best" / "1", True)):
+        config, params = load_params_for_inference(str(path), use_ema=use_ema)
+        assert config.model_config.name == "tiny"
+        ref = want["ema_params" if use_ema else "params"]
+        assert jax.tree.structure(params) == jax.tree.structure(ref), path
+        for got, leaf in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(got, leaf, err_msg=str(path))
     # One iterator state per process.
     data = sorted(f for f in os.listdir(workdir / "checkpoints" / "1" / "data")
                   if f.endswith(".json"))
