@@ -18,7 +18,11 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+from train_helpers import read_state
+
+from radblur_jax.workdir import load_params_for_inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,16 +33,23 @@ SHAPES = {f"{tree}/decoder/{leaf}": shape
           for leaf, shape in (("conv/kernel", (96, 64)), ("norm/scale", (64,)))}
 
 
-def state_at(step: int) -> dict:
-    """The state saved at `step` (the same in every process and in the test)."""
+def flat_state_at(step: int) -> dict[str, np.ndarray]:
+    """The state saved at `step` (the same in every process and in the test), keyed by
+    "/"-joined path as `train_helpers.read_state` returns it."""
     rng = np.random.default_rng(step)
-    tree: dict = {"step": np.int32(step)}
-    for path, shape in SHAPES.items():
-        node = tree
+    return {"step": np.int32(step), **{path: rng.standard_normal(shape).astype(np.float32)
+                                       for path, shape in SHAPES.items()}}
+
+
+def state_at(step: int) -> dict:
+    """`flat_state_at(step)` as the nested tree the processes save."""
+    tree: dict = {}
+    for path, value in flat_state_at(step).items():
         *parents, leaf = path.split("/")
+        node = tree
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = rng.standard_normal(shape).astype(np.float32)
+        node[leaf] = value
     return tree
 
 
@@ -140,29 +151,16 @@ def test_state_sharded_across_processes_saves_and_restores(tmp_path):
             p.kill()
 
     # Both processes' shards are in the step-1 checkpoint: orbax alone, whole arrays.
-    import jax
-    import orbax.checkpoint as ocp
-    path = workdir / "checkpoints" / "1" / "state"
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-        meta = ckptr.metadata(path)
-        tree = getattr(meta, "item_metadata", None) or meta
-        tree = getattr(tree, "tree", tree)
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        saved = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=tree, restore_args=args))
-    finally:
-        ckptr.close()
-    want = state_at(1)
-    assert jax.tree.structure(saved) == jax.tree.structure(want)
-    for got, ref in zip(jax.tree.leaves(saved), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(got), ref)
+    saved, want = read_state(workdir / "checkpoints" / "1" / "state"), flat_state_at(1)
+    assert sorted(saved) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
     # What inference loads on one machine from the pod's workdir: the raw params of the
     # periodic checkpoint and the EMA params of the best one (the deblur CLI's reader).
-    from radblur_jax.workdir import load_params_for_inference
     for path, use_ema in ((workdir / "checkpoints" / "1", False), (workdir / "best" / "1", True)):
         config, params = load_params_for_inference(str(path), use_ema=use_ema)
         assert config.model_config.name == "tiny"
-        ref = want["ema_params" if use_ema else "params"]
+        ref = state_at(1)["ema_params" if use_ema else "params"]
         assert jax.tree.structure(params) == jax.tree.structure(ref), path
         for got, leaf in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
             np.testing.assert_array_equal(got, leaf, err_msg=str(path))

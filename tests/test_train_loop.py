@@ -26,6 +26,7 @@ import time
 import numpy as np
 import pytest
 from conftest import rel_err
+from train_helpers import read_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One xdist worker runs the whole module (`--dist loadgroup`, .ci/run), so the module fixtures
@@ -93,23 +94,8 @@ def _losses(workdir) -> np.ndarray:
 
 
 def _state(workdir, step: int) -> dict[str, np.ndarray]:
-    """The train state checkpointed at `step` as host arrays keyed by '/'-joined path
-    (`params/...`, `ema_params/...`, `opt_state/...`, `step`, `rng`); read with orbax alone, no
-    abstract target, so no training code is involved."""
-    import jax
-    import orbax.checkpoint as ocp
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-        meta = ckptr.metadata(path)
-        tree = getattr(meta, "item_metadata", None) or meta
-        tree = getattr(tree, "tree", tree)
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=tree, restore_args=args))
-    finally:
-        ckptr.close()
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    """The train state checkpointed at `step`, keyed by '/'-joined path (`read_state`)."""
+    return read_state(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
 def _cat(state: dict[str, np.ndarray], pattern: str) -> np.ndarray:
