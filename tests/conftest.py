@@ -3,6 +3,7 @@ PyTorch boundary; the order in which pytest-xdist hands out the tests; `--compil
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import numpy as np
@@ -25,6 +26,13 @@ def rel_err(a, b) -> float:
     b = np.asarray(b.detach() if hasattr(b, "detach") else b, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (a coordinator's, a server's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def grad_temp_bytes(module, params, x) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from conftest import free_port
 from skimage import data
 
 pytestmark = pytest.mark.slow
@@ -45,11 +45,6 @@ def _requirements() -> str:
             return f"{module} not installed (pip install -e '.[demo]')"
     return ""
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli_env(tmp: str) -> dict:
@@ -92,7 +87,7 @@ def cli_output(photos, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, cli_output):
     tmp = tmp_path_factory.mktemp("server")
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "radblur_jax.demo", "--random-init", "tiny",
                              "--port", str(port), "--tile", TILE],

@@ -18,14 +18,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import free_port, rel_err
 from train_helpers import read_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,15 +215,10 @@ def test_resume_onto_a_different_mesh(env, reference, tmp_path):
     _assert_trains_like(workdir, reference, steps=(STEPS,))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_match_one(env, reference, tmp_path):
     workdir = tmp_path / "two_procs"
-    port = _free_port()
+    port = free_port()
     e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
     procs = [subprocess.Popen(
