@@ -14,12 +14,12 @@ processes is `test_train_loop.py`'s (data-parallel there, params replicated).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+from conftest import free_port
 from train_helpers import read_state
 
 from radblur_jax.workdir import load_params_for_inference
@@ -53,19 +53,26 @@ def state_at(step: int) -> dict:
     return tree
 
 
-_PROCESS = r"""
-import os, sys
+# Each process: argv = workdir, config file, coordinator port, process id.
+_PROCESS = """
+import os, sys, traceback
 import grain, jax, ml_collections, numpy as np
-sys.path.insert(0, {tests!r})
+
+def exit_now(*exc):  # a failed process must not wait for its peer in jax.distributed's shutdown
+    traceback.print_exception(*exc)
+    sys.stderr.flush()
+    os._exit(1)
+
+sys.excepthook = exit_now
 from test_checkpoint_processes import state_at
 from radblur_jax.train import distributed, sharding
 from radblur_jax.train.checkpointing import Checkpoints, save_config
 from radblur_jax.train.config_base import load_config
 
-workdir, port, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-distributed.maybe_initialize(f"127.0.0.1:{{port}}", 2, pid)
+workdir, config_file, port, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+distributed.maybe_initialize(f"127.0.0.1:{port}", 2, pid)
 from jax.experimental import multihost_utils
-config = load_config({config!r}, "tiny")
+config = load_config(config_file, "tiny")
 
 def placed(tree, data, fsdp):
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)))
@@ -81,7 +88,7 @@ def check(restored, want, what):
                                           err_msg=what)
 
 def iterator():
-    return grain.MapDataset.range(1000).to_iter_dataset().__iter__()
+    return iter(grain.MapDataset.range(1000).to_iter_dataset())
 
 # Save steps 1 and 2, each process's iterator at its own position.
 state, _ = placed(state_at(1), 1, 2)
@@ -94,7 +101,7 @@ for _ in range(3 + pid):
 save_config(workdir, config)
 ckpts = Checkpoints(workdir, keep=3, keep_best=True, async_save=True, best_metric="val_psnr")
 ckpts.save(1, state, it)
-ckpts.save_best(1, {{k: state[k] for k in ("params", "ema_params")}}, {{"val_psnr": 20.0}})
+ckpts.save_best(1, {k: state[k] for k in ("params", "ema_params")}, {"val_psnr": 20.0})
 next(it)
 ckpts.save(2, placed(state_at(2), 1, 2)[0], it)
 ckpts.wait()
@@ -118,33 +125,25 @@ for data, fsdp in ((1, 2), (2, 1)):
     restored, step = ckpts.restore_latest(abstract, it)
     ckpts.close()
     assert step == 1, step
-    check(restored, state_at(1), f"data={{data}}, fsdp={{fsdp}}")
+    check(restored, state_at(1), f"data={data}, fsdp={fsdp}")
     assert next(it) == 3 + pid, "the iterator did not resume at this process's position"
 assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "2"))
 print("restored", flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_state_sharded_across_processes_saves_and_restores(tmp_path):
     workdir = tmp_path / "run"
-    script = _PROCESS.format(tests=os.path.join(REPO, "tests"),
-                             config=os.path.join(REPO, "configs", "deblur.py"))
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(workdir), port, str(i)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [str(workdir), os.path.join(REPO, "configs", "deblur.py"), str(free_port())]
+    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS, *args, str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
         for p in procs:
-            out, err = p.communicate(timeout=600)
+            out, err = p.communicate(timeout=300)
             assert p.returncode == 0 and "restored" in out, err[-4000:]
     finally:
         for p in procs:
