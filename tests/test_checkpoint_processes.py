@@ -2,12 +2,14 @@
 
 A TPU pod shards the large params and their moments over `fsdp` across hosts: each process
 holds and writes only its own shards. Two local processes (one CPU device each, mesh data=1 x
-fsdp=2, the recipes' sharding rules) save two checkpoints and a best one with `Checkpoints`;
-the latest is damaged, and a restart restores: the damaged step is set aside (process 0 moves
-it, every process waits), step 1 comes back onto the fsdp shards and onto a replicated mesh (a
-resume on another topology), and each process's grain iterator resumes where it was. The test
-then reads the workdir in its own single process: the step-1 state with orbax alone, and the
-params inference loads from the periodic and the best checkpoint, all as whole arrays, so both
+fsdp=2, the recipes' sharding rules) save three checkpoints with `Checkpoints`, each step also
+as the best so far, as an evaluation step does (the best save runs while the periodic one
+finalises in the background: the race their barriers once lost); the latest is damaged, and a
+restart restores: the damaged step is set aside (process 0 moves it, every process waits),
+step 2 comes back onto the fsdp shards and onto a replicated mesh (a resume on another
+topology), and each process's grain iterator resumes where it was. The test then reads the
+workdir in its own single process: the step-2 state with orbax alone, and the params
+inference loads from the periodic and the best checkpoint, all as whole arrays, so both
 processes' shards were written. No training step is compiled; the training loop across
 processes is `test_train_loop.py`'s (data-parallel there, params replicated).
 """
@@ -55,7 +57,7 @@ def state_at(step: int) -> dict:
 
 # Each process: argv = workdir, config file, coordinator port, process id.
 _PROCESS = """
-import os, sys, traceback
+import faulthandler, os, sys, time, traceback
 import grain, jax, ml_collections, numpy as np
 
 def exit_now(*exc):  # a failed process must not wait for its peer in jax.distributed's shutdown
@@ -64,6 +66,7 @@ def exit_now(*exc):  # a failed process must not wait for its peer in jax.distri
     os._exit(1)
 
 sys.excepthook = exit_now
+faulthandler.enable()
 from test_checkpoint_processes import state_at
 from radblur_jax.train import distributed, sharding
 from radblur_jax.train.checkpointing import Checkpoints, save_config
@@ -90,27 +93,42 @@ def check(restored, want, what):
 def iterator():
     return iter(grain.MapDataset.range(1000).to_iter_dataset())
 
-# Save steps 1 and 2, each process's iterator at its own position.
-state, _ = placed(state_at(1), 1, 2)
-kernel = state["params"]["decoder"]["conv"]["kernel"]
-assert kernel.addressable_shards[0].data.shape == (48, 64), kernel.sharding
-assert not kernel.is_fully_replicated
+# Process 0 reaches every save's start barrier late, so process 1's periodic save finalising
+# in the background and its best save starting on the main thread both wait there at once:
+# the two managers' barriers must not share a name. (`_unique_barrier_key` is orbax's hook
+# for tests.)
+from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+barrier_key = orbax_multihost._unique_barrier_key
+
+def late_at_save_start(key):
+    if pid == 0 and "set_value_start" in key:
+        time.sleep(0.5)
+    return barrier_key(key)
+
+orbax_multihost._unique_barrier_key = late_at_save_start
+
+# Save steps 1-3, each also as the best so far; each process's iterator at its own position.
 it = iterator()
 for _ in range(3 + pid):
     next(it)
 save_config(workdir, config)
 ckpts = Checkpoints(workdir, keep=3, keep_best=True, async_save=True, best_metric="val_psnr")
-ckpts.save(1, state, it)
-ckpts.save_best(1, {k: state[k] for k in ("params", "ema_params")}, {"val_psnr": 20.0})
-next(it)
-ckpts.save(2, placed(state_at(2), 1, 2)[0], it)
+for step in (1, 2, 3):
+    state, _ = placed(state_at(step), 1, 2)
+    kernel = state["params"]["decoder"]["conv"]["kernel"]
+    assert kernel.addressable_shards[0].data.shape == (48, 64), kernel.sharding
+    assert not kernel.is_fully_replicated
+    ckpts.save(step, state, it)
+    ckpts.save_best(step, {k: state[k] for k in ("params", "ema_params")},
+                    {"val_psnr": 20.0 + step})
+    next(it)
 ckpts.wait()
 ckpts.close()
 
-# Damage every array file of step 2 (process 0), then restart as a resumed run does.
+# Damage every array file of step 3 (process 0), then restart as a resumed run does.
 multihost_utils.sync_global_devices("saved")
 if pid == 0:
-    state_dir = os.path.join(workdir, "checkpoints", "2", "state")
+    state_dir = os.path.join(workdir, "checkpoints", "3", "state")
     for name in os.listdir(state_dir):
         if name.startswith("ocdbt") or name == "d":
             for root, _, files in os.walk(os.path.join(state_dir, name)):
@@ -124,10 +142,10 @@ for data, fsdp in ((1, 2), (2, 1)):
     it = iterator()
     restored, step = ckpts.restore_latest(abstract, it)
     ckpts.close()
-    assert step == 1, step
-    check(restored, state_at(1), f"data={data}, fsdp={fsdp}")
-    assert next(it) == 3 + pid, "the iterator did not resume at this process's position"
-assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "2"))
+    assert step == 2, step
+    check(restored, state_at(2), f"data={data}, fsdp={fsdp}")
+    assert next(it) == 4 + pid, "the iterator did not resume at this process's position"
+assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "3"))
 print("restored", flush=True)
 """
 
@@ -138,32 +156,43 @@ def test_state_sharded_across_processes_saves_and_restores(tmp_path):
                JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
     args = [str(workdir), os.path.join(REPO, "configs", "deblur.py"), str(free_port())]
-    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS, *args, str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    procs = []
     try:
+        for i, log in enumerate(logs):
+            with open(log, "w") as f:  # a file, not a pipe: nothing waits for a reader
+                procs.append(subprocess.Popen([sys.executable, "-c", _PROCESS, *args, str(i)],
+                                              env=env, stdout=f, stderr=subprocess.STDOUT))
         for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0 and "restored" in out, err[-4000:]
+            p.wait(timeout=300)
     finally:
         for p in procs:
             p.kill()
+    # A process that fails takes its peer down with it (a barrier's heartbeat timeout): show
+    # both, the first error is the cause.
+    texts = [log.read_text() for log in logs]
+    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{text[-3000:]}"
+                       for i, (p, text) in enumerate(zip(procs, texts)))
+    assert all(p.returncode == 0 and "restored" in text
+               for p, text in zip(procs, texts)), report
 
-    # Both processes' shards are in the step-1 checkpoint: orbax alone, whole arrays.
-    saved, want = read_state(workdir / "checkpoints" / "1" / "state"), flat_state_at(1)
+    # Both processes' shards are in the step-2 checkpoint: orbax alone, whole arrays.
+    saved, want = read_state(workdir / "checkpoints" / "2" / "state"), flat_state_at(2)
     assert sorted(saved) == sorted(want)
     for key, value in want.items():
         np.testing.assert_array_equal(saved[key], value, err_msg=key)
     # What inference loads on one machine from the pod's workdir: the raw params of the
     # periodic checkpoint and the EMA params of the best one (the deblur CLI's reader).
-    for path, use_ema in ((workdir / "checkpoints" / "1", False), (workdir / "best" / "1", True)):
+    for step, kind, use_ema in ((2, "checkpoints", False), (3, "best", True)):
+        path = workdir / kind / str(step)
         config, params = load_params_for_inference(str(path), use_ema=use_ema)
         assert config.model_config.name == "tiny"
-        ref = state_at(1)["ema_params" if use_ema else "params"]
+        ref = state_at(step)["ema_params" if use_ema else "params"]
         assert jax.tree.structure(params) == jax.tree.structure(ref), path
         for got, leaf in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
             np.testing.assert_array_equal(got, leaf, err_msg=str(path))
+    assert sorted(os.listdir(workdir / "best")) == ["3"], "the best checkpoint is the last"
     # One iterator state per process.
-    data = sorted(f for f in os.listdir(workdir / "checkpoints" / "1" / "data")
+    data = sorted(f for f in os.listdir(workdir / "checkpoints" / "2" / "data")
                   if f.endswith(".json"))
     assert data == ["process_0-of-2.json", "process_1-of-2.json"], data

@@ -122,9 +122,16 @@ class Checkpoints:
         self.best = (self._manager("best", 1, best_metric) if self.best_metric else None)
 
     def _manager(self, sub: str, keep: int, metric: str | None) -> ocp.CheckpointManager:
+        # Across processes orbax syncs each save at barriers named by the step and the
+        # operation alone, so the periodic and the best manager's saves of one step (the best
+        # one's on the main thread, the periodic one finalising in the background) would meet
+        # at the same barrier in different orders on different processes and fail. A prefix
+        # per manager keeps their barriers apart.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=self._async,
-            best_fn=(lambda m: m[metric]) if metric else None, best_mode="max")
+            best_fn=(lambda m: m[metric]) if metric else None, best_mode="max",
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=sub))
         return ocp.CheckpointManager(
             os.path.join(os.path.abspath(self.workdir), sub), options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
