@@ -221,14 +221,22 @@ def test_two_processes_match_one(env, reference, tmp_path):
     port = free_port()
     e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    procs = [subprocess.Popen(
-        _cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={i}"), env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=3000)
-        assert p.returncode == 0, err[-4000:]
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, log in enumerate(logs):
+            with open(log, "w") as f:  # a file, not a pipe: nothing waits for a reader
+                procs.append(subprocess.Popen(
+                    _cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
+                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                         f"--process_id={i}"), env=e, stdout=f, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=3000)
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"process {i}:\n" + log.read_text()[-4000:]
     _assert_trains_like(workdir, reference)
 
 
