@@ -7,7 +7,8 @@ as the best so far, as an evaluation step does (the best save runs while the per
 finalises in the background: the race their barriers once lost); the latest is damaged, and a
 restart restores: the damaged step is set aside (process 0 moves it, every process waits),
 step 2 comes back onto the fsdp shards and onto a replicated mesh (a resume on another
-topology), and each process's grain iterator resumes where it was. The test then reads the
+topology), each process's grain iterator resumes where it was, and each process reads the
+best EMA params whole (stage B's init from a stage-A workdir on a pod). The test then reads the
 workdir in its own single process: the step-2 state with orbax alone, and the params
 inference loads from the periodic and the best checkpoint, all as whole arrays, so both
 processes' shards were written. No training step is compiled; the training loop across
@@ -71,6 +72,7 @@ from test_checkpoint_processes import state_at
 from radblur_jax.train import distributed, sharding
 from radblur_jax.train.checkpointing import Checkpoints, save_config
 from radblur_jax.train.config_base import load_config
+from radblur_jax.workdir import load_params_for_inference
 
 workdir, config_file, port, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 distributed.maybe_initialize(f"127.0.0.1:{port}", 2, pid)
@@ -146,6 +148,10 @@ for data, fsdp in ((1, 2), (2, 1)):
     check(restored, state_at(2), f"data={data}, fsdp={fsdp}")
     assert next(it) == 4 + pid, "the iterator did not resume at this process's position"
 assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "3"))
+# Every process reads the best EMA params whole, as stage B's init from a stage-A workdir does.
+_, params = load_params_for_inference(os.path.join(workdir, "best", "3"), use_ema=True)
+for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(state_at(3)["ema_params"])):
+    np.testing.assert_array_equal(got, ref)
 print("restored", flush=True)
 """
 
