@@ -122,11 +122,12 @@ class Checkpoints:
         self.best = (self._manager("best", 1, best_metric) if self.best_metric else None)
 
     def _manager(self, sub: str, keep: int, metric: str | None) -> ocp.CheckpointManager:
-        # Across processes orbax syncs each save at barriers named by the step and the
-        # operation alone, so the periodic and the best manager's saves of one step (the best
-        # one's on the main thread, the periodic one finalising in the background) would meet
-        # at the same barrier in different orders on different processes and fail. A prefix
-        # per manager keeps their barriers apart.
+        # Across processes orbax syncs each save at barriers named by the operation (some also
+        # by the step), not by the manager. An evaluation step saves with both managers: the
+        # periodic save finalising in a background thread and the best save starting on the
+        # main thread could wait at one barrier name at once in one process, which the
+        # coordination service refuses (the run then dies at the heartbeat timeout). A
+        # prefix per manager keeps their barriers apart.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=self._async,
             best_fn=(lambda m: m[metric]) if metric else None, best_mode="max",
