@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -33,6 +34,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], env: dict, log_dir, timeout: float
+                  ) -> list[tuple[int, str]]:
+    """Starts every command at once and waits for all: `[(exit code, output)]`, each one's
+    stdout and stderr in LOG_DIR/process_<i>.log (a file, not a pipe: no process waits for a
+    reader while another is waited for); any still running at the timeout is killed."""
+    logs = [os.path.join(log_dir, f"process_{i}.log") for i in range(len(commands))]
+    procs = []
+    try:
+        for cmd, log in zip(commands, logs):
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    results = []
+    for p, log in zip(procs, logs):
+        with open(log) as f:
+            results.append((p.returncode, f.read()))
+    return results
+
+
+def processes_report(results: list[tuple[int, str]]) -> str:
+    """Each process's exit code and the end of its output. A process that fails takes its
+    peers down with it (a barrier's heartbeat timeout): the first error is the cause."""
+    return "\n".join(f"--- process {i} (exit {code}):\n{text[-3000:]}"
+                     for i, (code, text) in enumerate(results))
 
 
 def grad_temp_bytes(module, params, x) -> int:

@@ -17,12 +17,11 @@ processes is `test_train_loop.py`'s (data-parallel there, params replicated).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
-from conftest import free_port
+from conftest import free_port, processes_report, run_processes
 from train_helpers import read_state
 
 from radblur_jax.workdir import load_params_for_inference
@@ -162,25 +161,10 @@ def test_state_sharded_across_processes_saves_and_restores(tmp_path):
                JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
     args = [str(workdir), os.path.join(REPO, "configs", "deblur.py"), str(free_port())]
-    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for i, log in enumerate(logs):
-            with open(log, "w") as f:  # a file, not a pipe: nothing waits for a reader
-                procs.append(subprocess.Popen([sys.executable, "-c", _PROCESS, *args, str(i)],
-                                              env=env, stdout=f, stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=300)
-    finally:
-        for p in procs:
-            p.kill()
-    # A process that fails takes its peer down with it (a barrier's heartbeat timeout): show
-    # both, the first error is the cause.
-    texts = [log.read_text() for log in logs]
-    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{text[-3000:]}"
-                       for i, (p, text) in enumerate(zip(procs, texts)))
-    assert all(p.returncode == 0 and "restored" in text
-               for p, text in zip(procs, texts)), report
+    results = run_processes([[sys.executable, "-c", _PROCESS, *args, str(i)] for i in range(2)],
+                            env, tmp_path, timeout=300)
+    assert all(code == 0 and "restored" in text for code, text in results), \
+        processes_report(results)
 
     # Both processes' shards are in the step-2 checkpoint: orbax alone, whole arrays.
     saved, want = read_state(workdir / "checkpoints" / "2" / "state"), flat_state_at(2)

@@ -46,7 +46,6 @@ def _requirements() -> str:
     return ""
 
 
-
 def _cli_env(tmp: str) -> dict:
     return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": tmp}
 

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import free_port, rel_err
+from conftest import free_port, processes_report, rel_err, run_processes
 from train_helpers import read_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,28 +215,16 @@ def test_resume_onto_a_different_mesh(env, reference, tmp_path):
     _assert_trains_like(workdir, reference, steps=(STEPS,))
 
 
-
 def test_two_processes_match_one(env, reference, tmp_path):
     workdir = tmp_path / "two_procs"
     port = free_port()
     e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for i, log in enumerate(logs):
-            with open(log, "w") as f:  # a file, not a pipe: nothing waits for a reader
-                procs.append(subprocess.Popen(
-                    _cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
-                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                         f"--process_id={i}"), env=e, stdout=f, stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=3000)
-    finally:
-        for p in procs:
-            p.kill()
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"process {i}:\n" + log.read_text()[-4000:]
+    results = run_processes(
+        [_cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
+              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+              f"--process_id={i}") for i in range(2)], e, tmp_path, timeout=3000)
+    assert all(code == 0 for code, _ in results), processes_report(results)
     _assert_trains_like(workdir, reference)
 
 
