@@ -3,7 +3,9 @@
 One configuration (stage B, tiny model, 32x32 crops, global batch 8, 4 steps) is run:
 on 1 device (the reference), on 8 simulated devices (data=4, fsdp=2), as two processes, killed
 with SIGKILL after a checkpoint and restarted, with a corrupt latest checkpoint, and with an
-exploding learning rate. Runs share a persistent compilation cache, so repeats compile once.
+exploding learning rate. The reference and the two-process run also validate at the last step,
+which saves the best checkpoint beside the periodic one. Runs share a persistent compilation
+cache, so repeats compile once.
 
 Runs that must train alike are compared on what the run wrote: losses and gradient norms per
 step (metrics.jsonl) and the checkpointed train state, read straight from orbax. Parameters are
@@ -44,6 +46,10 @@ COMMON = [
     # params' and float32 rounding of the stored EMA alone exceeds 1e-5 of it.
     "--config.train.ema_decay=0.5",
 ]
+# Validation at the last step only: its metrics join that step's record, and the best
+# checkpoint is saved at the same step as the periodic one.
+EVAL_LAST = (f"--config.train.eval_every={STEPS}",)
+VAL_KEYS = ("val_psnr", "val_ssim", "val_blurry_psnr")
 # The main phase freezes the exit head (configs/deblur.py: optimizer.freeze); `{}` is the tree.
 TRAINED, FROZEN = r"^{}/(?!exit_head/)", r"^{}/exit_head/"
 
@@ -166,7 +172,7 @@ def _assert_same_state(workdir, reference, step: int = STEPS) -> None:
 def reference(env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ref")
     _run(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1",
-         "--config.train.checkpoint_every=1", f"--config.checkpoint.keep={STEPS}")
+         "--config.train.checkpoint_every=1", f"--config.checkpoint.keep={STEPS}", *EVAL_LAST)
     return workdir
 
 
@@ -187,7 +193,11 @@ def test_reference_run_outputs(reference):
             assert np.isfinite(rec[key]), (key, rec)
         parts = {k.split("/")[1] for k in rec if k.startswith("grad_norm/")}
         assert parts == {"stem", "decoder", "depth", "exit_head"}, rec
+    assert [s for s in m if "val_psnr" in m[s]] == [STEPS]
+    assert all(np.isfinite(m[STEPS][k]) for k in VAL_KEYS), m[STEPS]
     assert sorted(os.listdir(os.path.join(reference, "checkpoints"))) == ["1", "2", "3", "4"]
+    assert os.listdir(os.path.join(reference, "best")) == [str(STEPS)]
+    assert os.listdir(os.path.join(reference, "images")) == [f"val_{STEPS:07d}.png"]
     with open(os.path.join(reference, "config.json")) as f:
         assert json.load(f)["model_config"]["name"] == "tiny"
     assert os.listdir(os.path.join(reference, "tensorboard"))
@@ -216,6 +226,9 @@ def test_resume_onto_a_different_mesh(env, reference, tmp_path):
 
 
 def test_two_processes_match_one(env, reference, tmp_path):
+    """Two processes of one device each (data=2) train and validate as one device; at the
+    last step both processes save the periodic and the best checkpoint, and process 0 alone
+    writes the validation grid."""
     workdir = tmp_path / "two_procs"
     port = free_port()
     e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
@@ -223,9 +236,14 @@ def test_two_processes_match_one(env, reference, tmp_path):
     results = run_processes(
         [_cmd(env, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=1",
               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-              f"--process_id={i}") for i in range(2)], e, tmp_path, timeout=3000)
+              f"--process_id={i}", *EVAL_LAST) for i in range(2)], e, tmp_path, timeout=3000)
     assert all(code == 0 for code, _ in results), processes_report(results)
     _assert_trains_like(workdir, reference)
+    got, want = _metrics(workdir)[STEPS], _metrics(reference)[STEPS]
+    for key in VAL_KEYS:
+        assert rel_err(np.array(got[key]), np.array(want[key])) <= 1e-5, (key, got, want)
+    assert os.listdir(workdir / "best") == [str(STEPS)]
+    assert os.listdir(workdir / "images") == [f"val_{STEPS:07d}.png"]
 
 
 @pytest.fixture(scope="module")
@@ -329,13 +347,17 @@ def test_stage_a_then_stage_b_init(env, tmp_path):
 def test_sigterm_saves_and_exits_cleanly(env, reference, tmp_path):
     workdir = tmp_path / "sigterm"
     e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    p = subprocess.Popen(_cmd(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1"),
-                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output to files: a pipe nobody reads while the test polls could fill and stall the run.
+    out_path, err_path = tmp_path / "sigterm.out", tmp_path / "sigterm.err"
+    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+        p = subprocess.Popen(_cmd(env, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=1"),
+                             env=e, stdout=out_f, stderr=err_f)
     metrics = os.path.join(workdir, "metrics.jsonl")
     while not os.path.exists(metrics) and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=3000)
+    p.wait(timeout=3000)
+    out, err = out_path.read_text(), err_path.read_text()
     assert p.returncode == 0, err[-3000:]
     saved = [ln for ln in out.splitlines() if ln.startswith("preempted: saved step")]
     assert saved, out[-2000:]
