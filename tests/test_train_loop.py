@@ -227,8 +227,8 @@ def test_resume_onto_a_different_mesh(env, reference, tmp_path):
 
 def test_two_processes_match_one(env, reference, tmp_path):
     """Two processes of one device each (data=2) train and validate as one device; at the
-    last step both processes save the periodic and the best checkpoint, and process 0 alone
-    writes the validation grid."""
+    last step the periodic and the best checkpoint are saved across both processes and the
+    validation grid is written once."""
     workdir = tmp_path / "two_procs"
     port = free_port()
     e = dict(env["env"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
